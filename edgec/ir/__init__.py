@@ -1,0 +1,38 @@
+"""edgec's intermediate graph: ``EdgeGraph``, ONNX I/O, shapes, printing and cost analyses."""
+
+from edgec.ir.analysis import GraphCost, NodeCost, graph_cost, node_cost, tensor_bytes
+from edgec.ir.graph import EdgeGraph, ModelInfo
+from edgec.ir.io import atomic_path, external_data_files, load, read_model, save, save_model
+from edgec.ir.printer import op_sequence, print_graph
+from edgec.ir.shapes import (
+    InputShapes,
+    fix_input_shapes,
+    infer_shapes,
+    parse_input_shape,
+    parse_shape,
+    static_shape,
+)
+
+__all__ = [
+    "EdgeGraph",
+    "GraphCost",
+    "InputShapes",
+    "ModelInfo",
+    "NodeCost",
+    "atomic_path",
+    "external_data_files",
+    "fix_input_shapes",
+    "graph_cost",
+    "infer_shapes",
+    "load",
+    "node_cost",
+    "op_sequence",
+    "parse_input_shape",
+    "parse_shape",
+    "print_graph",
+    "read_model",
+    "save",
+    "save_model",
+    "static_shape",
+    "tensor_bytes",
+]

@@ -1,0 +1,117 @@
+"""Cost analyses over an ``EdgeGraph``: parameters, weight bytes, MACs and activation bytes per node.
+
+MACs count multiply-accumulates of the compute-heavy ops (Conv, ConvTranspose, Gemm, MatMul and
+their integer forms); other ops count zero MACs. A constant shared by several nodes counts once in
+the totals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from math import prod
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from edgec.ir.graph import EdgeGraph
+from edgec.ir.shapes import static_shape
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    name: str
+    op: str
+    macs: int
+    params: int
+    weight_bytes: int
+    output_bytes: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    nodes: list[NodeCost]
+    macs: int
+    params: int
+    weight_bytes: int
+
+    def as_dict(self) -> dict:
+        return {
+            "nodes": [n.as_dict() for n in self.nodes],
+            "totals": {"macs": self.macs, "params": self.params, "weight_bytes": self.weight_bytes},
+        }
+
+
+def _shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    if isinstance(tensor, gs.Constant):
+        return tuple(tensor.values.shape)
+    return static_shape(tensor)
+
+
+def tensor_bytes(tensor: gs.Tensor) -> int:
+    """Bytes of a tensor with a static shape (0 when unknown)."""
+    shape = _shape(tensor)
+    if shape is None or tensor.dtype is None:
+        return 0
+    return prod(shape) * np.dtype(tensor.dtype).itemsize
+
+
+def _conv_macs(node: gs.Node) -> int:
+    out_shape = _shape(node.outputs[0])
+    weight_shape = _shape(node.inputs[1])
+    if out_shape is None or weight_shape is None:
+        return 0
+    if node.op in ("ConvTranspose",):
+        input_shape = _shape(node.inputs[0])
+        return prod(input_shape) * prod(weight_shape[1:]) if input_shape else 0
+    # weight [C_out, C_in/group, k...]; every output element reads C_in/group * prod(k) inputs.
+    return prod(out_shape) * prod(weight_shape[1:])
+
+
+def _matmul_macs(node: gs.Node) -> int:
+    a_shape = _shape(node.inputs[0])
+    out_shape = _shape(node.outputs[0])
+    if a_shape is None or out_shape is None or not a_shape:
+        return 0
+    reduce_dim = a_shape[-1]
+    if node.op == "Gemm" and node.attrs.get("transA", 0):
+        reduce_dim = a_shape[0]
+    return prod(out_shape) * reduce_dim
+
+
+_MACS = {
+    "Conv": _conv_macs,
+    "ConvInteger": _conv_macs,
+    "QLinearConv": lambda n: 0,
+    "ConvTranspose": _conv_macs,
+    "Gemm": _matmul_macs,
+    "MatMul": _matmul_macs,
+    "MatMulInteger": _matmul_macs,
+}
+
+
+def node_cost(node: gs.Node) -> NodeCost:
+    constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
+    return NodeCost(
+        name=node.name,
+        op=node.op,
+        macs=int(_MACS.get(node.op, lambda n: 0)(node)),
+        params=sum(int(np.prod(t.values.shape)) for t in constants),
+        weight_bytes=sum(tensor_bytes(t) for t in constants),
+        output_bytes=sum(tensor_bytes(t) for t in node.outputs),
+    )
+
+
+def graph_cost(graph: EdgeGraph) -> GraphCost:
+    """Per-node costs in topological order and their totals (shapes must be inferred first)."""
+    graph.gs.toposort()
+    nodes = [node_cost(node) for node in graph.nodes]
+    unique = {id(t): t for t in graph.constants()}.values()
+    return GraphCost(
+        nodes=nodes,
+        macs=sum(n.macs for n in nodes),
+        params=sum(int(np.prod(t.values.shape)) for t in unique),
+        weight_bytes=sum(tensor_bytes(t) for t in unique),
+    )

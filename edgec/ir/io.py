@@ -1,0 +1,143 @@
+"""Loading and saving ONNX models safely: external data confined to the model's folder, checked
+models, atomic writes that never leave a half-written file and never overwrite the input."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from edgec.errors import EdgecError
+from edgec.ir.graph import EdgeGraph
+
+# Protobuf cannot serialize a message of 2 GiB or more; above this, weights go to a side file.
+_EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
+    root = base_dir.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = Path(info.location)
+        target = (root / location).resolve()
+        if location.is_absolute() or not target.is_relative_to(root):
+            raise EdgecError(
+                f"tensor '{tensor.name}' stores its data at '{info.location}', outside the model's "
+                f"folder {root}; external data must live beside the model"
+            )
+        if not target.is_file():
+            raise EdgecError(
+                f"tensor '{tensor.name}' stores its data in '{info.location}', which does not exist in {root}"
+            )
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The external-data files a model refers to (for build-system dependency files)."""
+    model = read_model(path, load_external_data=False)
+    files = set()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            files.add(path.parent / external_data_helper.ExternalDataInfo(tensor).location)
+    return sorted(p.resolve() for p in files)
+
+
+def read_model(path: str | Path, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Reads and checks an ONNX file; every failure is an ``EdgecError`` that says why."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgecError(f"model '{path}' does not exist")
+    if not path.is_file():
+        raise EdgecError(f"model '{path}' is not a file")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise EdgecError(f"'{path}' is not a valid ONNX model (protobuf parse failed: {exc})") from None
+    if not model.graph.node and not model.graph.output:
+        raise EdgecError(f"'{path}' is not an ONNX model (it has no graph)")
+    if load_external_data:
+        _check_external_locations(model, path.parent)
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgecError(f"'{path}' fails the ONNX checker: {first_line}") from None
+    return model
+
+
+def load(path: str | Path) -> EdgeGraph:
+    """Loads an ONNX file into an ``EdgeGraph``."""
+    return EdgeGraph.from_onnx(read_model(path))
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, *, directory: bool = False):
+    """Yields a temporary sibling of ``path``; on success renames it over ``path``.
+
+    On failure the temporary is removed, so a reader never sees a half-written file or folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(handle)
+        temporary = Path(name)
+    try:
+        yield temporary
+        if directory and path.exists():
+            import shutil
+
+            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            backup.rmdir()
+            path.rename(backup)
+            temporary.rename(path)
+            shutil.rmtree(backup)
+        else:
+            os.replace(temporary, path)
+    except BaseException:
+        if temporary.is_dir():
+            import shutil
+
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> None:
+    """Writes ``model`` atomically; weights go to ``<name>.data`` beside it when too large."""
+    path = Path(path)
+    if model.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(model.SerializeToString())
+        return
+    data_name = f"{path.name}.data"
+    with atomic_path(path.parent / data_name) as data_tmp:
+        data_tmp.unlink()
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        external_data_helper.convert_model_to_external_data(
+            model, all_tensors_to_one_file=True, location=data_tmp.name
+        )
+        with atomic_path(path) as model_tmp:
+            onnx.save_model(model, str(model_tmp))
+        # The model refers to the temporary data name; rewrite it to the final one.
+        final = onnx.load_model(str(path), load_external_data=False)
+        for tensor in external_data_helper._get_all_tensors(final):
+            if external_data_helper.uses_external_data(tensor):
+                external_data_helper.set_external_data(tensor, location=data_name)
+        with atomic_path(path) as model_tmp:
+            model_tmp.write_bytes(final.SerializeToString())
+
+
+def save(graph: EdgeGraph, path: str | Path) -> None:
+    """Saves an ``EdgeGraph`` as ONNX, atomically."""
+    save_model(graph.to_onnx(), path)

@@ -1,0 +1,92 @@
+"""The pass contract: ``Pass``, ``PassResult`` and ``PassContext``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgec.ir import EdgeGraph
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass returns: the graph (the same object or a new one), whether it changed, and
+    statistics for the manifest (plain JSON values: numbers, strings, lists, dicts)."""
+
+    graph: EdgeGraph
+    changed: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """Configuration and data shared by the passes of one pipeline run.
+
+    Attributes:
+        target: name of the compilation target, if known (passes may adapt to it).
+        verify: check every lossless pass numerically against onnxruntime.
+        seed: seed of every random choice (verification inputs, sampling).
+        calibration: named arrays with a leading sample dimension, for calibrating passes.
+        evaluation: labelled named arrays (``label`` key) for passes that measure accuracy.
+        dump_after: pass names after which the graph's text form is written to ``dump_dir``.
+        dump_dir: where dumps go (stderr when ``None``).
+        warn: callback for warnings (the CLI prints them on stderr).
+        options: free-form settings for plugin passes.
+    """
+
+    target: str | None = None
+    verify: bool = False
+    seed: int = 0
+    calibration: dict[str, np.ndarray] | None = None
+    evaluation: dict[str, np.ndarray] | None = None
+    dump_after: frozenset[str] = frozenset()
+    dump_dir: Path | None = None
+    warn: Callable[[str], None] = lambda message: None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Base of every pass: a frozen dataclass whose fields are its options.
+
+    Subclasses set ``name`` (kebab-case, unique), ``lossless``, a one-sentence docstring, and
+    implement ``run``. Register them with ``@register``.
+    """
+
+    name: ClassVar[str] = ""
+    lossless: ClassVar[bool] = True
+
+    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
+        raise NotImplementedError(f"pass {type(self).__name__} does not implement run()")
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first sentence of the docstring."""
+        return (cls.__doc__ or "").strip().split("\n")[0]
+
+    def options(self) -> dict[str, Any]:
+        """The option values of this instance, by option name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def spec(self) -> str:
+        """The pipeline-string form of this instance (only options that differ from defaults)."""
+        changed = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if value != default:
+                changed.append(f"{f.name}={_format_value(value)}")
+        return f"{self.name}{{{','.join(changed)}}}" if changed else self.name
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ":".join(_format_value(v) for v in value)
+    return str(value)

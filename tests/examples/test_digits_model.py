@@ -1,0 +1,50 @@
+"""The shipped digits CNN (examples/digits) is accurate and reproducible from train.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+
+DIGITS_DIR = Path(__file__).resolve().parents[2] / "examples" / "digits"
+SHIPPED = ("digits_cnn.onnx", "digits_test.npz", "digits_calib.npz", "metrics.json")
+
+
+def _metrics() -> dict:
+    return json.loads((DIGITS_DIR / "metrics.json").read_text())
+
+
+def test_shipped_model_accuracy():
+    metrics = _metrics()
+    sess = ort.InferenceSession(str(DIGITS_DIR / "digits_cnn.onnx"), providers=["CPUExecutionProvider"])
+    data = np.load(DIGITS_DIR / "digits_test.npz")
+    x, label = data["input"], data["label"]
+    assert x.shape == (metrics["test_samples"], 1, 8, 8) and x.dtype == np.float32
+    assert label.dtype == np.int64
+    preds = np.array([int(sess.run(["logits"], {"input": x[i : i + 1]})[0].argmax()) for i in range(len(x))])
+    acc = float((preds == label).mean())
+    assert acc >= metrics["test_accuracy"] - 0.001
+
+
+def test_shipped_calibration_set():
+    calib = np.load(DIGITS_DIR / "digits_calib.npz")["input"]
+    assert calib.shape == (200, 1, 8, 8) and calib.dtype == np.float32
+    assert calib.min() >= 0.0 and calib.max() <= 1.0
+
+
+@pytest.mark.slow
+def test_train_script_reproduces_shipped_files(tmp_path):
+    subprocess.run(
+        [sys.executable, str(DIGITS_DIR / "train.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    for name in SHIPPED:
+        assert (tmp_path / name).read_bytes() == (DIGITS_DIR / name).read_bytes(), name

@@ -1,0 +1,71 @@
+"""Helpers shared by the tests: build small ONNX models, run passes, compare with onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgec.ir import EdgeGraph
+from edgec.pm import PassContext, PassManager, PassRecord
+from edgec.verify import random_inputs, run_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "examples" / "digits"
+
+# STYLE.md tolerances for lossless fp32 rewrites.
+FP32_ATOL = 1e-5
+FP32_RTOL = 1e-4
+
+
+def make_model(
+    nodes: list[onnx.NodeProto],
+    inputs: dict[str, tuple[int, list[int | str]]],
+    outputs: dict[str, tuple[int, list[int | str] | None]],
+    initializers: dict[str, np.ndarray] | None = None,
+    opset: int = 17,
+    name: str = "test",
+) -> onnx.ModelProto:
+    """A checked ONNX model from nodes; inputs/outputs map names to (TensorProto dtype, shape)."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
+        [helper.make_tensor_value_info(n, t, s) for n, (t, s) in outputs.items()],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in (initializers or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def run_pipeline(
+    pipeline: str, model: onnx.ModelProto, verify: bool = True, **ctx_options
+) -> tuple[EdgeGraph, list[PassRecord]]:
+    """Runs a pipeline string on a copy of ``model`` (verifying lossless passes by default)."""
+    graph = EdgeGraph.from_onnx(onnx.ModelProto.FromString(model.SerializeToString()))
+    run = PassManager(pipeline, PassContext(verify=verify, **ctx_options)).run(graph)
+    return run.graph, run.records
+
+
+def assert_same_outputs(
+    before: onnx.ModelProto,
+    after: onnx.ModelProto,
+    atol: float = FP32_ATOL,
+    rtol: float = FP32_RTOL,
+    seed: int = 0,
+) -> None:
+    """Both models give the same outputs (onnxruntime, seeded random inputs)."""
+    feeds = random_inputs(EdgeGraph.from_onnx(before), seed=seed)
+    expected = run_onnx(before, feeds)
+    got = run_onnx(after, feeds)
+    assert sorted(expected) == sorted(got)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, atol=atol, rtol=rtol, err_msg=name)
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
