@@ -17,7 +17,7 @@ from edgec.ir import EdgeGraph, static_shape
 LABEL_KEY = "label"
 
 
-def _read(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise EdgecError(f"data file '{path}' does not exist")
     try:
@@ -59,7 +59,7 @@ def _check_values(path: Path, name: str, array: np.ndarray, dtype: np.dtype) -> 
 def load_inputs(path: str | Path, graph: EdgeGraph) -> dict[str, np.ndarray]:
     """One set of inputs, each exactly the input's shape and dtype."""
     path = Path(path)
-    arrays = _read(path)
+    arrays = read_npz(path)
     expected = _expected(graph)
     _check_names(path, arrays, expected, extra=set())
     for name, (shape, dtype) in expected.items():
@@ -75,7 +75,7 @@ def load_inputs(path: str | Path, graph: EdgeGraph) -> dict[str, np.ndarray]:
 def load_dataset(path: str | Path, graph: EdgeGraph, *, labelled: bool = False) -> dict[str, np.ndarray]:
     """Many samples: each input with a leading sample axis; ``label`` required if ``labelled``."""
     path = Path(path)
-    arrays = _read(path)
+    arrays = read_npz(path)
     expected = _expected(graph)
     _check_names(path, arrays, expected, extra={LABEL_KEY})
     counts = set()

@@ -101,7 +101,7 @@ class ErrorMetrics:
     samples: int
 
     def as_dict(self) -> dict[str, float]:
-        return {k: _round(v) for k, v in asdict(self).items()}
+        return {k: _round(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 def _round(value: float) -> float:

@@ -1,6 +1,6 @@
 """edgec's intermediate graph: ``EdgeGraph``, ONNX I/O, shapes, printing and cost analyses."""
 
-from edgec.ir.analysis import GraphCost, NodeCost, graph_cost, node_cost, tensor_bytes
+from edgec.ir.analysis import GraphCost, NodeCost, graph_cost, node_cost, peak_live_bytes, tensor_bytes
 from edgec.ir.graph import EdgeGraph, ModelInfo
 from edgec.ir.io import atomic_path, external_data_files, load, read_model, save, save_model
 from edgec.ir.printer import op_sequence, print_graph
@@ -29,6 +29,7 @@ __all__ = [
     "op_sequence",
     "parse_input_shape",
     "parse_shape",
+    "peak_live_bytes",
     "print_graph",
     "read_model",
     "save",

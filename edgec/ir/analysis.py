@@ -115,3 +115,32 @@ def graph_cost(graph: EdgeGraph) -> GraphCost:
         params=sum(int(np.prod(t.values.shape)) for t in unique),
         weight_bytes=sum(tensor_bytes(t) for t in unique),
     )
+
+
+def peak_live_bytes(graph: EdgeGraph) -> int:
+    """The liveness lower bound of activation memory for the current topological order.
+
+    A tensor is live from the step that produces it (step 0 for graph inputs) to its last use
+    (the end for graph outputs); the bound is the largest sum of live bytes over the steps.
+    Constants are not counted (they live in flash / the weights section).
+    """
+    graph.gs.toposort()
+    steps = len(graph.nodes)
+    intervals: dict[int, tuple[int, int, int]] = {}
+    outputs = {id(t) for t in graph.outputs}
+    for tensor in graph.inputs:
+        intervals[id(tensor)] = (0, 0, tensor_bytes(tensor))
+    for step, node in enumerate(graph.nodes):
+        for tensor in node.inputs:
+            if id(tensor) in intervals:
+                start, _, size = intervals[id(tensor)]
+                intervals[id(tensor)] = (start, step, size)
+        for tensor in node.outputs:
+            intervals[id(tensor)] = (step, step, tensor_bytes(tensor))
+    live = [0] * max(steps, 1)
+    for key, (start, end, size) in intervals.items():
+        if key in outputs:
+            end = steps - 1
+        for step in range(start, max(end, start) + 1):
+            live[step] += size
+    return max(live)

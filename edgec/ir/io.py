@@ -91,6 +91,10 @@ def atomic_path(path: Path, *, directory: bool = False):
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(handle)
         temporary = Path(name)
+    # mkstemp/mkdtemp create owner-only files; a build output gets the usual umask permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary.chmod((0o777 if directory else 0o666) & ~umask)
     try:
         yield temporary
         if directory and path.exists():

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgec.errors import UnsupportedNodeError
 from edgec.ir import EdgeGraph
 
 
@@ -37,6 +38,8 @@ class PassContext:
         dump_dir: where dumps go (stderr when ``None``).
         warn: callback for warnings (the CLI prints them on stderr).
         options: free-form settings for plugin passes.
+        refusals: when a list (``edgec check``), passes record the nodes they refuse here and
+            leave them alone instead of raising, so that one run reports every refusal.
     """
 
     target: str | None = None
@@ -48,6 +51,13 @@ class PassContext:
     dump_dir: Path | None = None
     warn: Callable[[str], None] = lambda message: None
     options: dict[str, Any] = field(default_factory=dict)
+    refusals: list[UnsupportedNodeError] | None = None
+
+    def refuse(self, error: UnsupportedNodeError) -> None:
+        """Raises ``error``, or records it when collecting refusals (the pass then skips the node)."""
+        if self.refusals is None:
+            raise error
+        self.refusals.append(error)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,357 @@
+"""The ``edgec`` command line: compile, optimize, inspect, check, run, passes, targets.
+
+Exit codes: 0 ok; 1 user error (``edgec: error: ...``, no traceback); 2 usage; 3 a budget or
+accuracy gate failed (the artifact is still written and its manifest says why).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgec.errors import BudgetError, EdgecError
+
+_SHAPE_HELP = "fix an input's shape, e.g. input=1x3x224x224 (repeatable)"
+
+
+def _fail(error: EdgecError) -> None:
+    click.echo(f"edgec: error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+class _Group(click.Group):
+    """Turns every ``EdgecError`` into ``edgec: error: ...`` and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgecError as error:
+            _fail(error)
+
+
+def _echo_json(data: Any) -> None:
+    from edgec.manifest import dumps
+
+    click.echo(dumps(data), nl=False)
+
+
+def _options(ctx_params: dict[str, Any]):
+    """Compile options: defaults < config file (``--config`` or found in the cwd) < flags."""
+    from edgec.config import CompileOptions, find_config, load_config
+    from edgec.ir import parse_input_shape
+
+    config_path = ctx_params.pop("config", None)
+    config = Path(config_path) if config_path else find_config(Path.cwd())
+    base = load_config(config) if config else CompileOptions()
+    overrides: dict[str, Any] = {}
+    shapes = ctx_params.pop("input_shape", ())
+    if shapes:
+        overrides["input_shapes"] = {**base.input_shapes, **dict(map(parse_input_shape, shapes))}
+    freezes = ctx_params.pop("freeze_input", ())
+    if freezes:
+        from edgec.ir.freeze import parse_freeze
+
+        overrides["freeze_inputs"] = {**base.freeze_inputs, **dict(map(parse_freeze, freezes))}
+    no_simplify = ctx_params.pop("no_simplify", False)
+    if no_simplify:
+        overrides["simplify"] = False
+    if ctx_params.pop("verify_each", False):
+        overrides["verify"] = True
+    dump_after = ctx_params.pop("dump_after", ())
+    if dump_after:
+        overrides["dump_after"] = tuple(dump_after)
+    for key in ("target", "pipeline", "seed", "inputs", "eval", "calib", "flash_budget", "ram_budget"):
+        if key in ctx_params and ctx_params[key] is not None:
+            value = ctx_params.pop(key)
+            overrides[key] = Path(value) if key in ("inputs", "eval", "calib") else value
+    return base.merged(overrides)
+
+
+def _import_options(function):
+    """Options shared by every command that imports a model."""
+    decorators = [
+        click.option("--input-shape", multiple=True, help=_SHAPE_HELP),
+        click.option(
+            "--freeze-input", multiple=True, help="turn an input into a constant: NAME=VALUE or NAME=file.npy"
+        ),
+        click.option("--no-simplify", is_flag=True, help="skip the import path (onnxslim, control flow)"),
+        click.option("--config", type=click.Path(dir_okay=False), help="config file (default: edgec.toml)"),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def _pipeline_options(function):
+    decorators = [
+        click.option(
+            "--pipeline", "-p", help="pass pipeline, e.g. 'default' or 'fuse-conv-bn,fold-constants'"
+        ),
+        click.option("--verify-each", is_flag=True, help="check every lossless pass against onnxruntime"),
+        click.option("--dump-after", multiple=True, metavar="PASS", help="print the graph after PASS"),
+        click.option("--seed", type=int, help="seed of random verification inputs"),
+        click.option("--calib", type=click.Path(), help=".npz calibration dataset"),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgec", prog_name="edgec")
+def main() -> None:
+    """edgec shrinks ONNX models and compiles them with TVM for x86, Cortex-A and Cortex-M."""
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--target", "-t", help="compilation target (see 'edgec targets'); default x86")
+@click.option("--output", "-o", "output", required=True, type=click.Path(), help="build directory")
+@_import_options
+@_pipeline_options
+@click.option("--inputs", type=click.Path(), help=".npz inputs for measuring the artifact's error")
+@click.option("--eval", "eval", type=click.Path(), help="labelled .npz dataset for measuring accuracy")
+@click.option("--flash-budget", type=int, help="flash budget in bytes (overrides the board's)")
+@click.option("--ram-budget", type=int, help="RAM budget in bytes (overrides the board's)")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+@click.option("--quiet", "-q", is_flag=True, help="no progress output")
+def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) -> None:
+    """Compile MODEL for a target into a build directory with a manifest."""
+    from edgec.compile import compile_model
+    from edgec.progress import Progress
+
+    options = _options(params)
+    try:
+        result = compile_model(model, output, options, Progress(quiet=quiet or as_json))
+        manifest = result.manifest
+    except BudgetError as error:
+        from edgec.manifest import read_manifest
+
+        manifest = read_manifest(Path(output))
+        _report(manifest, as_json)
+        _fail(error)
+    _report(manifest, as_json)
+
+
+def _report(manifest: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _echo_json(manifest)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    target = manifest["target"]["name"]
+    console.print(f"[bold]{manifest['model']['file']}[/] → {target}  (pipeline: {manifest['pipeline']})")
+    table = Table("pass", "changed", "nodes", "stats", box=None)
+    for record in manifest["passes"]:
+        stats = json.dumps(record["stats"], separators=(",", ":"))
+        table.add_row(
+            record["name"],
+            "yes" if record["changed"] else "no",
+            f"{record['nodes_before']}→{record['nodes_after']}",
+            stats if len(stats) < 70 else stats[:67] + "...",
+        )
+    console.print(table)
+    sizes = manifest["sizes"]
+    console.print("sizes: " + ", ".join(f"{k}={v:,}" for k, v in sizes.items()))
+    error = manifest["error"]
+    art = error["artifact_vs_original"]
+    console.print(
+        f"error vs onnxruntime ({error['inputs']}): max abs {art['max_abs']:.3g}, "
+        f"mean abs {art['mean_abs']:.3g}, cosine {art['cosine']:.6f}"
+    )
+    if "accuracy" in error:
+        acc = error["accuracy"]
+        console.print(
+            f"accuracy on {acc['dataset']} ({acc['samples']} samples): original {acc['original']:.4f}, "
+            f"artifact {acc['artifact']:.4f}"
+        )
+    status = manifest["status"]
+    console.print("status: ok" if status["ok"] else "status: FAILED — " + "; ".join(status["failed_gates"]))
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path(), help="optimized ONNX file")
+@_import_options
+@_pipeline_options
+@click.option("--json", "as_json", is_flag=True, help="print per-pass records as JSON")
+@click.option("--quiet", "-q", is_flag=True)
+def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any) -> None:
+    """Run the import path and a pass pipeline on MODEL and save the optimized ONNX."""
+    from edgec.compile import optimize_model
+    from edgec.progress import Progress
+
+    options = _options(params)
+    prepared = optimize_model(model, output, options, Progress(quiet=quiet or as_json))
+    records = [
+        {
+            "name": r.name,
+            "changed": r.changed,
+            "nodes_before": r.nodes_before,
+            "nodes_after": r.nodes_after,
+            "stats": r.stats,
+        }
+        for r in prepared.run.records
+    ]
+    if as_json:
+        _echo_json({"pipeline": prepared.pipeline, "passes": records, "output": str(output)})
+        return
+    for record in records:
+        click.echo(
+            f"{record['name']:<24} {record['nodes_before']:>5} → {record['nodes_after']:<5} "
+            f"{json.dumps(record['stats'], separators=(',', ':'))}"
+        )
+    click.echo(f"wrote {output} ({len(prepared.original.nodes)} → {len(prepared.graph.nodes)} nodes)")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--input-shape", multiple=True, help=_SHAPE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def inspect(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
+    """Print per-node MACs, parameters and output sizes of MODEL."""
+    from edgec.ir import EdgeGraph, fix_input_shapes, graph_cost, infer_shapes, parse_input_shape, read_model
+
+    graph = EdgeGraph.from_onnx(read_model(model))
+    fix_input_shapes(graph, dict(map(parse_input_shape, input_shape)))
+    infer_shapes(graph)
+    cost = graph_cost(graph)
+    if as_json:
+        _echo_json(cost.as_dict())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("node", "op", "MACs", "params", "weight bytes", "output bytes", box=None)
+    for node in cost.nodes:
+        table.add_row(
+            node.name,
+            node.op,
+            f"{node.macs:,}",
+            f"{node.params:,}",
+            f"{node.weight_bytes:,}",
+            f"{node.output_bytes:,}",
+        )
+    table.add_row(
+        "total", "", f"{cost.macs:,}", f"{cost.params:,}", f"{cost.weight_bytes:,}", "", style="bold"
+    )
+    Console(highlight=False).print(table)
+
+
+@main.command()
+@click.argument("build_dir", type=click.Path())
+@click.option("--inputs", required=True, type=click.Path(), help=".npz with one array per model input")
+@click.option("--output", "-o", type=click.Path(), help="write outputs to this .npz")
+@click.option("--repeat", type=click.IntRange(min=0), default=0, help="time N runs (min/median latency)")
+@click.option("--json", "as_json", is_flag=True)
+def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: bool) -> None:
+    """Run a built artifact on inputs from a .npz file."""
+    import numpy as np
+
+    from edgec.compile import run_build
+    from edgec.ir import atomic_path
+
+    outputs, times = run_build(build_dir, Path(inputs), repeat)
+    if output:
+        with atomic_path(Path(output)) as temporary, temporary.open("wb") as handle:
+            np.savez(handle, **outputs)
+    latency = {"min": 1e3 * min(times), "median": 1e3 * float(np.median(times))} if times else None
+    if as_json:
+        _echo_json({"outputs": {k: list(v.shape) for k, v in outputs.items()}, "latency_ms": latency})
+        return
+    for name, value in outputs.items():
+        click.echo(f"{name}: {value.dtype}{list(value.shape)}")
+    if latency:
+        click.echo(
+            f"latency over {repeat} runs: min {latency['min']:.3f} ms, median {latency['median']:.3f} ms"
+        )
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--target", "-t", help="target to check for (default x86)")
+@_import_options
+@click.option("--json", "as_json", is_flag=True)
+def check(model: str, as_json: bool, **params: Any) -> None:
+    """Report, without building, whether every node of MODEL can be compiled for a target."""
+    from edgec.check import check_model
+    from edgec.compile import prepare
+
+    options = _options(params)
+    prepared = prepare(model, options.merged({"pipeline": ""}))
+    report = check_model(prepared.graph, options.target)
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        click.echo(report.text())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def passes(as_json: bool) -> None:
+    """List the registered passes (built-in and plugins) and named pipelines."""
+    import dataclasses
+
+    from edgec.pm import all_passes, all_pipelines, plugin_source
+
+    entries = []
+    for name, cls in all_passes().items():
+        options = {
+            f.name: repr(f.default) if f.default is not dataclasses.MISSING else None
+            for f in dataclasses.fields(cls)
+        }
+        entries.append(
+            {
+                "name": name,
+                "lossless": cls.lossless,
+                "summary": cls.summary(),
+                "options": options,
+                "plugin": plugin_source(name),
+            }
+        )
+    pipelines = [
+        {"name": p.name, "pipeline": p.pipeline, "fixed_point": p.fixed_point, "description": p.description}
+        for p in all_pipelines().values()
+    ]
+    if as_json:
+        _echo_json({"passes": entries, "pipelines": pipelines})
+        return
+    for entry in entries:
+        options = ", ".join(f"{k}={v}" for k, v in entry["options"].items())
+        origin = f" [plugin: {entry['plugin']}]" if entry["plugin"] else ""
+        kind = "lossless" if entry["lossless"] else "lossy"
+        click.echo(f"{entry['name']:<28} {kind:<9} {entry['summary']}{origin}")
+        if options:
+            click.echo(f"{'':<38} options: {options}")
+    click.echo("\nnamed pipelines:")
+    for p in pipelines:
+        click.echo(f"  {p['name']:<12} {p['pipeline']}{' (to a fixed point)' if p['fixed_point'] else ''}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def targets(as_json: bool) -> None:
+    """List the compilation targets."""
+    from edgec.targets import all_targets
+
+    entries = [t.describe() for t in all_targets().values()]
+    if as_json:
+        _echo_json({"targets": entries})
+        return
+    for entry in entries:
+        budgets = ""
+        if entry["flash_bytes"]:
+            budgets = f" (flash {entry['flash_bytes'] // 1024} KiB, RAM {entry['ram_bytes'] // 1024} KiB)"
+        click.echo(f"{entry['name']:<14} {entry['description']}{budgets}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""The one orchestration: import → passes → lower → build → measure → manifest.
+
+``edgec.compile`` (Python) and ``edgec compile`` (CLI) both end up in :func:`compile_model`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import edgec
+from edgec.config import CompileOptions
+from edgec.data import LABEL_KEY, load_dataset, load_inputs, read_npz, samples_of
+from edgec.errors import BudgetError, EdgecError
+from edgec.ir import (
+    EdgeGraph,
+    atomic_path,
+    fix_input_shapes,
+    graph_cost,
+    infer_shapes,
+    peak_live_bytes,
+    read_model,
+    save,
+)
+from edgec.manifest import MANIFEST, TIMINGS, file_hashes, sha256_file, write_json
+from edgec.pm import PassContext, PassManager, PipelineRun, format_pipeline, parse_pipeline
+from edgec.progress import Progress
+from edgec.verify import accuracy, error_metrics, random_inputs, run_onnx
+
+IMPORT_PIPELINE = "import"
+
+
+@dataclass
+class Prepared:
+    """A model after the import path and the pipeline, with what the manifest needs of it."""
+
+    source: Path
+    original: EdgeGraph  # after freezing inputs and fixing shapes, before any pass
+    run: PipelineRun
+    pipeline: str
+    frozen: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def graph(self) -> EdgeGraph:
+        return self.run.graph
+
+
+@dataclass
+class CompileResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    timings: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest["status"]["ok"]
+
+
+def _signature(graph: EdgeGraph) -> dict[str, list[dict[str, Any]]]:
+    def describe(tensor) -> dict[str, Any]:
+        return {"name": tensor.name, "dtype": np.dtype(tensor.dtype).name, "shape": list(tensor.shape)}
+
+    return {"inputs": [describe(t) for t in graph.inputs], "outputs": [describe(t) for t in graph.outputs]}
+
+
+def prepare(model: str | Path, options: CompileOptions, progress: Progress | None = None) -> Prepared:
+    """Loads the model, freezes inputs, fixes shapes, and runs the import path and the pipeline."""
+    progress = progress or Progress(quiet=True)
+    source = Path(model)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    with progress.step(f"loading {source.name}"):
+        graph = EdgeGraph.from_onnx(read_model(source))
+        frozen: dict[str, Any] = {}
+        if options.freeze_inputs:
+            from edgec.ir.freeze import freeze_inputs, parse_freeze_value
+
+            values = {name: parse_freeze_value(spec) for name, spec in options.freeze_inputs.items()}
+            frozen = freeze_inputs(graph, values)
+        fix_input_shapes(graph, options.input_shapes)
+        infer_shapes(graph)
+        original = graph.copy()
+    seconds["load"] = time.perf_counter() - start
+
+    pipeline_text = ",".join(
+        p for p in ((IMPORT_PIPELINE if options.simplify else ""), options.pipeline) if p
+    )
+    steps = parse_pipeline(pipeline_text)
+    ctx = PassContext(
+        target=options.target,
+        verify=options.verify,
+        seed=options.seed,
+        calibration=samples_of(load_dataset(options.calib, original), original) if options.calib else None,
+        evaluation=load_dataset(options.eval, original, labelled=True) if options.eval else None,
+        dump_after=frozenset(options.dump_after),
+        warn=progress.warn,
+    )
+    start = time.perf_counter()
+    with progress.step(f"running passes: {format_pipeline(steps)}"):
+        run = PassManager(steps, ctx).run(graph)
+        infer_shapes(run.graph)
+    seconds["passes"] = time.perf_counter() - start
+    return Prepared(source, original, run, format_pipeline(steps), frozen, seconds)
+
+
+def _pass_records(prepared: Prepared) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": r.name,
+            "options": r.options,
+            "changed": r.changed,
+            "nodes_before": r.nodes_before,
+            "nodes_after": r.nodes_after,
+            "stats": r.stats,
+            **({"max_abs_error": r.max_abs_error} if r.max_abs_error is not None else {}),
+        }
+        for r in prepared.run.records
+    ]
+
+
+def _check_out_dir(out_dir: Path, source: Path) -> None:
+    out = out_dir.resolve()
+    model_dir = source.resolve().parent
+    if out == model_dir or model_dir.is_relative_to(out):
+        raise EdgecError(
+            f"output directory '{out_dir}' contains the input model; choose another folder with -o"
+        )
+    if out.exists() and not out.is_dir():
+        raise EdgecError(f"output '{out_dir}' exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise EdgecError(
+            f"output directory '{out_dir}' is not empty and is not an edgec build; "
+            "choose an empty or new folder"
+        )
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    import os
+
+    if not os.access(parent, os.W_OK):
+        raise EdgecError(f"output directory '{out_dir}' is not writable")
+
+
+def _measure_error(prepared: Prepared, options: CompileOptions, run_artifact) -> dict[str, Any]:
+    """Error of the optimized graph and of the built artifact against the original model."""
+    original = prepared.original
+    if options.inputs:
+        feeds = load_inputs(options.inputs, original)
+        source = options.inputs.name
+    else:
+        feeds = random_inputs(original, seed=options.seed)
+        source = f"random normal inputs, seed {options.seed}"
+    reference = run_onnx(original.to_onnx(), feeds)
+    optimized = run_onnx(prepared.graph.to_onnx(), feeds)
+    order = [t.name for t in original.inputs]
+    outputs = run_artifact([feeds[name] for name in order])
+    artifact = dict(zip([t.name for t in original.outputs], outputs, strict=True))
+    result: dict[str, Any] = {
+        "inputs": source,
+        "optimized_vs_original": error_metrics(reference, optimized).as_dict(),
+        "artifact_vs_original": error_metrics(reference, artifact).as_dict(),
+    }
+    if options.eval:
+        result["accuracy"] = _measure_accuracy(prepared, options, run_artifact)
+    return result
+
+
+def _measure_accuracy(prepared: Prepared, options: CompileOptions, run_artifact) -> dict[str, Any]:
+    from edgec.verify import run_onnx_batch
+
+    original = prepared.original
+    dataset = load_dataset(options.eval, original, labelled=True)
+    samples = samples_of(dataset, original)
+    labels = dataset["label"]
+    first_output = original.outputs[0].name
+    reference = run_onnx_batch(original.to_onnx(), samples)[first_output]
+    order = [t.name for t in original.inputs]
+    artifact = np.stack([run_artifact([samples[name][i] for name in order])[0] for i in range(len(labels))])
+    return {
+        "dataset": options.eval.name,
+        "samples": len(labels),
+        "original": accuracy(reference, labels),
+        "artifact": accuracy(artifact, labels),
+    }
+
+
+def _budget_gates(target, sizes: dict[str, int], options: CompileOptions) -> list[str]:
+    failures = []
+    flash_budget = options.flash_budget or target.flash_bytes
+    ram_budget = options.ram_budget or target.ram_bytes
+    if flash_budget and sizes.get("flash_bytes", 0) > flash_budget:
+        failures.append(
+            f"flash {sizes['flash_bytes']} B exceeds the budget of {flash_budget} B by "
+            f"{sizes['flash_bytes'] - flash_budget} B; try --quantize int8 or a smaller model"
+        )
+    if ram_budget and sizes.get("peak_ram_bytes", 0) > ram_budget:
+        failures.append(
+            f"peak RAM {sizes['peak_ram_bytes']} B exceeds the budget of {ram_budget} B by "
+            f"{sizes['peak_ram_bytes'] - ram_budget} B; try --quantize int8 or a smaller input"
+        )
+    return failures
+
+
+def compile_model(
+    model: str | Path,
+    out_dir: str | Path,
+    options: CompileOptions | None = None,
+    progress: Progress | None = None,
+) -> CompileResult:
+    """Compiles an ONNX model for a target into ``out_dir`` (written atomically).
+
+    Raises:
+        EdgecError: for any user error (nothing is written then).
+        BudgetError: after writing the artifact, when a flash, RAM or accuracy budget is missed.
+    """
+    from edgec.targets import get_target
+
+    options = options or CompileOptions()
+    progress = progress or Progress(quiet=True)
+    out_dir = Path(out_dir)
+    source = Path(model)
+    target = get_target(options.target)
+    _check_out_dir(out_dir, source)
+    prepared = prepare(source, options, progress)
+    graph = prepared.graph
+    from edgec.check import check_model
+
+    check_model(graph, target.name).raise_if_unsupported()
+    timings: dict[str, Any] = dict(prepared.seconds)
+    name = _c_identifier(source.stem)
+    with atomic_path(out_dir, directory=True) as build_dir:
+        start = time.perf_counter()
+        with progress.step(f"lowering to TVM Relax for {target.name}"):
+            module = target.lower(graph)
+        timings["lower"] = time.perf_counter() - start
+        start = time.perf_counter()
+        with progress.step(f"building for {target.name}"):
+            artifact = target.build(module, build_dir, name)
+        timings["build"] = time.perf_counter() - start
+        save(graph, build_dir / "optimized.onnx")
+        manifest_stub = {**_signature(prepared.original), "target": {"name": target.name}}
+        start = time.perf_counter()
+        with progress.step("measuring the artifact against onnxruntime"):
+            error = _measure_error(
+                prepared, options, lambda inputs: target.run(build_dir, manifest_stub, inputs)[0]
+            )
+        timings["verify"] = time.perf_counter() - start
+        cost = graph_cost(graph)
+        sizes = {
+            "weights_bytes": cost.weight_bytes,
+            "original_weights_bytes": graph_cost(prepared.original).weight_bytes,
+            "activation_lower_bound_bytes": peak_live_bytes(graph),
+            **artifact.sizes,
+        }
+        failures = _budget_gates(target, sizes, options)
+        manifest = {
+            "schema": 1,
+            "edgec_version": edgec.__version__,
+            "name": name,
+            "model": {"file": source.name, "sha256": sha256_file(source)},
+            **_signature(prepared.original),
+            "target": {**target.describe(), "tvm_target": target.tvm_target()},
+            "pipeline": prepared.pipeline,
+            "frozen_inputs": prepared.frozen,
+            "passes": _pass_records(prepared),
+            "graph": {
+                "nodes_original": len(prepared.original.nodes),
+                "nodes_optimized": len(graph.nodes),
+                "macs": cost.macs,
+                "params": cost.params,
+            },
+            "sizes": sizes,
+            "error": error,
+            "tuning": None,
+            "artifact": artifact.details,
+            "files": file_hashes(build_dir),
+            "status": {"ok": not failures, "failed_gates": failures},
+        }
+        write_json(build_dir / MANIFEST, manifest)
+        timings["passes_detail"] = [{"name": r.name, "seconds": r.seconds} for r in prepared.run.records]
+        write_json(build_dir / TIMINGS, timings)
+    result = CompileResult(out_dir, manifest, timings)
+    if failures:
+        raise BudgetError("; ".join(failures) + f" (artifact written to {out_dir})")
+    return result
+
+
+def _c_identifier(stem: str) -> str:
+    import re
+
+    name = re.sub(r"[^0-9a-zA-Z_]", "_", stem).strip("_").lower() or "model"
+    return f"m_{name}" if name[0].isdigit() else name
+
+
+def optimize_model(
+    model: str | Path,
+    output: str | Path,
+    options: CompileOptions | None = None,
+    progress: Progress | None = None,
+) -> Prepared:
+    """Runs the import path and the pipeline and saves the optimized ONNX (never over the input)."""
+    options = options or CompileOptions()
+    source, output = Path(model), Path(output)
+    if output.resolve() == source.resolve():
+        raise EdgecError(f"output '{output}' is the input model; edgec never overwrites its input")
+    if output.is_dir():
+        raise EdgecError(f"output '{output}' is a directory; give a file name such as model.opt.onnx")
+    prepared = prepare(source, options, progress)
+    save(prepared.graph, output)
+    return prepared
+
+
+def run_build(
+    build_dir: str | Path, inputs: Path, repeat: int = 0
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Runs a built artifact on a .npz of inputs; returns outputs by name and per-run seconds."""
+    from edgec.manifest import read_manifest
+    from edgec.targets import get_target
+
+    build_dir = Path(build_dir)
+    manifest = read_manifest(build_dir)
+    target = get_target(manifest["target"]["name"])
+    arrays = read_npz(inputs)
+    expected = {i["name"]: i for i in manifest["inputs"]}
+    missing = sorted(set(expected) - set(arrays))
+    unknown = sorted(set(arrays) - set(expected) - {LABEL_KEY})
+    if missing or unknown:
+        raise EdgecError(
+            f"'{inputs}': inputs {'missing ' + str(missing) if missing else ''}"
+            f"{' unexpected ' + str(unknown) if unknown else ''}; the model's inputs are {sorted(expected)}"
+        )
+    ordered = []
+    for spec in manifest["inputs"]:
+        array = arrays[spec["name"]]
+        if list(array.shape) != spec["shape"] or array.dtype.name != spec["dtype"]:
+            raise EdgecError(
+                f"'{inputs}': input '{spec['name']}' is {array.dtype.name}{list(array.shape)}, "
+                f"the model expects {spec['dtype']}{spec['shape']}"
+            )
+        ordered.append(array)
+    outputs, times = target.run(build_dir, manifest, ordered, repeat)
+    names = [o["name"] for o in manifest["outputs"]]
+    return dict(zip(names, outputs, strict=True)), times

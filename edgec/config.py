@@ -1,0 +1,151 @@
+"""Compile options and where they come from: defaults < config file < command line.
+
+The config file is ``edgec.toml`` (top-level keys) or the ``[tool.edgec]`` table of
+``pyproject.toml``, found in the current folder unless ``--config`` names one. Keys are the
+fields of :class:`CompileOptions` (``input-shapes`` and ``input_shapes`` both work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgec.errors import EdgecError
+from edgec.ir import parse_shape
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+DEFAULT_TARGET = "x86"
+DEFAULT_PIPELINE = "default"
+
+
+@dataclass
+class CompileOptions:
+    """Everything that decides what ``edgec compile`` builds.
+
+    Attributes:
+        target: registered target name.
+        pipeline: pipeline string run after the import path (``default``: cleanup + fusion).
+        input_shapes: fixed shapes for inputs with symbolic dimensions.
+        freeze_inputs: inputs turned into constants (scalar, or a path to .npy/.npz).
+        simplify: run the import path (onnxslim simplification, control flow, recurrent ops).
+        verify: check every lossless pass against onnxruntime.
+        seed: seed of random verification inputs.
+        inputs: .npz with one set of inputs for measuring the artifact's error.
+        eval: labelled .npz dataset (``label`` key) for measuring accuracy.
+        calib: .npz calibration dataset for passes that need one.
+        dump_after: pass names after which the graph is printed.
+        flash_budget, ram_budget: byte budgets that override the target's board budgets.
+    """
+
+    target: str = DEFAULT_TARGET
+    pipeline: str = DEFAULT_PIPELINE
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    freeze_inputs: dict[str, str] = field(default_factory=dict)
+    simplify: bool = True
+    verify: bool = False
+    seed: int = 0
+    inputs: Path | None = None
+    eval: Path | None = None
+    calib: Path | None = None
+    dump_after: tuple[str, ...] = ()
+    flash_budget: int | None = None
+    ram_budget: int | None = None
+
+    def merged(self, overrides: dict[str, Any]) -> CompileOptions:
+        """A copy with the given non-``None`` values applied (validated like config keys)."""
+        values = dataclasses.asdict(self)
+        for key, value in _normalise(overrides, "options").items():
+            if value is not None:
+                values[key] = value
+        return CompileOptions(**values)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(CompileOptions)}
+_PATH_FIELDS = {"inputs", "eval", "calib"}
+
+
+def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            known = ", ".join(sorted(k.replace("_", "-") for k in _FIELDS))
+            raise EdgecError(f"{source}: unknown key '{key}'; known keys: {known}")
+        if value is None:
+            values[name] = None
+            continue
+        if name == "input_shapes":
+            if not isinstance(value, dict):
+                raise EdgecError(f"{source}: 'input-shapes' must be a table of NAME = \"1x3x224x224\"")
+            value = {k: v if isinstance(v, tuple) else _shape_value(v, source) for k, v in value.items()}
+        elif name == "freeze_inputs":
+            if not isinstance(value, dict):
+                raise EdgecError(f"{source}: 'freeze-inputs' must be a table of NAME = VALUE")
+            value = {k: _freeze_value(v, base) for k, v in value.items()}
+        elif name in _PATH_FIELDS:
+            value = Path(value) if base is None else (base / value)
+        elif name == "dump_after":
+            value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
+        elif name in ("simplify", "verify") and not isinstance(value, bool):
+            raise EdgecError(f"{source}: '{key}' must be true or false")
+        elif name in ("seed", "flash_budget", "ram_budget") and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            raise EdgecError(f"{source}: '{key}' must be a non-negative integer")
+        elif name in ("target", "pipeline") and not isinstance(value, str):
+            raise EdgecError(f"{source}: '{key}' must be a string")
+        values[name] = value
+    return values
+
+
+def _shape_value(value: Any, source: str) -> tuple[int, ...]:
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    if isinstance(value, str):
+        return parse_shape(value)
+    raise EdgecError(f'{source}: bad input shape {value!r}; write "1x3x224x224" or [1, 3, 224, 224]')
+
+
+def _freeze_value(value: Any, base: Path | None) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if base is not None and text.endswith((".npy", ".npz")):
+        return str(base / text)
+    return text
+
+
+def find_config(start: Path) -> Path | None:
+    """``edgec.toml`` in ``start``, else ``pyproject.toml`` with a ``[tool.edgec]`` table."""
+    candidate = start / "edgec.toml"
+    if candidate.is_file():
+        return candidate
+    pyproject = start / "pyproject.toml"
+    if pyproject.is_file() and "edgec" in _read_toml(pyproject).get("tool", {}):
+        return pyproject
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgecError(f"config '{path}' is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise EdgecError(f"cannot read config '{path}': {exc.strerror}") from None
+
+
+def load_config(path: Path) -> CompileOptions:
+    """Options from a config file; relative paths in it are relative to the file's folder."""
+    if not path.is_file():
+        raise EdgecError(f"config file '{path}' does not exist")
+    data = _read_toml(path)
+    if path.name == "pyproject.toml":
+        data = data.get("tool", {}).get("edgec", {})
+    return CompileOptions(**_normalise(data, str(path), base=path.parent.resolve()))

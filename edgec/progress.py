@@ -1,0 +1,33 @@
+"""Progress of long steps on stderr (rich), silent with ``--quiet``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+
+
+class Progress:
+    """Prints one status line per step on stderr; ``quiet`` prints nothing."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = Console(stderr=True, highlight=False)
+
+    @contextlib.contextmanager
+    def step(self, message: str) -> Iterator[None]:
+        if self.quiet:
+            yield
+            return
+        with self.console.status(f"[bold]edgec[/]: {message} ..."):
+            yield
+        self.console.print(f"[bold]edgec[/]: {message} [green]done[/]")
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[bold]edgec[/]: {message}")
+
+    def warn(self, message: str) -> None:
+        # Warnings show even with --quiet: they say something the user must know.
+        self.console.print(f"edgec: warning: {message}", markup=False)

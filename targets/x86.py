@@ -1,0 +1,89 @@
+"""x86 targets: this host (``x86``) and a portable AVX2 baseline (``x86-64-v3``).
+
+Both build a TVM Relax module into a shared library that the TVM runtime loads; the default CPU
+schedule rules of ``edgec.targets.tvm.schedules`` give the kernels their speed.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgec.ir import EdgeGraph
+from edgec.targets.base import Artifact, Target
+from edgec.targets.registry import register_target
+
+LIBRARY = "model.so"
+
+
+@functools.cache
+def host_cpu_name() -> str:
+    """LLVM's name for this CPU (``mcpu: native`` is ignored by TVM, see DESIGN.md)."""
+    import tvm
+
+    return str(tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")())
+
+
+@dataclass(frozen=True)
+class TvmLibraryTarget(Target):
+    """A Linux target whose artifact is a TVM shared library run by the TVM runtime."""
+
+    mcpu: str = ""
+    mattr: tuple[str, ...] = ()
+
+    kind: ClassVar[str] = "tvm-library"
+
+    def tvm_target(self) -> dict[str, Any]:
+        target: dict[str, Any] = {"kind": "llvm", "mcpu": self.mcpu or host_cpu_name()}
+        if self.mattr:
+            target["mattr"] = list(self.mattr)
+        return target
+
+    def lower(self, graph: EdgeGraph):
+        from edgec.ir import static_shape
+        from edgec.targets.tvm.build import optimize_for_cpu
+        from edgec.targets.tvm.frontend import import_onnx
+
+        shapes = {t.name: static_shape(t) for t in graph.inputs}
+        module = import_onnx(graph.to_onnx(), shapes)
+        return optimize_for_cpu(module, self.tvm_target())
+
+    def build(self, module, out_dir: Path, name: str) -> Artifact:
+        from edgec.targets.tvm.build import build_shared_library
+
+        library = out_dir / LIBRARY
+        build_shared_library(module, self.tvm_target(), library)
+        return Artifact(out_dir, (LIBRARY,), sizes={"library_bytes": library.stat().st_size})
+
+    def run(
+        self, build_dir: Path, manifest: dict[str, Any], inputs: list[np.ndarray], repeat: int = 0
+    ) -> tuple[list[np.ndarray], list[float]]:
+        from edgec.targets.tvm.build import run_shared_library, time_shared_library
+
+        library = build_dir / LIBRARY
+        outputs = run_shared_library(library, inputs)
+        times = time_shared_library(library, inputs, repeat) if repeat else []
+        return outputs, times
+
+
+register_target(
+    TvmLibraryTarget(
+        name="x86",
+        description="this x86-64 host: LLVM tuned for its CPU (detected), TVM runtime library",
+        runtime="tvm",
+        runner="host",
+    )
+)
+register_target(
+    TvmLibraryTarget(
+        name="x86-64-v3",
+        description="portable x86-64 with AVX2/FMA (Haswell and newer), TVM runtime library",
+        runtime="tvm",
+        runner="host",
+        mcpu="haswell",
+    )
+)
