@@ -144,19 +144,22 @@ def _report(manifest: dict[str, Any], as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
     target = manifest["target"]["name"]
     console.print(f"[bold]{manifest['model']['file']}[/] → {target}  (pipeline: {manifest['pipeline']})")
-    table = Table("pass", "changed", "nodes", "stats", box=None)
-    for record in manifest["passes"]:
+    table = Table("pass", "nodes", "stats", box=None)
+    changed = [record for record in manifest["passes"] if record["changed"]]
+    for record in changed:
         stats = json.dumps(record["stats"], separators=(",", ":"))
         table.add_row(
             record["name"],
-            "yes" if record["changed"] else "no",
             f"{record['nodes_before']}→{record['nodes_after']}",
-            stats if len(stats) < 70 else stats[:67] + "...",
+            stats if len(stats) < 90 else stats[:87] + "...",
         )
     console.print(table)
+    unchanged = len(manifest["passes"]) - len(changed)
+    if unchanged:
+        console.print(f"({unchanged} more pass runs changed nothing; the manifest lists all of them)")
     sizes = manifest["sizes"]
     console.print("sizes: " + ", ".join(f"{k}={v:,}" for k, v in sizes.items()))
     error = manifest["error"]

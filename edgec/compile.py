@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,11 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
     """Loads the model, freezes inputs, fixes shapes, and runs the import path and the pipeline."""
     progress = progress or Progress(quiet=True)
     source = Path(model)
+    # Parsed first: a typo in the pipeline fails before any slow work.
+    pipeline_text = ",".join(
+        p for p in ((IMPORT_PIPELINE if options.simplify else ""), options.pipeline) if p
+    )
+    steps = parse_pipeline(pipeline_text)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     with progress.step(f"loading {source.name}"):
@@ -87,10 +93,6 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
         original = graph.copy()
     seconds["load"] = time.perf_counter() - start
 
-    pipeline_text = ",".join(
-        p for p in ((IMPORT_PIPELINE if options.simplify else ""), options.pipeline) if p
-    )
-    steps = parse_pipeline(pipeline_text)
     ctx = PassContext(
         target=options.target,
         verify=options.verify,
@@ -101,7 +103,7 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
         warn=progress.warn,
     )
     start = time.perf_counter()
-    with progress.step(f"running passes: {format_pipeline(steps)}"):
+    with progress.step(f"running the pipeline {format_pipeline(steps)}"):
         run = PassManager(steps, ctx).run(graph)
         infer_shapes(run.graph)
     seconds["passes"] = time.perf_counter() - start
@@ -140,10 +142,10 @@ def _check_out_dir(out_dir: Path, source: Path) -> None:
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
-    import os
-
-    if not os.access(parent, os.W_OK):
-        raise EdgecError(f"output directory '{out_dir}' is not writable")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise EdgecError(
+            f"output directory '{out_dir}' cannot be created: '{parent}' is not a writable folder"
+        )
 
 
 def _measure_error(prepared: Prepared, options: CompileOptions, run_artifact) -> dict[str, Any]:

@@ -83,6 +83,9 @@ def load_dataset(path: str | Path, graph: EdgeGraph, *, labelled: bool = False) 
         array = arrays[name]
         if array.shape == shape:  # a single sample given without the sample axis
             array = arrays[name] = array[None]
+        elif shape and shape[0] == 1 and array.ndim == len(shape) and array.shape[1:] == shape[1:]:
+            # The usual layout of a dataset for a batch-1 model: samples stacked on the batch axis.
+            array = arrays[name] = array[:, None]
         if array.shape[1:] != shape:
             raise EdgecError(
                 f"'{path}': input '{name}' has shape {list(array.shape)}; expected N samples of "

@@ -84,13 +84,16 @@ def atomic_path(path: Path, *, directory: bool = False):
     On failure the temporary is removed, so a reader never sees a half-written file or folder.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    else:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(handle)
-        temporary = Path(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if directory:
+            temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        else:
+            handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            os.close(handle)
+            temporary = Path(name)
+    except OSError as exc:
+        raise EdgecError(f"cannot write '{path}': {exc.strerror or exc}") from None
     # mkstemp/mkdtemp create owner-only files; a build output gets the usual umask permissions.
     umask = os.umask(0)
     os.umask(umask)
