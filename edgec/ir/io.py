@@ -40,7 +40,7 @@ def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
 
 def external_data_files(path: Path) -> list[Path]:
     """The external-data files a model refers to (for build-system dependency files)."""
-    model = read_model(path, load_external_data=False)
+    model = _parse(Path(path))
     files = set()
     for tensor in external_data_helper._get_all_tensors(model):
         if external_data_helper.uses_external_data(tensor):
@@ -48,9 +48,8 @@ def external_data_files(path: Path) -> list[Path]:
     return sorted(p.resolve() for p in files)
 
 
-def read_model(path: str | Path, *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Reads and checks an ONNX file; every failure is an ``EdgecError`` that says why."""
-    path = Path(path)
+def _parse(path: Path) -> onnx.ModelProto:
+    """The model proto without its external data; an ``EdgecError`` if it is not ONNX."""
     if not path.exists():
         raise EdgecError(f"model '{path}' does not exist")
     if not path.is_file():
@@ -61,9 +60,15 @@ def read_model(path: str | Path, *, load_external_data: bool = True) -> onnx.Mod
         raise EdgecError(f"'{path}' is not a valid ONNX model (protobuf parse failed: {exc})") from None
     if not model.graph.node and not model.graph.output:
         raise EdgecError(f"'{path}' is not an ONNX model (it has no graph)")
-    if load_external_data:
-        _check_external_locations(model, path.parent)
-        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    return model
+
+
+def read_model(path: str | Path) -> onnx.ModelProto:
+    """Reads and checks an ONNX file and its external data; every failure is an ``EdgecError``."""
+    path = Path(path)
+    model = _parse(path)
+    _check_external_locations(model, path.parent)
+    external_data_helper.load_external_data_for_model(model, str(path.parent))
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
@@ -128,21 +133,23 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
             temporary.write_bytes(model.SerializeToString())
         return
     data_name = f"{path.name}.data"
-    with atomic_path(path.parent / data_name) as data_tmp:
-        data_tmp.unlink()
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        external_data_helper.convert_model_to_external_data(
-            model, all_tensors_to_one_file=True, location=data_tmp.name
+    try:
+        staging = tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise EdgecError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    with staging as folder:
+        staged = Path(folder) / path.name
+        onnx.save_model(
+            onnx.ModelProto.FromString(model.SerializeToString()),
+            str(staged),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=0,
         )
-        with atomic_path(path) as model_tmp:
-            onnx.save_model(model, str(model_tmp))
-        # The model refers to the temporary data name; rewrite it to the final one.
-        final = onnx.load_model(str(path), load_external_data=False)
-        for tensor in external_data_helper._get_all_tensors(final):
-            if external_data_helper.uses_external_data(tensor):
-                external_data_helper.set_external_data(tensor, location=data_name)
-        with atomic_path(path) as model_tmp:
-            model_tmp.write_bytes(final.SerializeToString())
+        # Data first, then the model that points at it: each rename is atomic.
+        os.replace(Path(folder) / data_name, path.parent / data_name)
+        os.replace(staged, path)
 
 
 def save(graph: EdgeGraph, path: str | Path) -> None:

@@ -62,7 +62,10 @@ def forward(match: Match, graph: EdgeGraph, old: gs.Tensor, new: gs.Tensor) -> l
     intermediate, otherwise an Identity node is returned to write ``old``.
     """
     for consumer in list(old.outputs):
-        consumer.inputs[:] = [new if t is old else t for t in consumer.inputs]
+        # Index by index: graphsurgeon's synchronized input lists cannot take a slice assignment.
+        for index, tensor in enumerate(list(consumer.inputs)):
+            if tensor is old:
+                consumer.inputs[index] = new
     if not graph.is_graph_output(old):
         return []
     renamable = (
