@@ -284,15 +284,17 @@ def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: b
 def check(model: str, as_json: bool, **params: Any) -> None:
     """Report, without building, whether every node of MODEL can be compiled for a target."""
     from edgec.check import check_model
-    from edgec.compile import prepare
+    from edgec.compile import IMPORT_PIPELINE, load_model
+    from edgec.targets import get_target
 
     options = _options(params)
-    prepared = prepare(model, options.merged({"pipeline": ""}))
-    report = check_model(prepared.graph, options.target)
+    get_target(options.target)
+    graph, _ = load_model(Path(model), options)
+    report = check_model(graph, options.target, pipeline=IMPORT_PIPELINE if options.simplify else "")
     if as_json:
         _echo_json(report.as_dict())
     else:
-        click.echo(report.text())
+        click.echo("\n".join(report.lines()))
     if not report.ok:
         sys.exit(1)
 

@@ -21,8 +21,10 @@ from edgec.ir import (
     EdgeGraph,
     atomic_path,
     fix_input_shapes,
+    freeze_inputs,
     graph_cost,
     infer_shapes,
+    parse_freeze,
     peak_live_bytes,
     read_model,
     save,
@@ -69,6 +71,19 @@ def _signature(graph: EdgeGraph) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [describe(t) for t in graph.inputs], "outputs": [describe(t) for t in graph.outputs]}
 
 
+def load_model(source: Path, options: CompileOptions) -> tuple[EdgeGraph, dict[str, Any]]:
+    """Reads the model, freezes the inputs the options name and fixes every input's shape.
+
+    Returns the graph (shapes inferred) and the record of frozen inputs for the manifest.
+    """
+    graph = EdgeGraph.from_onnx(read_model(source))
+    values = {name: parse_freeze(f"{name}={spec}")[1] for name, spec in options.freeze_inputs.items()}
+    frozen = freeze_inputs(graph, values) if values else {}
+    fix_input_shapes(graph, options.input_shapes)
+    infer_shapes(graph)
+    return graph, frozen
+
+
 def prepare(model: str | Path, options: CompileOptions, progress: Progress | None = None) -> Prepared:
     """Loads the model, freezes inputs, fixes shapes, and runs the import path and the pipeline."""
     progress = progress or Progress(quiet=True)
@@ -81,15 +96,7 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     with progress.step(f"loading {source.name}"):
-        graph = EdgeGraph.from_onnx(read_model(source))
-        frozen: dict[str, Any] = {}
-        if options.freeze_inputs:
-            from edgec.ir.freeze import freeze_inputs, parse_freeze_value
-
-            values = {name: parse_freeze_value(spec) for name, spec in options.freeze_inputs.items()}
-            frozen = freeze_inputs(graph, values)
-        fix_input_shapes(graph, options.input_shapes)
-        infer_shapes(graph)
+        graph, frozen = load_model(source, options)
         original = graph.copy()
     seconds["load"] = time.perf_counter() - start
 
@@ -232,7 +239,8 @@ def compile_model(
     graph = prepared.graph
     from edgec.check import check_model
 
-    check_model(graph, target.name).raise_if_unsupported()
+    # The import pipeline already ran on this graph: check what is left, as it is.
+    check_model(graph, target.name, pipeline="").raise_if_unsupported()
     timings: dict[str, Any] = dict(prepared.seconds)
     name = _c_identifier(source.stem)
     with atomic_path(out_dir, directory=True) as build_dir:

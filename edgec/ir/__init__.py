@@ -1,6 +1,7 @@
 """edgec's intermediate graph: ``EdgeGraph``, ONNX I/O, shapes, printing and cost analyses."""
 
 from edgec.ir.analysis import GraphCost, NodeCost, graph_cost, node_cost, peak_live_bytes, tensor_bytes
+from edgec.ir.freeze import freeze_inputs, parse_freeze
 from edgec.ir.graph import EdgeGraph, ModelInfo
 from edgec.ir.io import atomic_path, external_data_files, load, read_model, save, save_model
 from edgec.ir.printer import op_sequence, print_graph
@@ -22,11 +23,13 @@ __all__ = [
     "atomic_path",
     "external_data_files",
     "fix_input_shapes",
+    "freeze_inputs",
     "graph_cost",
     "infer_shapes",
     "load",
     "node_cost",
     "op_sequence",
+    "parse_freeze",
     "parse_input_shape",
     "parse_shape",
     "peak_live_bytes",

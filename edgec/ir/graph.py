@@ -145,7 +145,8 @@ class EdgeGraph:
                 return candidate
 
     def add_constant(self, prefix: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.fresh_name(prefix), np.ascontiguousarray(values))
+        # np.ascontiguousarray would turn a 0-d array (a scalar) into shape [1].
+        return gs.Constant(self.fresh_name(prefix), np.asarray(values, order="C"))
 
     def ensure_unique_node_names(self) -> None:
         """Names unnamed or duplicate nodes ``<op>_<n>`` so that errors and stats can name them."""
