@@ -47,6 +47,7 @@ def _options(ctx_params: dict[str, Any]):
     config_path = ctx_params.pop("config", None)
     config = Path(config_path) if config_path else find_config(Path.cwd())
     base = load_config(config) if config else CompileOptions()
+    base.config_file = config
     overrides: dict[str, Any] = {}
     shapes = ctx_params.pop("input_shape", ())
     if shapes:
@@ -117,6 +118,7 @@ def main() -> None:
 @click.option("--eval", "eval", type=click.Path(), help="labelled .npz dataset for measuring accuracy")
 @click.option("--flash-budget", type=int, help="flash budget in bytes (overrides the board's)")
 @click.option("--ram-budget", type=int, help="RAM budget in bytes (overrides the board's)")
+@click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
 def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) -> None:
@@ -124,6 +126,7 @@ def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) 
     from edgec.compile import compile_model
     from edgec.progress import Progress
 
+    depfile = params.pop("depfile", None)
     options = _options(params)
     try:
         result = compile_model(model, output, options, Progress(quiet=quiet or as_json))
@@ -132,9 +135,29 @@ def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) 
         from edgec.manifest import read_manifest
 
         manifest = read_manifest(Path(output))
+        if depfile:
+            write_depfile(Path(depfile), Path(output), Path(model), options)
         _report(manifest, as_json)
         _fail(error)
+    if depfile:
+        write_depfile(Path(depfile), Path(output), Path(model), options)
     _report(manifest, as_json)
+
+
+def write_depfile(depfile: Path, out_dir: Path, model: Path, options) -> None:
+    """A Make-format dependency file: the build's manifest depends on every file that shaped it."""
+    from edgec.ir import atomic_path, external_data_files
+
+    inputs = [model.resolve(), *external_data_files(model)]
+    inputs += [p.resolve() for p in (options.calib, options.eval, options.inputs, options.config_file) if p]
+    inputs += [Path(v).resolve() for v in options.freeze_inputs.values() if v.endswith((".npy", ".npz"))]
+
+    def escape(path: Path) -> str:
+        return str(path).replace("\\", "\\\\").replace(" ", "\\ ").replace("#", "\\#").replace("$", "$$")
+
+    rule = f"{escape((out_dir / 'manifest.json').resolve())}: " + " \\\n  ".join(escape(p) for p in inputs)
+    with atomic_path(depfile) as temporary:
+        temporary.write_text(rule + "\n")
 
 
 def _report(manifest: dict[str, Any], as_json: bool) -> None:

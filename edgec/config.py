@@ -42,6 +42,7 @@ class CompileOptions:
         calib: .npz calibration dataset for passes that need one.
         dump_after: pass names after which the graph is printed.
         flash_budget, ram_budget: byte budgets that override the target's board budgets.
+        config_file: the config file these options came from (for dependency files).
     """
 
     target: str = DEFAULT_TARGET
@@ -57,6 +58,7 @@ class CompileOptions:
     dump_after: tuple[str, ...] = ()
     flash_budget: int | None = None
     ram_budget: int | None = None
+    config_file: Path | None = None
 
     def merged(self, overrides: dict[str, Any]) -> CompileOptions:
         """A copy with the given non-``None`` values applied (validated like config keys)."""
@@ -67,7 +69,7 @@ class CompileOptions:
         return CompileOptions(**values)
 
 
-_FIELDS = {f.name for f in dataclasses.fields(CompileOptions)}
+_FIELDS = {f.name for f in dataclasses.fields(CompileOptions)} - {"config_file"}
 _PATH_FIELDS = {"inputs", "eval", "calib"}
 
 

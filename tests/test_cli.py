@@ -248,3 +248,31 @@ def test_bad_config(cli, model_path: Path, tmp_path: Path) -> None:
 def test_usage_errors_exit_2(cli) -> None:
     assert invoke(cli, "compile").exit_code == 2
     assert invoke(cli, "frobnicate").exit_code == 2
+
+
+def test_depfile_lists_every_input(cli, model_path: Path, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "edgec.toml").write_text('pipeline = "fuse-conv-bn"\n')
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 3, 8, 8), np.float32))
+    monkeypatch.chdir(tmp_path)
+    depfile = tmp_path / "deps" / "convnet.d"
+    result = invoke(
+        cli,
+        "compile",
+        model_path,
+        "-o",
+        tmp_path / "b",
+        "-q",
+        "--depfile",
+        depfile,
+        "--inputs",
+        tmp_path / "x.npz",
+    )
+    assert result.exit_code == 0, result.stderr
+    target, _, deps = depfile.read_text().partition(": ")
+    assert target == str((tmp_path / "b" / "manifest.json").resolve())
+    listed = [d.strip(" \\\n") for d in deps.split(" \\\n")]
+    assert listed == [
+        str(model_path.resolve()),
+        str((tmp_path / "x.npz").resolve()),
+        str((tmp_path / "edgec.toml").resolve()),
+    ]
