@@ -15,7 +15,7 @@ from edgec.zoo import light_model
 
 def save_light_model(name: str, folder: Path) -> Path:
     path = folder / f"{name}.onnx"
-    onnx.save_model(light_model(name), str(path))
+    onnx.save_model(light_model(name, logits=True), str(path))
     return path
 
 

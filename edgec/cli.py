@@ -56,7 +56,14 @@ def _options(ctx_params: dict[str, Any]):
     if freezes:
         from edgec.ir.freeze import parse_freeze
 
-        overrides["freeze_inputs"] = {**base.freeze_inputs, **dict(map(parse_freeze, freezes))}
+        # Options hold the VALUE text (load_model parses it against the input); parse here only to
+        # fail early on a malformed spec or a missing file. Storing the parsed value instead would
+        # turn a .npy array into its repr.
+        specs = {}
+        for spec in freezes:
+            name, _ = parse_freeze(spec)
+            specs[name] = spec.partition("=")[2].strip()
+        overrides["freeze_inputs"] = {**base.freeze_inputs, **specs}
     no_simplify = ctx_params.pop("no_simplify", False)
     if no_simplify:
         overrides["simplify"] = False

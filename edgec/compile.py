@@ -28,6 +28,7 @@ from edgec.ir import (
     peak_live_bytes,
     read_model,
     save,
+    static_shape,
 )
 from edgec.manifest import MANIFEST, TIMINGS, file_hashes, sha256_file, write_json
 from edgec.pm import PassContext, PassManager, PipelineRun, format_pipeline, parse_pipeline
@@ -64,11 +65,19 @@ class CompileResult:
         return self.manifest["status"]["ok"]
 
 
-def _signature(graph: EdgeGraph) -> dict[str, list[dict[str, Any]]]:
+def _signature(prepared: Prepared) -> dict[str, list[dict[str, Any]]]:
     def describe(tensor) -> dict[str, Any]:
         return {"name": tensor.name, "dtype": np.dtype(tensor.dtype).name, "shape": list(tensor.shape)}
 
-    return {"inputs": [describe(t) for t in graph.inputs], "outputs": [describe(t) for t in graph.outputs]}
+    # Inputs as the caller feeds them; an output whose shape ONNX inference cannot give on the
+    # original (a Loop's outputs) is described as the optimized graph, loops unrolled, computes it.
+    optimized = {t.name: t for t in prepared.graph.outputs}
+    outputs = [
+        t if static_shape(t) is not None or t.name not in optimized else optimized[t.name]
+        for t in prepared.original.outputs
+    ]
+    inputs = prepared.original.inputs
+    return {"inputs": [describe(t) for t in inputs], "outputs": [describe(t) for t in outputs]}
 
 
 def load_model(source: Path, options: CompileOptions) -> tuple[EdgeGraph, dict[str, Any]]:
@@ -253,7 +262,7 @@ def compile_model(
             artifact = target.build(module, build_dir, name)
         timings["build"] = time.perf_counter() - start
         save(graph, build_dir / "optimized.onnx")
-        manifest_stub = {**_signature(prepared.original), "target": {"name": target.name}}
+        manifest_stub = {**_signature(prepared), "target": {"name": target.name}}
         start = time.perf_counter()
         with progress.step("measuring the artifact against onnxruntime"):
             error = _measure_error(
@@ -273,7 +282,7 @@ def compile_model(
             "edgec_version": edgec.__version__,
             "name": name,
             "model": {"file": source.name, "sha256": sha256_file(source)},
-            **_signature(prepared.original),
+            **_signature(prepared),
             "target": {**target.describe(), "tvm_target": target.tvm_target()},
             "pipeline": prepared.pipeline,
             "frozen_inputs": prepared.frozen,

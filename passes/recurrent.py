@@ -71,6 +71,26 @@ def _constant(node: gs.Node, tensor: gs.Tensor | None, what: str) -> np.ndarray 
     return np.asarray(tensor.values)
 
 
+def _value_sources(tensor: gs.Tensor) -> list[str]:
+    """Graph inputs with a static shape whose value ``tensor`` is computed from (not via Shape/Size)."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    stack = [tensor]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen or isinstance(current, gs.Constant):
+            continue
+        seen.add(id(current))
+        if not current.inputs:
+            if current.name and static_shape(current) is not None:
+                found.add(current.name)
+            continue
+        producer = current.inputs[0]
+        if producer.op not in ("Shape", "Size"):
+            stack.extend(producer.inputs)
+    return sorted(found)
+
+
 def _validate(node: gs.Node) -> _Layer:
     """Checks what the decomposition supports; raises ``UnsupportedNodeError`` saying what is not."""
     op = node.op
@@ -109,11 +129,17 @@ def _validate(node: gs.Node) -> _Layer:
     shape = static_shape(x)
     if shape is None or len(shape) != 3:
         shown = "unknown" if x.shape is None else list(x.shape)
+        sources = _value_sources(x)
+        # Inputs are static by now (compile fixes them first): a length that still is symbolic comes
+        # from an input's value, e.g. an If on a sample rate whose branches give different lengths.
+        fix = (
+            f"freeze the input it depends on with --freeze-input {sources[0]}=VALUE (it depends on "
+            f"the value of {', '.join(repr(name) for name in sources)})"
+            if sources
+            else "fix the shape with --input-shape"
+        )
         raise UnsupportedNodeError(
-            node.name,
-            op,
-            f"input '{x.name}' has a symbolic sequence length or batch (shape {shown}); "
-            "fix the shape with --input-shape",
+            node.name, op, f"input '{x.name}' has a symbolic sequence length or batch (shape {shown}); {fix}"
         )
     seq, batch = (shape[1], shape[0]) if layout else (shape[0], shape[1])
     lengths = _optional_input(node, 4)
