@@ -160,7 +160,7 @@ def _fix_for_refusal(error: UnsupportedNodeError, graph: EdgeGraph) -> str:
     if "--freeze-input" in reason:
         return "freeze the input it depends on with --freeze-input NAME=VALUE"
     if "max_trips" in reason:
-        return "raise the limit with unroll-loops{max_trips=N} in the pipeline"
+        return "unroll it before the import path: --no-simplify -p 'unroll-loops{max_trips=N},import,default'"
     return f"edgec cannot lower this {error.op_type}; change the model (see the reason)"
 
 

@@ -240,8 +240,9 @@ def _loop_trip_count(node: onnx.NodeProto, constants: dict[str, np.ndarray], max
         raise UnsupportedNodeError(
             node.name,
             "Loop",
-            f"its trip count {trips} exceeds the unroll limit max_trips={max_trips}; raise it with "
-            f"unroll-loops{{max_trips={trips}}} if the unrolled graph may be that large",
+            f"its trip count {trips} exceeds the unroll limit max_trips={max_trips}; if the unrolled "
+            f"graph may be that large, unroll it first: --no-simplify "
+            f"-p 'unroll-loops{{max_trips={trips}}},import,default'",
         )
     return max(trips, 0)
 
