@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -11,19 +10,12 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, infer_shapes, static_shape
+from edgec.ir import EdgeGraph, static_shape
+from edgec.passes.common import RewritePass, refresh_shapes
 from edgec.pm import Pass, PassContext, PassResult, register
 from edgec.rewrite import Match, Op, Optional, Rule, RuleSet, Var, forward
 
 # ----- shared helpers --------------------------------------------------------------------------
-
-
-def _refresh_shapes(graph: EdgeGraph, ops: set[str]) -> None:
-    """Runs shape inference when some node of ``ops`` may need shapes; a failure leaves shapes as
-    they were, so shape-dependent checks refuse instead of guessing."""
-    if any(node.op in ops for node in graph.nodes):
-        with contextlib.suppress(EdgecError):
-            infer_shapes(graph)
 
 
 def _keeps_output_name(graph: EdgeGraph, old: gs.Tensor, new: gs.Tensor) -> str | None:
@@ -178,7 +170,7 @@ class FoldConstants(Pass):
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
         if self.fold_shapes:
-            _refresh_shapes(graph, {"Shape", "Size"})
+            refresh_shapes(graph, {"Shape", "Size"})
         graph.gs.toposort()
         folded = 0
         refused: list[dict[str, Any]] = []
@@ -303,16 +295,14 @@ IDENTITY_RULES = RuleSet(
 
 @register
 @dataclass(frozen=True)
-class EliminateIdentity(Pass):
+class EliminateIdentity(RewritePass):
     """Removes Identity, inference Dropout and no-op Reshape, Transpose and Cast nodes."""
 
     name: ClassVar[str] = "eliminate-identity"
     lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        _refresh_shapes(graph, {"Reshape", "Transpose", "Cast"})
-        report = IDENTITY_RULES.apply(graph)
-        return PassResult(graph, changed=report.total > 0, stats={"removed": report.total, **report.stats()})
+    rules: ClassVar[RuleSet] = IDENTITY_RULES
+    counter: ClassVar[str] = "removed"
+    needs_shapes: ClassVar[frozenset[str]] = frozenset({"Reshape", "Transpose", "Cast"})
 
 
 # ----- merge-transposes ------------------------------------------------------------------------
@@ -367,16 +357,14 @@ TRANSPOSE_RULES = RuleSet(
 
 @register
 @dataclass(frozen=True)
-class MergeTransposes(Pass):
+class MergeTransposes(RewritePass):
     """Merges a Transpose of a Transpose into one Transpose, or removes both when they cancel."""
 
     name: ClassVar[str] = "merge-transposes"
     lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        _refresh_shapes(graph, {"Transpose"})
-        report = TRANSPOSE_RULES.apply(graph)
-        return PassResult(graph, changed=report.total > 0, stats={"merged": report.total, **report.stats()})
+    rules: ClassVar[RuleSet] = TRANSPOSE_RULES
+    counter: ClassVar[str] = "merged"
+    needs_shapes: ClassVar[frozenset[str]] = frozenset({"Transpose"})
 
 
 # ----- merge-reshapes --------------------------------------------------------------------------
@@ -442,13 +430,11 @@ RESHAPE_RULES = RuleSet(
 
 @register
 @dataclass(frozen=True)
-class MergeReshapes(Pass):
+class MergeReshapes(RewritePass):
     """Merges chains of Reshape, Flatten, Squeeze and Unsqueeze with constant shapes into one Reshape."""
 
     name: ClassVar[str] = "merge-reshapes"
     lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        _refresh_shapes(graph, set(_RESHAPE_LIKE))
-        report = RESHAPE_RULES.apply(graph)
-        return PassResult(graph, changed=report.total > 0, stats={"merged": report.total, **report.stats()})
+    rules: ClassVar[RuleSet] = RESHAPE_RULES
+    counter: ClassVar[str] = "merged"
+    needs_shapes: ClassVar[frozenset[str]] = frozenset(_RESHAPE_LIKE)

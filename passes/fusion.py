@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, infer_shapes
-from edgec.pm import Pass, PassContext, PassResult, register, register_pipeline
+from edgec.ir import EdgeGraph
+from edgec.passes.common import RewritePass
+from edgec.pm import register, register_pipeline
 from edgec.rewrite import Const, Match, Op, Optional, Rule, RuleSet, Var
-
-
-def _refresh_shapes(graph: EdgeGraph, ops: set[str]) -> None:
-    """Runs shape inference when a node of ``ops`` is present; on failure ranks stay unknown and the
-    checks that need them refuse."""
-    if any(node.op in ops for node in graph.nodes):
-        with contextlib.suppress(EdgecError):
-            infer_shapes(graph)
 
 
 def _rank(tensor: gs.Tensor) -> int | None:
@@ -100,15 +91,13 @@ CONV_BN_RULES = RuleSet([Rule("conv-bn", _CONV_BN, _fold_conv_bn, _inference_bat
 
 @register
 @dataclass(frozen=True)
-class FuseConvBatchNorm(Pass):
+class FuseConvBatchNorm(RewritePass):
     """Folds an inference BatchNormalization into the preceding Conv's weights and bias."""
 
     name: ClassVar[str] = "fuse-conv-bn"
     lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        report = CONV_BN_RULES.apply(graph)
-        return PassResult(graph, changed=report.total > 0, stats={"fused": report.total, **report.stats()})
+    rules: ClassVar[RuleSet] = CONV_BN_RULES
+    counter: ClassVar[str] = "fused"
 
 
 # ----- fuse-gemm-bn ----------------------------------------------------------------------------
@@ -166,16 +155,14 @@ GEMM_BN_RULES = RuleSet(
 
 @register
 @dataclass(frozen=True)
-class FuseGemmBatchNorm(Pass):
+class FuseGemmBatchNorm(RewritePass):
     """Folds an inference BatchNormalization into the preceding Gemm (or constant-weight MatMul)."""
 
     name: ClassVar[str] = "fuse-gemm-bn"
     lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        _refresh_shapes(graph, {"MatMul"})
-        report = GEMM_BN_RULES.apply(graph)
-        return PassResult(graph, changed=report.total > 0, stats={"fused": report.total, **report.stats()})
+    rules: ClassVar[RuleSet] = GEMM_BN_RULES
+    counter: ClassVar[str] = "fused"
+    needs_shapes: ClassVar[frozenset[str]] = frozenset({"MatMul"})
 
 
 # ----- fuse-matmul-add -------------------------------------------------------------------------
@@ -220,16 +207,14 @@ MATMUL_ADD_RULES = RuleSet(
 
 @register
 @dataclass(frozen=True)
-class FuseMatMulAdd(Pass):
+class FuseMatMulAdd(RewritePass):
     """Fuses a 2-D MatMul by constant weights and an Add of a constant bias into one Gemm."""
 
     name: ClassVar[str] = "fuse-matmul-add"
     lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        _refresh_shapes(graph, {"MatMul"})
-        report = MATMUL_ADD_RULES.apply(graph)
-        return PassResult(graph, changed=report.total > 0, stats={"fused": report.total, **report.stats()})
+    rules: ClassVar[RuleSet] = MATMUL_ADD_RULES
+    counter: ClassVar[str] = "fused"
+    needs_shapes: ClassVar[frozenset[str]] = frozenset({"MatMul"})
 
 
 # ----- fuse-pad-conv ---------------------------------------------------------------------------
@@ -325,15 +310,13 @@ PAD_CONV_RULES = RuleSet(
 
 @register
 @dataclass(frozen=True)
-class FusePadConv(Pass):
+class FusePadConv(RewritePass):
     """Folds a constant zero Pad on the spatial axes into the following Conv's pads."""
 
     name: ClassVar[str] = "fuse-pad-conv"
     lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        report = PAD_CONV_RULES.apply(graph)
-        return PassResult(graph, changed=report.total > 0, stats={"fused": report.total, **report.stats()})
+    rules: ClassVar[RuleSet] = PAD_CONV_RULES
+    counter: ClassVar[str] = "fused"
 
 
 # ----- fuse-conv-mul-add -----------------------------------------------------------------------
@@ -410,15 +393,13 @@ CONV_MUL_ADD_RULES = RuleSet(
 
 @register
 @dataclass(frozen=True)
-class FuseConvMulAdd(Pass):
+class FuseConvMulAdd(RewritePass):
     """Folds a per-output-channel constant Mul and/or Add after a Conv into its weights and bias."""
 
     name: ClassVar[str] = "fuse-conv-mul-add"
     lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        report = CONV_MUL_ADD_RULES.apply(graph)
-        return PassResult(graph, changed=report.total > 0, stats={"fused": report.total, **report.stats()})
+    rules: ClassVar[RuleSet] = CONV_MUL_ADD_RULES
+    counter: ClassVar[str] = "fused"
 
 
 # The order matters: cleanup exposes constants and removes no-ops that hide patterns, Pad folds
