@@ -80,7 +80,8 @@ def _fold_constants_with_numpy() -> tvm.transform.Pass:
                 int(d) for d in expected.shape
             ]:
                 return call  # numpy promoted or broadcast differently: let TVM fold it
-            return relax.const(result)
+            # Without the dtype, relax.const narrows int64 to int32 (requantization constants).
+            return relax.const(result, str(result.dtype))
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecNumpyFoldConstant")
     def fold(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

@@ -11,7 +11,7 @@ import contextlib
 import io
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import onnx
@@ -203,6 +203,61 @@ def _failing_node(err: BaseException) -> onnx.NodeProto | None:
     return node
 
 
+# What the relax frontend raises when it fails on a node (TVM 0.27 errors are RuntimeError
+# subclasses; converters also fail with plain Python errors on unexpected attributes).
+FRONTEND_ERRORS = (
+    RuntimeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    AssertionError,
+    NotImplementedError,
+)
+
+
+def prepare_for_frontend(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> tuple[onnx.ModelProto, dict[str, list[int]], dict[str, str]]:
+    """Checks coverage and returns a copy of the model the frontend can take, with its input
+    shapes and dtypes (Dropout made Identity, n-ary Sum split into Adds).
+
+    Raises:
+        UnsupportedNodeError: For the first node the frontend has no converter for.
+        EdgecError: If an input has no static shape.
+    """
+    problems = unsupported_nodes(model)
+    if problems:
+        raise UnsupportedNodeError(*problems[0])
+    shapes, dtypes = _input_signature(model, input_shapes)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    _replace_dropout(work.graph)
+    _split_sum(work.graph)
+    return work, shapes, dtypes
+
+
+def run_frontend(convert: Callable[[], tvm.IRModule]) -> tvm.IRModule:
+    """Runs a frontend conversion with its chatter silenced; a failure becomes an ``EdgecError``
+    that names the node and keeps the frontend's own message."""
+    chatter = io.StringIO()
+    try:
+        # The frontend prints "Error converting operator ..." to stdout and warns about input
+        # renaming and checker nits; edgec reports errors itself, so keep stdout clean.
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return convert()
+    except FRONTEND_ERRORS as err:
+        node = _failing_node(err)
+        where = f"{node.op_type} '{_node_label(node)}'" if node is not None else "the model"
+        detail = str(err).strip() or type(err).__name__
+        raise EdgecError(
+            f"the TVM relax ONNX frontend failed on {where}: {type(err).__name__}: {detail}. "
+            "Fixing the input shapes and simplifying the model (onnxslim) often helps."
+        ) from err
+
+
 def import_onnx(
     model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> tvm.IRModule:
@@ -221,30 +276,9 @@ def import_onnx(
         EdgecError: If an input has no static shape, or the frontend fails on a node (the
             message names the node and keeps the frontend's own message).
     """
-    problems = unsupported_nodes(model)
-    if problems:
-        raise UnsupportedNodeError(*problems[0])
-    shapes, dtypes = _input_signature(model, input_shapes)
-
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    _replace_dropout(work.graph)
-    _split_sum(work.graph)
-
     from tvm.relax.frontend.onnx import from_onnx
 
-    chatter = io.StringIO()
-    try:
-        # The frontend prints "Error converting operator ..." to stdout and warns about input
-        # renaming and checker nits; edgec reports errors itself, so keep stdout clean.
-        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return from_onnx(work, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
-    except Exception as err:
-        node = _failing_node(err)
-        where = f"{node.op_type} '{_node_label(node)}'" if node is not None else "the model"
-        detail = str(err).strip() or type(err).__name__
-        raise EdgecError(
-            f"the TVM relax ONNX frontend failed on {where}: {type(err).__name__}: {detail}. "
-            "Fixing the input shapes and simplifying the model (onnxslim) often helps."
-        ) from err
+    work, shapes, dtypes = prepare_for_frontend(model, input_shapes)
+    return run_frontend(
+        lambda: from_onnx(work, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    )
