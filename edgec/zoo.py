@@ -78,7 +78,9 @@ def _drop_final_softmax(model: onnx.ModelProto) -> None:
                 node.input[:] = [output.name if i == producer.input[0] else i for i in node.input]
 
 
-def light_model(name: str, seed: int = 0, *, logits: bool = False) -> onnx.ModelProto:
+def light_model(
+    name: str, seed: int = 0, *, logits: bool = False, opset: int | None = None
+) -> onnx.ModelProto:
     """The wheel's ``light_<name>`` architecture with seeded random weights as initializers.
 
     Args:
@@ -86,6 +88,8 @@ def light_model(name: str, seed: int = 0, *, logits: bool = False) -> onnx.Model
         seed: seed of the weights.
         logits: drop a final Softmax, so numeric comparisons see the logits rather than an
             almost one-hot distribution.
+        opset: convert to this opset (the wheel's models are opset 8/9, older than what
+            quantized QDQ graphs need).
     """
     path = LIGHT_DIR / f"light_{name}.onnx"
     if not path.is_file():
@@ -119,5 +123,9 @@ def light_model(name: str, seed: int = 0, *, logits: bool = False) -> onnx.Model
     model.graph.name = name
     # IR < 4 requires every initializer to be a graph input; the weights are not inputs.
     model.ir_version = max(model.ir_version, 4)
+    if opset is not None:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, opset)
     onnx.checker.check_model(model)
     return model

@@ -81,18 +81,10 @@ def _ort_qdq(
 
 
 def _light_fp32(name: str) -> onnx.ModelProto:
-    """A light architecture with random weights, opset 17, only the real input left."""
-    from onnx import version_converter
-
+    """A light architecture with random weights, opset 17."""
     from edgec.zoo import light_model
 
-    model = light_model(name)
-    initializers = {t.name for t in model.graph.initializer}
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [i for i in model.graph.input if i.name not in initializers and i.name in used]
-    del model.graph.input[:]
-    model.graph.input.extend(keep)
-    return version_converter.convert_version(model, 17)
+    return light_model(name, opset=17)
 
 
 def _input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
