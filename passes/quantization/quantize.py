@@ -1,0 +1,228 @@
+"""The ``quantize`` pass: static int8 QDQ, int8-dynamic, weight-only int8/int4/int2, or fp16.
+
+Pipeline form: ``quantize{scheme=int8,calibration=entropy}``; with ``budget=0.005`` the most
+sensitive layers stay float until the accuracy drop (labelled ``--eval`` data) or the relative output
+error (otherwise) is within the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from edgec.errors import EdgecError
+from edgec.ir import EdgeGraph
+from edgec.passes.quantization.calibration import METHODS, check_calibration, collect_ranges
+from edgec.passes.quantization.qdq import COMPUTE_OPS, Plan, make_plan
+from edgec.passes.quantization.sensitivity import budget_metric, layers_of, search_mixed_precision
+from edgec.passes.quantization.static import (
+    Evaluator,
+    build_int8,
+    calibrate_plan,
+    integer_weight_bytes,
+    prepare,
+    weight_bytes,
+)
+from edgec.passes.quantization.weight_only import dynamic_int8, to_fp16, weight_only
+from edgec.pm import Pass, PassContext, PassResult, register
+from edgec.verify import random_inputs
+
+SCHEMES = ("int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "fp16")
+# Opset each scheme needs: per-axis QDQ (13), INT4 and blocked QDQ (21), INT2 (25).
+_MINIMUM_OPSET = {
+    "int8": 13,
+    "int8-dynamic": 13,
+    "weight-int8": 13,
+    "weight-int4": 21,
+    "weight-int2": 25,
+    "fp16": 1,
+}
+_WEIGHT_BITS = {"weight-int8": 8, "weight-int4": 4, "weight-int2": 2}
+# Samples for the error report when no calibration data is given to a data-free scheme.
+_RANDOM_SAMPLES = 8
+
+
+@register
+@dataclass(frozen=True)
+class Quantize(Pass):
+    """Quantizes Conv/Gemm/MatMul and friends to standard QDQ ONNX under the chosen scheme."""
+
+    name: ClassVar[str] = "quantize"
+    lossless: ClassVar[bool] = False
+    scheme: Literal["int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "fp16"] = "int8"
+    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
+    percentile: float = 99.99
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    shared_concat_scale: bool = True
+    group_size: int = 0
+    exclude: tuple[str, ...] = ()
+    budget: float | None = None
+    budget_metric: Literal["auto", "accuracy", "error"] = "auto"
+    max_calibration_samples: int = 1024
+    fold_batchnorm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise EdgecError(
+                f"unknown quantization scheme '{self.scheme}'; choose one of {', '.join(SCHEMES)}"
+            )
+        if self.calibration not in METHODS:
+            raise EdgecError(
+                f"unknown calibration method '{self.calibration}'; choose one of {', '.join(METHODS)}"
+            )
+        if self.group_size < 0 or (self.group_size and self.group_size < 2):
+            raise EdgecError(f"group_size must be 0 (per channel) or at least 2, got {self.group_size}")
+        if self.budget is not None and (self.scheme != "int8" or self.budget < 0):
+            raise EdgecError("budget applies to scheme=int8 and must be >= 0 (e.g. budget=0.005)")
+        if self.max_calibration_samples < 1:
+            raise EdgecError("max_calibration_samples must be at least 1")
+
+    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
+        names = {node.name for node in graph.nodes}
+        unknown = sorted(set(self.exclude) - names)
+        if unknown:
+            raise EdgecError(f"quantize{{exclude}} names unknown nodes {unknown}")
+        # Data is checked before the graph is touched: a bad --calib leaves nothing half-done.
+        samples = self._samples(ctx, graph, required=self.scheme == "int8")
+        before = weight_bytes(graph)
+        prepared, done = prepare(graph, ctx, _MINIMUM_OPSET[self.scheme], self.fold_batchnorm)
+        if self.scheme == "int8":
+            quantized, stats = self._static(prepared, ctx, samples)
+        else:
+            quantized, stats = self._data_free(prepared, ctx, samples)
+        after = weight_bytes(quantized)
+        stats = {
+            "scheme": self.scheme,
+            **stats,
+            **done,
+            "weight_bytes_before": before,
+            "weight_bytes_after": after,
+            "compression": round(before / max(after, 1), 3),
+            "integer_weights": integer_weight_bytes(quantized),
+        }
+        return PassResult(quantized, changed=True, stats=stats)
+
+    # ----- static int8 ---------------------------------------------------------------------------
+    def _samples(self, ctx: PassContext, graph: EdgeGraph, required: bool) -> dict[str, np.ndarray] | None:
+        if ctx.calibration is None and not required:
+            return None
+        samples = check_calibration(ctx.calibration, graph, ctx.warn)
+        return {k: v[: self.max_calibration_samples] for k, v in samples.items()}
+
+    def _static(
+        self, prepared: EdgeGraph, ctx: PassContext, samples: dict[str, np.ndarray]
+    ) -> tuple[EdgeGraph, dict[str, Any]]:
+        symmetric = self.symmetric_activations
+
+        full = make_plan(prepared.copy(), frozenset(self.exclude), symmetric, self.shared_concat_scale)
+        if not layers_of(full):
+            raise EdgecError(
+                "no quantizable op: int8 quantizes Conv, Gemm, MatMul, Add, Mul, Concat and pooling; "
+                f"this model has {sorted({n.op for n in prepared.nodes})}"
+                + (f" (refused: {_first_reasons(full)})" if full.refused else "")
+            )
+        ranges = calibrate_plan(prepared, full, samples, self.calibration, self.percentile)
+
+        def calibrate(names: list[str]) -> dict[str, tuple[float, float]]:
+
+            return collect_ranges(prepared, names, samples, self.calibration, self.percentile)
+
+        def build(exclude: frozenset[str]) -> tuple[EdgeGraph, Plan]:
+            return build_int8(
+                prepared,
+                ranges,
+                frozenset(self.exclude) | exclude,
+                symmetric,
+                self.per_channel,
+                calibrate,
+                self.shared_concat_scale,
+            )
+
+        stats: dict[str, Any] = {
+            "calibration": self.calibration,
+            "calibration_samples": len(next(iter(samples.values()))),
+            "per_channel": self.per_channel,
+            "symmetric_activations": symmetric,
+        }
+        if self.budget is None:
+            quantized, plan = build(frozenset())
+            evaluator = Evaluator(prepared, samples, ctx.evaluation)
+            report = evaluator.measure(quantized)
+        else:
+            kind = budget_metric(self.budget_metric, ctx.evaluation)
+            evaluator = Evaluator(prepared, samples, ctx.evaluation)
+            quantized, plan, report, summary = search_mixed_precision(
+                build, layers_of(full), evaluator, kind, self.budget
+            )
+            stats["budget"] = summary
+            if not summary["met"]:
+                ctx.warn(f"quantize: {kind} budget {self.budget} not met ({summary['value']:.4g})")
+        stats.update(_plan_stats(plan, prepared))
+        stats.update(report)
+        return quantized, stats
+
+    # ----- weight-only, dynamic, fp16 ------------------------------------------------------------
+    def _data_free(
+        self, prepared: EdgeGraph, ctx: PassContext, samples: dict[str, np.ndarray] | None
+    ) -> tuple[EdgeGraph, dict[str, Any]]:
+        error_data = "calibration"
+        if samples is None:
+            error_data = "random"
+            draws = [random_inputs(prepared, seed=ctx.seed + i) for i in range(_RANDOM_SAMPLES)]
+            samples = {name: np.stack([d[name] for d in draws]) for name in draws[0]}
+        evaluator = Evaluator(prepared, samples, ctx.evaluation)
+        quantized = prepared.copy()
+        exclude = frozenset(self.exclude)
+        if self.scheme in _WEIGHT_BITS:
+            precision, refused = weight_only(
+                quantized, _WEIGHT_BITS[self.scheme], self.per_channel, self.group_size, exclude
+            )
+        elif self.scheme == "int8-dynamic":
+            precision, refused = dynamic_int8(quantized, self.per_channel, exclude)
+        else:
+            precision, refused = to_fp16(quantized, exclude)
+        if not precision:
+            raise EdgecError(
+                f"no quantizable op for scheme={self.scheme} "
+                f"({'MatMul/Gemm' if self.scheme == 'int8-dynamic' else 'ops with float weights'}); "
+                f"refused: {refused or 'none found'}"
+            )
+        ops = {node.name: node.op for node in prepared.nodes}
+        stats: dict[str, Any] = {
+            "per_channel": self.per_channel,
+            "group_size": self.group_size,
+            "precision": {**{n: "float" for n in refused}, **precision},
+            "float_nodes": [
+                {"node": n, "op": ops.get(n, "?"), "reason": r} for n, r in sorted(refused.items())
+            ],
+            "quantized": len(precision),
+            "error_data": error_data,
+        }
+        stats.update(evaluator.measure(quantized))
+        return quantized, stats
+
+
+def _first_reasons(plan: Plan, count: int = 3) -> str:
+    return "; ".join(f"{name}: {reason}" for name, reason in list(plan.refused.items())[:count])
+
+
+def _plan_stats(plan: Plan, prepared: EdgeGraph) -> dict[str, Any]:
+    ops = {node.name: node.op for node in prepared.nodes}
+    precision: dict[str, str] = {}
+    for name, node in plan.nodes.items():
+        precision[name] = "int8" if node.op in COMPUTE_OPS else "int8 (shared scale)"
+    for name, (producer, _, _) in plan.folds.items():
+        precision[name] = f"folded into {producer.name}"
+    float_nodes = []
+    for name, reason in sorted(plan.refused.items()):
+        precision.setdefault(name, "float")
+        float_nodes.append({"node": name, "op": ops.get(name, "?"), "reason": reason})
+    return {
+        "precision": dict(sorted(precision.items())),
+        "float_nodes": float_nodes,
+        "quantized": sum(1 for n in plan.nodes.values() if n.op in COMPUTE_OPS),
+        "folded_activations": len(plan.folds),
+    }
