@@ -72,7 +72,19 @@ def _options(ctx_params: dict[str, Any]):
     dump_after = ctx_params.pop("dump_after", ())
     if dump_after:
         overrides["dump_after"] = tuple(dump_after)
-    for key in ("target", "pipeline", "seed", "inputs", "eval", "calib", "flash_budget", "ram_budget"):
+    for key in (
+        "target",
+        "pipeline",
+        "seed",
+        "inputs",
+        "eval",
+        "calib",
+        "flash_budget",
+        "ram_budget",
+        "quantize",
+        "calibration",
+        "max_accuracy_drop",
+    ):
         if key in ctx_params and ctx_params[key] is not None:
             value = ctx_params.pop(key)
             overrides[key] = Path(value) if key in ("inputs", "eval", "calib") else value
@@ -103,6 +115,14 @@ def _pipeline_options(function):
         click.option("--dump-after", multiple=True, metavar="PASS", help="print the graph after PASS"),
         click.option("--seed", type=int, help="seed of random verification inputs"),
         click.option("--calib", type=click.Path(), help=".npz calibration dataset"),
+        click.option(
+            "--quantize",
+            metavar="SCHEME",
+            help="quantize after the pipeline: int8, int8-dynamic, weight-int8|int4|int2, fp16",
+        ),
+        click.option(
+            "--calibration", metavar="METHOD", help="int8 calibration: minmax, percentile, entropy, mse"
+        ),
     ]
     for decorator in reversed(decorators):
         function = decorator(function)
@@ -123,6 +143,9 @@ def main() -> None:
 @_pipeline_options
 @click.option("--inputs", type=click.Path(), help=".npz inputs for measuring the artifact's error")
 @click.option("--eval", "eval", type=click.Path(), help="labelled .npz dataset for measuring accuracy")
+@click.option(
+    "--max-accuracy-drop", type=float, help="largest accepted accuracy drop on --eval (0.01 = 1 point)"
+)
 @click.option("--flash-budget", type=int, help="flash budget in bytes (overrides the board's)")
 @click.option("--ram-budget", type=int, help="RAM budget in bytes (overrides the board's)")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")

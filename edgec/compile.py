@@ -33,7 +33,7 @@ from edgec.ir import (
 from edgec.manifest import MANIFEST, TIMINGS, file_hashes, sha256_file, write_json
 from edgec.pm import PassContext, PassManager, PipelineRun, format_pipeline, parse_pipeline
 from edgec.progress import Progress
-from edgec.verify import accuracy, error_metrics, random_inputs, run_onnx
+from edgec.verify import accuracy, error_metrics, random_inputs
 
 IMPORT_PIPELINE = "import"
 
@@ -98,10 +98,9 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
     progress = progress or Progress(quiet=True)
     source = Path(model)
     # Parsed first: a typo in the pipeline fails before any slow work.
-    pipeline_text = ",".join(
-        p for p in ((IMPORT_PIPELINE if options.simplify else ""), options.pipeline) if p
-    )
-    steps = parse_pipeline(pipeline_text)
+    steps = parse_pipeline(options.full_pipeline())
+    if options.max_accuracy_drop is not None and not options.eval:
+        raise EdgecError("--max-accuracy-drop needs labelled data to measure accuracy: add --eval test.npz")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     with progress.step(f"loading {source.name}"):
@@ -164,24 +163,44 @@ def _check_out_dir(out_dir: Path, source: Path) -> None:
         )
 
 
+# Samples of --eval/--calib data used for the error figures (each one is an artifact run).
+ERROR_SAMPLES = 8
+
+
+def _error_feeds(original: EdgeGraph, options: CompileOptions) -> tuple[dict[str, np.ndarray], str]:
+    """Inputs with a leading sample axis for the error figures, and where they came from.
+
+    Real data comes first (a quantized model is only meaningful on in-distribution inputs):
+    ``--inputs``, else the first samples of ``--eval`` or ``--calib``, else seeded random inputs.
+    """
+    if options.inputs:
+        return {k: v[None] for k, v in load_inputs(options.inputs, original).items()}, options.inputs.name
+    for path in (options.eval, options.calib):
+        if path:
+            samples = samples_of(load_dataset(path, original), original)
+            count = min(ERROR_SAMPLES, len(next(iter(samples.values()))))
+            return {k: v[:count] for k, v in samples.items()}, f"{path.name} (first {count} samples)"
+    feeds = random_inputs(original, seed=options.seed)
+    return {k: v[None] for k, v in feeds.items()}, f"random normal inputs, seed {options.seed}"
+
+
 def _measure_error(prepared: Prepared, options: CompileOptions, run_artifact) -> dict[str, Any]:
     """Error of the optimized graph and of the built artifact against the original model."""
+    from edgec.verify import run_onnx_batch
+
     original = prepared.original
-    if options.inputs:
-        feeds = load_inputs(options.inputs, original)
-        source = options.inputs.name
-    else:
-        feeds = random_inputs(original, seed=options.seed)
-        source = f"random normal inputs, seed {options.seed}"
-    reference = run_onnx(original.to_onnx(), feeds)
-    optimized = run_onnx(prepared.graph.to_onnx(), feeds)
+    feeds, source = _error_feeds(original, options)
+    count = len(next(iter(feeds.values())))
+    reference = run_onnx_batch(original.to_onnx(), feeds)
+    optimized = run_onnx_batch(prepared.graph.to_onnx(), feeds)
     order = [t.name for t in original.inputs]
-    outputs = run_artifact([feeds[name] for name in order])
-    artifact = dict(zip([t.name for t in original.outputs], outputs, strict=True))
+    runs = [run_artifact([feeds[name][i] for name in order]) for i in range(count)]
+    names = [t.name for t in original.outputs]
+    artifact = {name: np.stack([run[k] for run in runs]) for k, name in enumerate(names)}
     result: dict[str, Any] = {
         "inputs": source,
-        "optimized_vs_original": error_metrics(reference, optimized).as_dict(),
-        "artifact_vs_original": error_metrics(reference, artifact).as_dict(),
+        "optimized_vs_original": error_metrics(reference, optimized, samples=count).as_dict(),
+        "artifact_vs_original": error_metrics(reference, artifact, samples=count).as_dict(),
     }
     if options.eval:
         result["accuracy"] = _measure_accuracy(prepared, options, run_artifact)
@@ -207,8 +226,15 @@ def _measure_accuracy(prepared: Prepared, options: CompileOptions, run_artifact)
     }
 
 
-def _budget_gates(target, sizes: dict[str, int], options: CompileOptions) -> list[str]:
+def _budget_gates(target, sizes: dict[str, int], error: dict[str, Any], options: CompileOptions) -> list[str]:
     failures = []
+    if options.max_accuracy_drop is not None and "accuracy" in error:
+        drop = error["accuracy"]["original"] - error["accuracy"]["artifact"]
+        if drop > options.max_accuracy_drop:
+            failures.append(
+                f"accuracy drop {drop:.4f} exceeds --max-accuracy-drop {options.max_accuracy_drop}; try "
+                "--calibration entropy or mse, or a cross-layer-equalization,bias-correction pipeline"
+            )
     flash_budget = options.flash_budget or target.flash_bytes
     ram_budget = options.ram_budget or target.ram_bytes
     if flash_budget and sizes.get("flash_bytes", 0) > flash_budget:
@@ -276,7 +302,7 @@ def compile_model(
             "activation_lower_bound_bytes": peak_live_bytes(graph),
             **artifact.sizes,
         }
-        failures = _budget_gates(target, sizes, options)
+        failures = _budget_gates(target, sizes, error, options)
         manifest = {
             "schema": 1,
             "edgec_version": edgec.__version__,

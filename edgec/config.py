@@ -42,6 +42,10 @@ class CompileOptions:
         calib: .npz calibration dataset for passes that need one.
         dump_after: pass names after which the graph is printed.
         flash_budget, ram_budget: byte budgets that override the target's board budgets.
+        quantize: quantization scheme appended to the pipeline (``int8``, ``weight-int4``, ...).
+        calibration: calibration method for ``quantize`` (``minmax``, ``entropy``, ...).
+        max_accuracy_drop: largest accepted top-1 accuracy drop on ``eval`` (a fraction); it
+            keeps sensitive layers in float and fails the build (exit 3) when still missed.
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -58,7 +62,30 @@ class CompileOptions:
     dump_after: tuple[str, ...] = ()
     flash_budget: int | None = None
     ram_budget: int | None = None
+    quantize: str | None = None
+    calibration: str | None = None
+    max_accuracy_drop: float | None = None
     config_file: Path | None = None
+
+    def full_pipeline(self) -> str:
+        """The pipeline string that runs: import path, ``pipeline``, then the ``--quantize`` sugar.
+
+        ``--quantize S --calibration M --max-accuracy-drop D`` expands to
+        ``quantize{scheme=S,calibration=M,budget=D,budget_metric=accuracy}``.
+        """
+        parts = ["import"] if self.simplify else []
+        if self.pipeline:
+            parts.append(self.pipeline)
+        if self.quantize:
+            options = [f"scheme={self.quantize}"]
+            if self.calibration:
+                options.append(f"calibration={self.calibration}")
+            if self.max_accuracy_drop is not None:
+                options += [f"budget={self.max_accuracy_drop}", "budget_metric=accuracy"]
+            parts.append(f"quantize{{{','.join(options)}}}")
+        elif self.calibration:
+            raise EdgecError("--calibration chooses how --quantize calibrates; add --quantize int8")
+        return ",".join(parts)
 
     def merged(self, overrides: dict[str, Any]) -> CompileOptions:
         """A copy with the given non-``None`` values applied (validated like config keys)."""
@@ -101,7 +128,11 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             not isinstance(value, int) or isinstance(value, bool) or value < 0
         ):
             raise EdgecError(f"{source}: '{key}' must be a non-negative integer")
-        elif name in ("target", "pipeline") and not isinstance(value, str):
+        elif name == "max_accuracy_drop" and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1
+        ):
+            raise EdgecError(f"{source}: '{key}' must be a fraction between 0 and 1 (0.01 = one point)")
+        elif name in ("target", "pipeline", "quantize", "calibration") and not isinstance(value, str):
             raise EdgecError(f"{source}: '{key}' must be a string")
         values[name] = value
     return values

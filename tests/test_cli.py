@@ -276,3 +276,83 @@ def test_depfile_lists_every_input(cli, model_path: Path, tmp_path: Path, monkey
         str((tmp_path / "x.npz").resolve()),
         str((tmp_path / "edgec.toml").resolve()),
     ]
+
+
+DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
+
+
+def test_quantize_sugar_builds_an_int8_artifact(cli, tmp_path: Path) -> None:
+    result = invoke(
+        cli,
+        "compile",
+        DIGITS / "digits_cnn.onnx",
+        "-o",
+        tmp_path / "b",
+        "--json",
+        "--quantize",
+        "int8",
+        "--calibration",
+        "mse",
+        "--calib",
+        DIGITS / "digits_calib.npz",
+        "--eval",
+        DIGITS / "digits_test.npz",
+        "--max-accuracy-drop",
+        "0.005",
+    )
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads(result.output)
+    assert manifest["pipeline"].endswith("quantize{calibration=mse,budget=0.005,budget_metric=accuracy}")
+    quantize = manifest["passes"][-1]["stats"]
+    assert quantize["scheme"] == "int8" and quantize["integer_weights"]["compression"] >= 3.9
+    accuracy = manifest["error"]["accuracy"]
+    assert accuracy["original"] - accuracy["artifact"] <= 0.005
+    assert manifest["error"]["inputs"] == "digits_test.npz (first 8 samples)"
+
+
+def test_missed_accuracy_budget_exits_3_and_keeps_the_artifact(cli, tmp_path: Path) -> None:
+    result = invoke(
+        cli,
+        "compile",
+        DIGITS / "digits_cnn.onnx",
+        "-o",
+        tmp_path / "b",
+        "-q",
+        "-p",
+        "default,quantize{scheme=weight-int2}",
+        "--calib",
+        DIGITS / "digits_calib.npz",
+        "--eval",
+        DIGITS / "digits_test.npz",
+        "--max-accuracy-drop",
+        "0.01",
+    )
+    assert_user_error(result, "accuracy drop", "exceeds --max-accuracy-drop 0.01", code=3)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert not manifest["status"]["ok"] and "accuracy drop" in manifest["status"]["failed_gates"][0]
+    assert (tmp_path / "b" / "model.so").is_file()
+
+
+def test_quantize_option_errors(cli, tmp_path: Path) -> None:
+    model = DIGITS / "digits_cnn.onnx"
+    assert_user_error(
+        invoke(cli, "compile", model, "-o", tmp_path / "b", "--calibration", "mse"), "add --quantize"
+    )
+    assert_user_error(
+        invoke(
+            cli,
+            "compile",
+            model,
+            "-o",
+            tmp_path / "b",
+            "--quantize",
+            "int8",
+            "--calib",
+            DIGITS / "digits_calib.npz",
+            "--max-accuracy-drop",
+            "0.01",
+        ),
+        "needs labelled data",
+    )
+    assert_user_error(invoke(cli, "compile", model, "-o", tmp_path / "b", "--quantize", "int7"), "int7")
+    assert not (tmp_path / "b").exists()

@@ -122,7 +122,7 @@ def peak_live_bytes(graph: EdgeGraph) -> int:
 
     A tensor is live from the step that produces it (step 0 for graph inputs) to its last use
     (the end for graph outputs); the bound is the largest sum of live bytes over the steps.
-    Constants are not counted (they live in flash / the weights section).
+    Constants, and values computed from constants only, are not counted (they live in flash).
     """
     graph.gs.toposort()
     steps = len(graph.nodes)
@@ -135,6 +135,8 @@ def peak_live_bytes(graph: EdgeGraph) -> int:
             if id(tensor) in intervals:
                 start, _, size = intervals[id(tensor)]
                 intervals[id(tensor)] = (start, step, size)
+        if all(isinstance(t, gs.Constant) for t in node.inputs if t.name):
+            continue  # computed from constants only (a dequantized weight): folded at build time
         for tensor in node.outputs:
             intervals[id(tensor)] = (step, step, tensor_bytes(tensor))
     live = [0] * max(steps, 1)
