@@ -319,7 +319,7 @@ def test_missed_accuracy_budget_exits_3_and_keeps_the_artifact(cli, tmp_path: Pa
         tmp_path / "b",
         "-q",
         "-p",
-        "default,quantize{scheme=weight-int2}",
+        "default,quantize{calibration=percentile,percentile=60}",
         "--calib",
         DIGITS / "digits_calib.npz",
         "--eval",
