@@ -1,0 +1,408 @@
+"""Arm targets with runtime-free C: Cortex-A (AArch64 Linux) and Cortex-M (bare metal).
+
+Each target lowers through TVM like x86 (``optimize_for_cpu``), then builds with the
+runtime-free emitter (:mod:`edgec.targets.tvm.c_emitter`): LLVM kernels for the core, a C entry
+point with static tables, const weights, a one-arena memory plan, and ``lib<name>.a`` from the
+GNU cross toolchain (plus ``lib<name>.so`` on Linux). ``run`` builds a test harness around the
+library and executes it under ``qemu-aarch64-static`` or ``qemu-system-arm`` (MPS2 boards,
+semihosting), always with a time limit.
+
+Board budgets: ``cortex-m4`` is an STM32F407VG (1 MiB flash; of its 192 KiB RAM only the 128 KiB
+main SRAM is one contiguous, DMA-capable block, so that is the RAM budget; the 64 KiB CCM is left
+to the application). ``cortex-m3``: STM32F103RE (512 KiB flash, 64 KiB RAM). ``cortex-m7``:
+STM32F746NG (1 MiB flash, 320 KiB RAM). ``cortex-m55``: 2 MiB flash / 1 MiB SRAM, a round budget
+for the Alif Ensemble class of parts (not one exact board). Cortex-A (Linux boards) and ``c``
+(this host) have no budgets; ``--flash-budget`` / ``--ram-budget`` set or override any of them.
+
+``cortex-a53``/``cortex-a72`` are ARMv8.0-A: NEON but no dot-product instructions, so none are
+enabled. Timings under qemu are emulated time (qemu-aarch64: host clock of the emulator; Cortex-M:
+semihosting ``clock()``, 10 ms resolution) and say nothing about real silicon.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgec.errors import EdgecError
+from edgec.ir import EdgeGraph
+from edgec.targets.base import Artifact, Target, Toolchain
+from edgec.targets.registry import register_target
+from edgec.targets.runners import exchange, qemu_system_command, run_emulator, write_harness_config
+from edgec.targets.toolchains import (
+    CrossToolchain,
+    frame_sizes,
+    read_stack_usage,
+    require_tool,
+    section_sizes,
+    stack_estimate,
+)
+
+KIB = 1024
+MIB = 1024 * KIB
+# Code sections that end up in flash (rodata is inside .text in the MPS2 linker script).
+_FLASH_SECTIONS = (".vectors", ".weights", ".text", ".rodata", ".ARM.exidx", ".ARM.extab", ".data")
+
+
+@dataclass(frozen=True)
+class RuntimeFreeTarget(Target):
+    """A target whose artifact is runtime-free C (``runtime="none"``) built by a GNU cross gcc.
+
+    Attributes:
+        mtriple, mcpu, mattr, float_abi: The LLVM target of the kernels.
+        cflags: gcc flags for the same core (must agree with the LLVM target's float ABI).
+        machine, qemu_cpu: qemu-system-arm board and CPU (Cortex-M only).
+        linker_script: The board's linker script in ``runtime/cortex_m`` (Cortex-M only).
+    """
+
+    mtriple: str = ""
+    mcpu: str = ""
+    mattr: tuple[str, ...] = ()
+    float_abi: str = ""
+    cflags: tuple[str, ...] = ()
+    machine: str = ""
+    qemu_cpu: str = ""
+    linker_script: str = "mps2.ld"
+
+    kind: ClassVar[str] = "runtime-free"
+
+    # -- what the target is --------------------------------------------------------------------
+    def tvm_target(self) -> dict[str, Any]:
+        if not self.mtriple:
+            return {"kind": "c"}  # portable C from TVM's C code generator
+        target: dict[str, Any] = {"kind": "llvm", "mtriple": self.mtriple, "mcpu": self.mcpu}
+        if self.mattr:
+            target["mattr"] = list(self.mattr)
+        if self.float_abi:
+            target["mfloat-abi"] = self.float_abi
+        return target
+
+    def cross(self) -> CrossToolchain:
+        assert self.toolchain is not None
+        return CrossToolchain(
+            self.toolchain.cc.removesuffix("gcc"),
+            self.toolchain.debian_package,
+            self.cflags,
+        )
+
+    @property
+    def bare_metal(self) -> bool:
+        return self.runner == "qemu-system-arm"
+
+    # -- lower, build, run -------------------------------------------------------------------
+    def lower(self, graph: EdgeGraph):
+        from edgec.ir import static_shape
+        from edgec.targets.tvm.build import optimize_for_cpu
+        from edgec.targets.tvm.frontend import import_onnx
+
+        shapes = {t.name: static_shape(t) for t in graph.inputs}
+        module = import_onnx(graph.to_onnx(), shapes)
+        return optimize_for_cpu(module, self.tvm_target())
+
+    def build(self, module, out_dir: Path, name: str) -> Artifact:
+        from edgec.targets.tvm import c_emitter, relax_program
+
+        out_dir = Path(out_dir)
+        cross = self.cross()
+        cross.tool("gcc")  # fail early, naming the package, before TVM spends time compiling
+        build_target = self.tvm_target()
+        lowered = relax_program.lower_to_calls(module, build_target)
+        program = relax_program.read_program(lowered, relax_program.kernel_memory(lowered, build_target))
+        arena = relax_program.plan_arena(program)
+        stock = relax_program.stock_plan_bytes(lowered)
+        kernels = c_emitter.build_kernels(
+            lowered, program, build_target, f"{name}_", out_dir / f"{name}_kernels"
+        )
+        files = [kernels.name, *c_emitter.emit_sources(program, arena, name, out_dir)]
+        with tempfile.TemporaryDirectory(prefix="edgec-build-") as scratch_name:
+            scratch = Path(scratch_name)
+            pic = () if self.bare_metal else ("-fPIC",)
+            objects = [kernels] if kernels.suffix == ".o" else []
+            stack_usage: dict[str, int] = {}
+            sources = [f"{name}.c", f"{name}_params.c", "edgec_shim.c"]
+            if kernels.suffix == ".c":
+                sources.insert(0, kernels.name)
+            for source in sources:
+                obj = scratch / (Path(source).stem + ".o")
+                # -fstack-usage: gcc's own frame sizes for the entry point and the shim.
+                # TVM's generated C declares variables it never reads: keep its warnings quiet.
+                quiet = ("-w",) if source == kernels.name else ()
+                cross.compile(out_dir / source, obj, (*pic, *quiet, "-fstack-usage", f"-I{out_dir}"))
+                objects.append(obj)
+                stack_usage.update(read_stack_usage(obj.with_suffix(".su")))
+            library = f"lib{name}.a"
+            cross.archive(out_dir / library, objects)
+            files.append(library)
+            if self.bare_metal:
+                image = self._link_probe(cross, out_dir, name, scratch)
+                baseline = self._link_probe(cross, out_dir, name, scratch, empty=True)
+            else:
+                image = out_dir / f"lib{name}.so"
+                cross.link(image, objects, ("-shared", "-Wl,--gc-sections", "-lm"))
+                files.append(image.name)
+                baseline = None
+            size_tool = cross.tool("size")
+            sections = section_sizes(size_tool, image)
+            flash = sum(v for k, v in sections.items() if k in _FLASH_SECTIONS)
+            if baseline is not None:
+                base_sections = section_sizes(size_tool, baseline)
+                flash -= sum(v for k, v in base_sections.items() if k in _FLASH_SECTIONS)
+            frames = {**stack_usage, **frame_sizes(cross, image)}
+        weights = sum(int(np.asarray(c).nbytes) for c in program.constants)
+        stack, stack_detail = stack_estimate(frames, name, {s.kernel: s.stack_bytes for s in program.steps})
+        sizes = {
+            "flash_bytes": flash,
+            "code_bytes": flash - weights,
+            "weights_bytes": weights,
+            "arena_bytes": arena.plan.arena_bytes,
+            "stack_bytes": stack,
+            "peak_ram_bytes": arena.plan.arena_bytes + stack,
+            "arena_lower_bound_bytes": arena.lower_bound_bytes,
+            "arena_naive_bytes": arena.naive_bytes,
+            "arena_tvm_stock_plan_bytes": stock,
+        }
+        details = {
+            "runtime": "none (runtime-free C)",
+            "library": library,
+            "header": f"{name}.h",
+            "kernels": len({s.kernel for s in program.steps}),
+            "steps": len(program.steps),
+            "in_place_steps": arena.in_place,
+            "workspace_bytes": sum(s.workspace_bytes for s in program.steps),
+            "image_sections": sections,
+            "image": "linked probe firmware (model minus empty baseline)" if self.bare_metal else image.name,
+            "stack_estimate": stack_detail,
+            "cflags": list(self.cflags),
+            "tvm_stock_plan_includes_outputs": True,
+        }
+        return Artifact(out_dir, tuple(files), sizes=sizes, details=details)
+
+    def _link_probe(
+        self, cross: CrossToolchain, out_dir: Path, name: str, scratch: Path, empty=False
+    ) -> Path:
+        """A minimal firmware that only calls ``<name>_run`` (or nothing): its size is the model's."""
+        from edgec.targets.tvm.c_emitter import runtime_dir
+
+        upper = name.upper()
+        probe = scratch / f"probe{'_empty' if empty else ''}.c"
+        call = (
+            ""
+            if empty
+            else (
+                f"  static const void *in[{upper}_NUM_INPUTS];\n  static void *out[{upper}_NUM_OUTPUTS];\n"
+                f"  return {name}_run(in, out, arena);\n"
+            )
+        )
+        probe.write_text(
+            f'#include <stdint.h>\n#include "{name}.h"\n'
+            f"static uint8_t arena[{upper}_ARENA_BYTES + 1] __attribute__((aligned(16)));\n"
+            "extern uint8_t __stack_top[];\nint probe_main(void);\n"
+            '__attribute__((section(".vectors"), used)) static void *const vectors[2] = '
+            "{__stack_top, (void *)probe_main};\n"
+            f"int probe_main(void) {{\n  (void)arena;\n{call}  return 0;\n}}\n"
+        )
+        image = scratch / f"probe{'_empty' if empty else ''}.elf"
+        # Generous regions: the probe is measured, never run, and must link even when the model
+        # is larger than the board (the budget check then says by how much).
+        script = scratch / "probe.ld"
+        script.write_text(
+            "ENTRY(probe_main)\nMEMORY\n{\n  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 1024M\n"
+            "  RAM (rwx) : ORIGIN = 0x40000000, LENGTH = 1024M\n}\n"
+            'REGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\nINCLUDE sections.ld\n'
+        )
+        cross.link(
+            image,
+            [probe, out_dir / f"lib{name}.a"],
+            (
+                f"-I{out_dir}",
+                "-O2",
+                "-nostartfiles",
+                "--specs=nano.specs",
+                "-Wl,--gc-sections",
+                f"-L{runtime_dir() / 'cortex_m'}",
+                f"-T{script}",
+                "-lm",
+                "-lc",
+                "-lnosys",
+            ),
+        )
+        return image
+
+    def run(
+        self, build_dir: Path, manifest: dict[str, Any], inputs: list[np.ndarray], repeat: int = 0
+    ) -> tuple[list[np.ndarray], list[float]]:
+        build_dir = Path(build_dir)
+        libraries = sorted(build_dir.glob("lib*.a"))
+        if len(libraries) != 1:
+            raise EdgecError(f"'{build_dir}' has {len(libraries)} lib*.a files; expected the one edgec built")
+        name = libraries[0].stem.removeprefix("lib")
+        outputs = [(o["dtype"], o["shape"]) for o in manifest["outputs"]]
+        with tempfile.TemporaryDirectory(prefix="edgec-run-") as work_name:
+            work = Path(work_name)
+            models = [(name, len(manifest["inputs"]), len(manifest["outputs"]))]
+            image = self.build_harness([build_dir], models, work)
+            result = exchange(work, inputs, outputs, repeat, lambda cwd: self._launch(image, cwd))
+        return result.outputs, result.seconds
+
+    def build_harness(self, build_dirs: list[Path], models: list[tuple[str, int, int]], work: Path) -> Path:
+        """Compiles and links the file-based test harness around one or more model libraries.
+
+        Args:
+            build_dirs: The build directory of each model (same order as ``models``).
+            models: ``(name, inputs, outputs)`` per model, see :func:`write_harness_config`.
+            work: A scratch folder for the harness and its files.
+        """
+        from edgec.targets.tvm.c_emitter import runtime_dir
+
+        cross = self.cross()
+        write_harness_config(work / "harness_config.h", models)
+        runtime = runtime_dir()
+        image = work / "harness.elf"
+        libraries = [d / f"lib{name}.a" for d, (name, _, _) in zip(build_dirs, models, strict=True)]
+        includes = [f"-I{d}" for d in build_dirs]
+        common = [f"-I{work}", *includes, "-O2", "-std=c11", "-Wl,--gc-sections"]
+        if self.bare_metal:
+            cross.link(
+                image,
+                [runtime / "harness.c", runtime / "cortex_m" / "startup.c", *libraries],
+                (
+                    *common,
+                    "-DEDGEC_BARE_METAL",
+                    "-nostartfiles",
+                    "--specs=nano.specs",
+                    "--specs=rdimon.specs",
+                    f"-L{runtime / 'cortex_m'}",
+                    f"-T{runtime / 'cortex_m' / self.linker_script}",
+                    "-lm",
+                ),
+            )
+        else:
+            static = ("-static",) if self.runner == "qemu-aarch64" else ()
+            cross.link(image, [runtime / "harness.c", *libraries], (*common, *static, "-lm"))
+        return image
+
+    def _launch(self, image: Path, cwd: Path, timeout: float | None = None) -> str:
+        from edgec.targets.runners import default_timeout
+
+        limit = timeout if timeout is not None else default_timeout()
+        if self.bare_metal:
+            command = qemu_system_command(self.machine, self.qemu_cpu, image)
+            return run_emulator(command, cwd, limit, f"qemu-system-arm ({self.machine})")
+        if self.runner == "host":
+            return run_emulator([str(image)], cwd, limit, "the host test harness")
+        qemu = require_tool("qemu-aarch64-static", "qemu-user-static")
+        return run_emulator([qemu, "-cpu", self.qemu_cpu or "max", str(image)], cwd, limit, "qemu-aarch64")
+
+
+_AARCH64 = Toolchain(
+    "aarch64-linux-gnu-gcc", size_tool="aarch64-linux-gnu-size", debian_package="gcc-aarch64-linux-gnu"
+)
+_ARM_EABI = Toolchain("arm-none-eabi-gcc", size_tool="arm-none-eabi-size", debian_package="gcc-arm-none-eabi")
+
+for _core in ("cortex-a53", "cortex-a72"):
+    register_target(
+        RuntimeFreeTarget(
+            name=_core,
+            description=f"{_core.title()} (AArch64 Linux, NEON; no dot-product in ARMv8.0): runtime-free C, "
+            "lib<name>.a/.so, runs under qemu-aarch64",
+            runtime="none",
+            runner="qemu-aarch64",
+            toolchain=_AARCH64,
+            mtriple="aarch64-linux-gnu",
+            mcpu=_core,
+            mattr=("+neon",),
+            cflags=(f"-mcpu={_core}",),
+            qemu_cpu=_core,
+        )
+    )
+
+register_target(
+    RuntimeFreeTarget(
+        name="cortex-m3",
+        description="Cortex-M3, soft float (board: STM32F103RE, 512 KiB flash / 64 KiB RAM); "
+        "runtime-free C, runs on qemu mps2-an385",
+        runtime="none",
+        runner="qemu-system-arm",
+        toolchain=_ARM_EABI,
+        flash_bytes=512 * KIB,
+        ram_bytes=64 * KIB,
+        mtriple="thumbv7m-none-eabi",
+        mcpu="cortex-m3",
+        float_abi="soft",
+        cflags=("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"),
+        machine="mps2-an385",
+        qemu_cpu="cortex-m3",
+    )
+)
+register_target(
+    RuntimeFreeTarget(
+        name="cortex-m4",
+        description="Cortex-M4F (board: STM32F407VG, 1 MiB flash / 128 KiB contiguous SRAM); "
+        "runtime-free C, runs on qemu mps2-an386",
+        runtime="none",
+        runner="qemu-system-arm",
+        toolchain=_ARM_EABI,
+        flash_bytes=1 * MIB,
+        ram_bytes=128 * KIB,
+        mtriple="thumbv7em-none-eabihf",
+        mcpu="cortex-m4",
+        float_abi="hard",
+        cflags=("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
+        machine="mps2-an386",
+        qemu_cpu="cortex-m4",
+    )
+)
+register_target(
+    RuntimeFreeTarget(
+        name="cortex-m7",
+        description="Cortex-M7 with double-precision FPU (board: STM32F746NG, 1 MiB flash / "
+        "320 KiB RAM); runtime-free C, runs on qemu mps2-an500",
+        runtime="none",
+        runner="qemu-system-arm",
+        toolchain=_ARM_EABI,
+        flash_bytes=1 * MIB,
+        ram_bytes=320 * KIB,
+        mtriple="thumbv7em-none-eabihf",
+        mcpu="cortex-m7",
+        float_abi="hard",
+        cflags=("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
+        machine="mps2-an500",
+        qemu_cpu="cortex-m7",
+        linker_script="mps2_an500.ld",
+    )
+)
+register_target(
+    RuntimeFreeTarget(
+        name="cortex-m55",
+        description="Cortex-M55 with Helium (MVE) and FPU (budget: 2 MiB flash / 1 MiB SRAM, an "
+        "Alif Ensemble E3-class part); runtime-free C, runs on qemu mps3-an547",
+        runtime="none",
+        runner="qemu-system-arm",
+        toolchain=_ARM_EABI,
+        flash_bytes=2 * MIB,
+        ram_bytes=1 * MIB,
+        mtriple="thumbv8.1m.main-none-eabihf",
+        mcpu="cortex-m55",
+        float_abi="hard",
+        cflags=("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
+        machine="mps3-an547",
+        qemu_cpu="cortex-m55",
+        linker_script="mps3_an547.ld",
+    )
+)
+
+register_target(
+    RuntimeFreeTarget(
+        name="c",
+        description="portable C99 kernels (TVM's C code generator) with the runtime-free entry point; "
+        "built and run on this host with gcc",
+        runtime="none",
+        runner="host",
+        toolchain=Toolchain("gcc", size_tool="size", debian_package="gcc"),
+        cflags=("-std=c99",),
+    )
+)

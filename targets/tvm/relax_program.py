@@ -1,0 +1,393 @@
+"""A lowered Relax ``main`` as a straight-line program of kernel calls, and its arena plan.
+
+After the Relax lowering passes up to ``CallTIRRewrite`` (:func:`lower_to_calls`), ``main`` is a
+straight line of ``alloc_tensor``, reshapes (views) and direct calls of TIR kernels with their
+outputs as explicit arguments. :func:`read_program` reads that line into a :class:`Program`
+(tensors, the storage holding each one, kernel steps, constants); :func:`plan_arena` places every
+arena storage and every kernel workspace (sized by TVM's own analysis of the lowered kernels,
+:func:`kernel_memory`) in one arena with :mod:`edgec.targets.memory_plan`, writing an
+element-wise kernel's output over an input that dies there. :func:`stock_plan_bytes` is TVM's own
+``StaticPlanBlockMemory`` figure for comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgec.errors import EdgecError, UnsupportedNodeError
+from edgec.targets.memory_plan import (
+    Buffer,
+    MemoryPlan,
+    align_up,
+    liveness_lower_bound,
+    merge_in_place,
+    naive_bytes,
+    plan_greedy_by_size,
+)
+
+__all__ = [
+    "ArenaPlan",
+    "KernelMemory",
+    "Program",
+    "Step",
+    "Tensor",
+    "kernel_memory",
+    "lower_to_calls",
+    "plan_arena",
+    "read_program",
+    "stock_plan_bytes",
+]
+
+ARENA_ALIGNMENT = 16
+# TVM's op_pattern: element-wise and broadcast kernels read input element i to write output i.
+_IN_PLACE_PATTERNS = (0, 1)
+
+
+@dataclass
+class Tensor:
+    """A value of ``main``: its shape/dtype and the storage that holds its bytes."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    storage: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class Step:
+    """One kernel call: ``args`` name tensors (outputs last, as ``CallTIRRewrite`` orders them)."""
+
+    kernel: str
+    args: list[str]
+    workspace_bytes: int
+    op_pattern: int
+    stack_bytes: int = 0
+
+
+@dataclass
+class Program:
+    """The straight-line program of a lowered ``main``.
+
+    Storages are ``input:<i>``, ``output:<i>``, ``const:<i>`` or ``alloc:<i>`` (arena).
+    """
+
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    constants: list[np.ndarray] = field(default_factory=list)
+    storage_bytes: dict[str, int] = field(default_factory=dict)
+    output_copies: list[tuple[int, str]] = field(default_factory=list)  # (output index, tensor)
+
+    def buffers(self) -> list[Buffer]:
+        """Arena buffers with lifetimes in steps (workspaces live for their one step)."""
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for index, step in enumerate(self.steps):
+            for arg in step.args:
+                storage = self.tensors[arg].storage
+                if storage.startswith("alloc:"):
+                    first.setdefault(storage, index)
+                    last[storage] = index
+        buffers = [Buffer(s, self.storage_bytes[s], first[s], last[s]) for s in first]
+        for storage in self.storage_bytes:  # allocated but never used by a kernel
+            if storage.startswith("alloc:") and storage not in first:
+                buffers.append(Buffer(storage, self.storage_bytes[storage], 0, 0))
+        for index, step in enumerate(self.steps):
+            if step.workspace_bytes:
+                buffers.append(Buffer(f"workspace:{index}", step.workspace_bytes, index, index))
+        for index, name in self.output_copies:  # copied out after the last step
+            storage = self.tensors[name].storage
+            if storage.startswith("alloc:"):
+                end = len(self.steps)
+                buffers = [Buffer(b.name, b.size, b.first, end) if b.name == storage else b for b in buffers]
+            del index
+        return buffers
+
+    def in_place_pairs(self) -> list[tuple[str, str]]:
+        """(input storage, output storage) pairs an element-wise kernel may write over."""
+        last_use: dict[str, int] = {}
+        for index, step in enumerate(self.steps):
+            for arg in step.args:
+                last_use[self.tensors[arg].storage] = index
+        for _, name in self.output_copies:
+            last_use[self.tensors[name].storage] = len(self.steps)
+        pairs = []
+        taken: set[str] = set()
+        for index, step in enumerate(self.steps):
+            if step.op_pattern not in _IN_PLACE_PATTERNS or step.workspace_bytes:
+                continue
+            out = self.tensors[step.args[-1]]
+            if not out.storage.startswith("alloc:"):
+                continue
+            for arg in step.args[:-1]:
+                source = self.tensors[arg]
+                if (
+                    source.storage.startswith("alloc:")
+                    and source.storage not in taken
+                    and source.shape == out.shape
+                    and source.dtype == out.dtype
+                    and last_use[source.storage] == index
+                    and self.storage_bytes[source.storage] == self.storage_bytes[out.storage]
+                    and sum(self.tensors[a].storage == source.storage for a in step.args) == 1
+                ):
+                    pairs.append((source.storage, out.storage))
+                    taken.add(source.storage)
+                    break
+        return pairs
+
+
+def _static_shape(ty: Any, what: str) -> tuple[tuple[int, ...], str]:
+    from tvm import relax, tirx
+
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        raise EdgecError(f"{what} is not a tensor with a known shape; runtime-free C needs static shapes")
+    dims = []
+    for dim in ty.shape.values:
+        if not isinstance(dim, tirx.IntImm):
+            raise EdgecError(f"{what} has the symbolic dimension {dim}; runtime-free C needs static shapes")
+        dims.append(int(dim))
+    return tuple(dims), str(ty.dtype)
+
+
+def lower_to_calls(mod: Any, tvm_target: dict) -> Any:
+    """The Relax passes that turn ``call_tir`` into direct kernel calls on explicit allocations."""
+    import tvm
+    from tvm import relax
+
+    with tvm.target.Target(tvm_target):
+        return tvm.transform.Sequential(
+            [
+                relax.transform.LegalizeOps(),
+                # Fused kernels lose their op_pattern; the in-place planner needs it back.
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.RewriteDataflowReshape(),
+                relax.transform.ToNonDataflow(),
+                relax.transform.RemovePurityChecking(),
+                relax.transform.CallTIRRewrite(),
+            ]
+        )(mod)
+
+
+# TVM's LowerTVMBuiltin keeps a CPU buffer of constant size up to this many bytes on the stack
+# (runtime::kMaxStackAlloca in tvm/runtime/device_api.h); larger ones go through
+# TVMBackendAllocWorkspace, i.e. into the arena.
+MAX_STACK_ALLOCA_BYTES = 1024
+# Stack arrays are aligned to 64 bytes (TVM's kAllocAlignment): count that much slack per array.
+_STACK_ARRAY_SLACK = 64
+
+
+@dataclass(frozen=True)
+class KernelMemory:
+    """What one kernel allocates besides its arguments.
+
+    Attributes:
+        workspace_bytes: Buffers that become ``TVMBackendAllocWorkspace`` calls (in the arena),
+            each rounded up to the shim's 16-byte alignment.
+        stack_bytes: Buffers that become stack arrays, with alignment slack.
+    """
+
+    workspace_bytes: int
+    stack_bytes: int
+
+
+def kernel_memory(mod: Any, tvm_target: dict) -> dict[str, KernelMemory]:
+    """Workspace and stack arrays of every kernel, read from the lowered TIR.
+
+    Runs the default TIR pipeline (as ``tirx.build`` will: after ``StorageRewrite`` has merged
+    buffers, before ``LowerTVMBuiltin`` decides stack array or workspace) and walks each
+    kernel's ``AllocBuffer`` nodes with TVM FFI's structural walker; every buffer is counted as if
+    all were live at once, an upper bound. The shim refuses (and the kernel fails) rather than
+    overflow the planned workspace, so a wrong figure cannot corrupt memory.
+    """
+    import tvm
+    import tvm_ffi
+
+    target = tvm.target.Target(tvm_target)
+    funcs = {
+        gv: func.with_attr("global_symbol", gv.name_hint)
+        for gv, func in mod.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+    }
+    if not funcs:
+        return {}
+    tir_mod = tvm.tirx.transform.BindTarget(target.with_host(target))(tvm.IRModule(funcs))
+    pipeline, _, _ = tvm.tirx.get_tir_pipeline("default")
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        lowered = pipeline(tir_mod)
+    memory = {}
+    for gv, func in lowered.functions.items():
+        buffers: list[Any] = []
+        tvm_ffi.structural_walk(
+            func.body, (tvm.tirx.AllocBuffer, lambda node, found=buffers: found.append(node.buffer))
+        )
+        workspace = stack = 0
+        for buffer in buffers:
+            if str(buffer.scope()) not in ("global", ""):
+                continue  # local/shared scopes are registers or GPU memory, not CPU buffers
+            extents = [int(e) if isinstance(e, tvm.tirx.IntImm) else None for e in buffer.shape]
+            dtype = tvm_ffi.dtype(str(buffer.dtype))
+            if None in extents:
+                raise EdgecError(f"kernel '{gv.name_hint}' allocates a buffer of dynamic size {buffer.shape}")
+            nbytes = int(np.prod(extents, dtype=np.int64)) * dtype.bits * dtype.lanes // 8
+            if nbytes <= MAX_STACK_ALLOCA_BYTES:
+                stack += nbytes + _STACK_ARRAY_SLACK
+            else:
+                workspace += align_up(nbytes, 16)
+        memory[gv.name_hint] = KernelMemory(workspace, stack)
+    return memory
+
+
+def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Program:
+    """Reads the straight-line ``main`` of a module after :func:`lower_to_calls`.
+
+    Args:
+        mod: The module.
+        memory: Workspace and stack arrays per kernel name (:func:`kernel_memory`).
+
+    Raises:
+        UnsupportedNodeError: For a binding the C entry point cannot express (names the op).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.ir.expr import GenericConst
+
+    alloc_op = tvm.ir.Op.get("relax.builtin.alloc_tensor")
+    reshape_op = tvm.ir.Op.get("relax.reshape")
+    main = mod["main"]
+    program = Program()
+    names: dict[Any, str] = {}
+    const_ids: dict[Any, int] = {}
+
+    def new_tensor(var_name: str, shape, dtype, storage) -> str:
+        name = f"{var_name}#{len(program.tensors)}"
+        program.tensors[name] = Tensor(name, tuple(shape), dtype, storage)
+        return name
+
+    def resolve(expr: Any, what: str) -> str:
+        if isinstance(expr, relax.Var):
+            if expr not in names:
+                raise EdgecError(f"runtime-free C: {what} uses '{expr.name}' before it is defined")
+            return names[expr]
+        if isinstance(expr, GenericConst):
+            if expr not in const_ids:
+                const_ids[expr] = len(program.constants)
+                program.constants.append(expr.value.numpy())
+            index = const_ids[expr]
+            array = program.constants[index]
+            return new_tensor(f"const{index}", array.shape, str(array.dtype), f"const:{index}")
+        raise UnsupportedNodeError(what, type(expr).__name__, "runtime-free C only passes tensors to kernels")
+
+    for index, param in enumerate(main.params):
+        shape, dtype = _static_shape(param.ty, f"input '{param.name}'")
+        names[param] = new_tensor(param.name, shape, dtype, f"input:{index}")
+        program.inputs.append(names[param])
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            var, value = binding.var, binding.value
+            label = var.name
+            if isinstance(value, relax.Var | GenericConst):
+                names[var] = resolve(value, label)
+            elif isinstance(value, relax.Call) and value.op.same_as(alloc_op):
+                shape, dtype = _static_shape(var.ty, f"tensor '{label}'")
+                storage = f"alloc:{len(program.storage_bytes)}"
+                names[var] = new_tensor(label, shape, dtype, storage)
+                program.storage_bytes[storage] = program.tensors[names[var]].nbytes
+            elif isinstance(value, relax.Call) and value.op.same_as(reshape_op):
+                # A reshape is a view: the same bytes under another shape.
+                source = program.tensors[resolve(value.args[0], label)]
+                shape, dtype = _static_shape(var.ty, f"tensor '{label}'")
+                names[var] = new_tensor(label, shape, dtype, source.storage)
+            elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.GlobalVar):
+                func = mod[value.op]
+                if not isinstance(func, tvm.tirx.PrimFunc):
+                    raise UnsupportedNodeError(
+                        label, value.op.name_hint, "runtime-free C calls only TIR kernels"
+                    )
+                args = [resolve(arg, f"{value.op.name_hint} argument") for arg in value.args]
+                kernel = (memory or {}).get(value.op.name_hint, KernelMemory(0, 0))
+                pattern = int(func.attrs["op_pattern"]) if func.attrs and "op_pattern" in func.attrs else 99
+                program.steps.append(
+                    Step(value.op.name_hint, args, kernel.workspace_bytes, pattern, kernel.stack_bytes)
+                )
+            else:
+                op = value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else None
+                raise UnsupportedNodeError(
+                    label,
+                    op or type(value).__name__,
+                    "the runtime-free C entry point cannot emit this Relax operation "
+                    "(it has no TIR kernel); the x86 target (TVM runtime) may support it",
+                )
+    body = main.body.body
+    results = list(body.fields) if isinstance(body, relax.Tuple) else [body]
+    claimed: set[str] = set()
+    for index, expr in enumerate(results):
+        name = resolve(expr, f"output {index}")
+        tensor = program.tensors[name]
+        program.outputs.append(name)
+        if tensor.storage.startswith("alloc:") and tensor.storage not in claimed:
+            claimed.add(tensor.storage)
+            old = tensor.storage
+            for other in program.tensors.values():
+                if other.storage == old:
+                    other.storage = f"output:{index}"
+            program.storage_bytes[f"output:{index}"] = program.storage_bytes.pop(old)
+        else:
+            program.output_copies.append((index, name))
+    return program
+
+
+@dataclass(frozen=True)
+class ArenaPlan:
+    """Where every arena storage lives and how the plan compares with the bounds."""
+
+    plan: MemoryPlan
+    owner: dict[str, str]
+    lower_bound_bytes: int
+    naive_bytes: int
+    in_place: int
+
+    def offset(self, storage: str) -> int:
+        return self.plan.offsets[self.owner.get(storage, storage)]
+
+
+def plan_arena(program: Program, alignment: int = ARENA_ALIGNMENT) -> ArenaPlan:
+    """Greedy-by-size plan of the program's arena, with element-wise in-place reuse."""
+    buffers = program.buffers()
+    pairs = program.in_place_pairs()
+    merged, owner = merge_in_place(buffers, pairs)
+    plan = plan_greedy_by_size(merged, alignment)
+    return ArenaPlan(
+        plan,
+        owner,
+        liveness_lower_bound(merged, alignment),
+        naive_bytes(buffers, alignment),
+        len(pairs),
+    )
+
+
+def stock_plan_bytes(mod_after_calls: Any) -> int:
+    """Bytes TVM's own ``StaticPlanBlockMemory`` allocates for ``main`` (for comparison).
+
+    Sums the sizes of the ``alloc_storage`` calls it leaves (outputs included, as the VM
+    allocates them too).
+    """
+    import tvm
+    from tvm import relax
+
+    planned = relax.transform.StaticPlanBlockMemory()(mod_after_calls)
+    storage_op = tvm.ir.Op.get("relax.memory.alloc_storage")
+    total = 0
+    for block in planned["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op.same_as(storage_op):
+                total += int(np.prod([int(v) for v in value.args[0].values]))
+    return total
