@@ -97,10 +97,11 @@ class RuntimeFreeTarget(Target):
     def lower(self, graph: EdgeGraph):
         from edgec.ir import static_shape
         from edgec.targets.tvm.build import optimize_for_cpu
-        from edgec.targets.tvm.frontend import import_onnx
+        from edgec.targets.tvm.integer import lower_onnx
 
         shapes = {t.name: static_shape(t) for t in graph.inputs}
-        module = import_onnx(graph.to_onnx(), shapes)
+        # A QDQ graph becomes integer kernels; a float graph goes through the ONNX frontend.
+        module = lower_onnx(graph.to_onnx(), shapes)
         return optimize_for_cpu(module, self.tvm_target())
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:
