@@ -194,7 +194,7 @@ def _measure_error(prepared: Prepared, options: CompileOptions, run_artifact) ->
     reference = run_onnx_batch(original.to_onnx(), feeds)
     optimized = run_onnx_batch(prepared.graph.to_onnx(), feeds)
     order = [t.name for t in original.inputs]
-    runs = [run_artifact([feeds[name][i] for name in order]) for i in range(count)]
+    runs = [run_artifact([np.asarray(feeds[name][i]) for name in order]) for i in range(count)]
     names = [t.name for t in original.outputs]
     artifact = {name: np.stack([run[k] for run in runs]) for k, name in enumerate(names)}
     result: dict[str, Any] = {

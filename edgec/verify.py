@@ -65,7 +65,8 @@ def run_onnx_batch(model: onnx.ModelProto, samples: dict[str, np.ndarray]) -> di
     count = len(next(iter(samples.values())))
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for index in range(count):
-        values = session.run(names, {k: v[index] for k, v in samples.items()})
+        # np.asarray: indexing a sample of a scalar input gives a numpy scalar, not a 0-d array.
+        values = session.run(names, {k: np.asarray(v[index]) for k, v in samples.items()})
         for name, value in zip(names, values, strict=True):
             outputs[name].append(value)
     return {name: np.stack(values) for name, values in outputs.items()}
