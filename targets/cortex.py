@@ -96,13 +96,17 @@ class RuntimeFreeTarget(Target):
     # -- lower, build, run -------------------------------------------------------------------
     def lower(self, graph: EdgeGraph):
         from edgec.ir import static_shape
+        from edgec.targets.tvm.arm_dsp import relayout_constant_weights
         from edgec.targets.tvm.build import optimize_for_cpu
         from edgec.targets.tvm.integer import lower_onnx
 
         shapes = {t.name: static_shape(t) for t in graph.inputs}
         # A QDQ graph becomes integer kernels; a float graph goes through the ONNX frontend.
         module = lower_onnx(graph.to_onnx(), shapes)
-        return optimize_for_cpu(module, self.tvm_target())
+        module = optimize_for_cpu(module, self.tvm_target())
+        # SMLAD kernels (Cortex-M4/M7) read their weights input-channel-innermost: permute the
+        # constants to match (a no-op when no kernel was scheduled that way).
+        return relayout_constant_weights(module)
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:
         from edgec.targets.tvm import c_emitter, relax_program

@@ -278,7 +278,14 @@ def import_onnx(
     """
     from tvm.relax.frontend.onnx import from_onnx
 
+    from .packed_weights import importer_class, rewrite_packed_dequantize
+
     work, shapes, dtypes = prepare_for_frontend(model, input_shapes)
+    packed = rewrite_packed_dequantize(work)  # INT4/INT2 weights stay packed (packed_weights.py)
+    if packed:
+        opset = next((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), 1)
+        importer = importer_class()(packed, shapes, dtypes, keep_params_in_input=False, sanitize=True)
+        return run_frontend(lambda: importer.from_onnx(work.graph, opset))
     return run_frontend(
         lambda: from_onnx(work, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     )

@@ -913,18 +913,16 @@ def _emit(bb: Any, op: IntegerOp, inputs: Sequence[Any]) -> Any:
 
 
 def _importer_class() -> type:
-    """``ONNXGraphImporter`` with ``EdgecInteger`` nodes emitted by :func:`_emit`."""
-    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+    """``ONNXGraphImporter`` with ``EdgecInteger`` nodes emitted by :func:`_emit` (and, from its
+    base, packed 4/2-bit weights by :func:`.packed_weights.emit_dequantize`)."""
+    from .packed_weights import PACKED_OP, importer_class
 
-    class IntegerImporter(ONNXGraphImporter):
+    class IntegerImporter(importer_class()):
+        edgec_ops = frozenset({INTEGER_OP, PACKED_OP})
+
         def __init__(self, ops: list[IntegerOp], *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._edgec_ops = ops
-
-        def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
-            rest = onnx.GraphProto()
-            rest.node.extend(n for n in graph.node if n.op_type != INTEGER_OP)
-            super()._check_for_unsupported_ops(rest)
 
         def _convert_operator(self, op_name: str, inputs: Any, attrs: dict, opset: int) -> Any:
             if op_name == INTEGER_OP:
@@ -956,11 +954,15 @@ def lower_quantized(
         EdgecError: If an input has no static shape or the import fails (names the node).
     """
     from .frontend import prepare_for_frontend, run_frontend
+    from .packed_weights import rewrite_packed_dequantize
 
     work, shapes, dtypes = prepare_for_frontend(model, input_shapes)
+    # Packed INT4/INT2 weights first: the planner and TVM's initializer parser read every
+    # initializer as one numpy byte per element.
+    packed = rewrite_packed_dequantize(work)
     plan = plan_quantized(work, rounding)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    importer = _importer_class()(plan.ops, shapes, dtypes, keep_params_in_input=False, sanitize=True)
+    importer = _importer_class()(plan.ops, packed, shapes, dtypes, keep_params_in_input=False, sanitize=True)
     return run_frontend(lambda: importer.from_onnx(plan.model.graph, opset))
 
 

@@ -414,8 +414,13 @@ class _Reduction(dlight.cpu.Reduction):
 
 def default_rules(target: Target) -> list[ScheduleRule]:
     """The CPU rules in priority order for ``target``."""
+    from .arm_dsp import Int8DspConv, has_dsp
+
     info = cpu_vector_info(target)
+    # Cortex-M4/M7: int8 conv2d/matmul with SMLAD first (it declines anything else).
+    dsp: list[ScheduleRule] = [Int8DspConv()] if has_dsp(target) else []
     return [
+        *dsp,
         Conv2dNHWC(info),
         Matmul(info),
         dlight.cpu.GEMV(),

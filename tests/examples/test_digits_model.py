@@ -39,9 +39,9 @@ def test_shipped_calibration_set():
 
 @pytest.mark.slow
 def test_train_script_reproduces_shipped_files(tmp_path):
-    """The data files are byte-identical; the trained weights depend on the CPU's floating-point
-    kernels (BLAS), so the model must match in structure and accuracy, and in bytes on the kind of
-    machine that trained it."""
+    """The data files are byte-identical. The trained weights depend on the CPU's floating-point
+    kernels (BLAS), so across machines the model must match in structure and accuracy (on the
+    machine that trained it, train.py reproduces it byte for byte)."""
     subprocess.run(
         [sys.executable, str(DIGITS_DIR / "train.py"), "--out", str(tmp_path)],
         check=True,
