@@ -5,7 +5,8 @@ and the same calibration samples; both produce per-channel int8 QDQ (int8 activa
 weights). Reported per model and calibration method: accuracy (digits test set) or output error vs
 float on held-out samples (relative mean abs error, cosine; of the logits: a final Softmax is
 dropped unless ``--keep-softmax``), initializer bytes, and onnxruntime x86
-latency (fp32 vs each int8 model, minimum of 30 single-sample runs, one thread).
+latency (fp32 vs each int8 model, minimum of 30 single-sample runs, one thread) next to edgec's x86
+build of the same graph (integer kernels for the QDQ ones, TVM_NUM_THREADS threads).
 
     python benchmarks/quantization.py [--models digits,squeezenet,inception_v1,resnet50]
                                       [--methods minmax,entropy,percentile,mse] [--samples 16]
@@ -119,6 +120,25 @@ def _latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: in
     return 1000 * float(np.min(times))
 
 
+def _edgec_x86_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int = 30) -> float | None:
+    """Minimum latency of edgec's x86 build of ``model`` (int8 kernels for a QDQ graph)."""
+    from edgec.errors import EdgecError
+    from edgec.targets import get_target
+    from edgec.targets.tvm.build import time_shared_library
+
+    target = get_target("x86")
+    graph = EdgeGraph.from_onnx(model)
+    inputs = [np.asarray(feeds[t.name][0]) for t in graph.inputs]
+    with tempfile.TemporaryDirectory(prefix="edgec-bench-") as folder:
+        try:
+            target.build(target.lower(graph), Path(folder), "model")
+        except EdgecError as error:
+            print(f"  (edgec x86 build failed: {str(error).splitlines()[0]})")
+            return None
+        times = time_shared_library(Path(folder) / "model.so", inputs, repeat)
+    return 1000 * float(np.min(times))
+
+
 def _row(label, model, reference, held, labels, seconds) -> dict:
     outputs = run_onnx_batch(model, held)
     name = model.graph.output[0].name
@@ -131,6 +151,7 @@ def _row(label, model, reference, held, labels, seconds) -> dict:
         "cosine": cosine,
         "bytes": packed_bytes(model.graph.initializer),
         "ms": _latency_ms(model, held),
+        "edgec_ms": _edgec_x86_ms(model, held),
         "seconds": seconds,
     }
 
@@ -169,6 +190,10 @@ def _digits_schemes() -> None:
     print()
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="digits,squeezenet,inception_v1,resnet50")
@@ -181,7 +206,7 @@ def main() -> None:
         _digits_schemes()
     header = (
         f"{'model':<13} {'method':<10} {'quantizer':<12} {'accuracy':>9} {'rel.err':>9} {'cosine':>9} "
-        f"{'init bytes':>11} {'ORT ms':>8} {'quant s':>8}"
+        f"{'init bytes':>11} {'ORT ms':>8} {'edgec ms':>9} {'quant s':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -205,7 +230,7 @@ def main() -> None:
             print(
                 f"{name:<13} {row.get('method', '-'):<10} {row['quantizer']:<12} {shown:>9} "
                 f"{row['relative_error']:>9.4f} {row['cosine']:>9.5f} {row['bytes']:>11,} "
-                f"{row['ms']:>8.2f} {row['seconds']:>8.2f}"
+                f"{row['ms']:>8.2f} {_ms(row['edgec_ms']):>9} {row['seconds']:>8.2f}"
             )
         print()
 
