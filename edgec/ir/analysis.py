@@ -50,12 +50,19 @@ def _shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     return static_shape(tensor)
 
 
+# Sub-byte types (ml_dtypes) report an itemsize of 1, but ONNX stores them packed.
+_PACKED_BITS = {"int4": 4, "uint4": 4, "int2": 2, "uint2": 2}
+
+
 def tensor_bytes(tensor: gs.Tensor) -> int:
-    """Bytes of a tensor with a static shape (0 when unknown)."""
+    """Bytes of a tensor with a static shape (0 when unknown); 4- and 2-bit types count packed."""
     shape = _shape(tensor)
     if shape is None or tensor.dtype is None:
         return 0
-    return prod(shape) * np.dtype(tensor.dtype).itemsize
+    dtype = np.dtype(tensor.dtype)
+    if dtype.name in _PACKED_BITS:
+        return -(-prod(shape) * _PACKED_BITS[dtype.name] // 8)
+    return prod(shape) * dtype.itemsize
 
 
 def _conv_macs(node: gs.Node) -> int:

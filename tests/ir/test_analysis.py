@@ -77,3 +77,13 @@ def test_resnet50_totals() -> None:
     cost = graph_cost(graph)
     assert 4.0e9 < cost.macs < 4.2e9  # ResNet-50 is ~4.1 GMACs at 224x224
     assert 25.5e6 < cost.params < 25.7e6  # ~25.6 M parameters
+
+
+def test_packed_int4_weights_count_half_a_byte() -> None:
+    import onnx_graphsurgeon as gs
+    from ml_dtypes import int4
+
+    from edgec.ir import tensor_bytes
+
+    assert tensor_bytes(gs.Constant("w", np.zeros((3, 3), dtype=int4))) == 5  # 9 nibbles, packed
+    assert tensor_bytes(gs.Constant("b", np.zeros(3, dtype=np.float32))) == 12

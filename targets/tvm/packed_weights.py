@@ -1,0 +1,470 @@
+"""Packed INT4/INT2 weights: stored packed in the artifact, unpacked by the generated code.
+
+``quantize{scheme=weight-int4|weight-int2}`` writes ``DequantizeLinear(q, scale[, zero_point])``
+with ``q`` a native ONNX INT4/UINT4 (opset 21) or INT2/UINT2 (opset 25) initializer. TVM's relax
+importer cannot read those (``TensorCopyFromBytes: size mismatch``): it sees one numpy byte per
+element. This module replaces each such node by an ``EdgecPackedDequantize`` node (domain
+``edgec``) whose input is a ``uint8`` initializer holding exactly the ONNX bytes, and emits the
+unpacking as Relax ops, so the module's constant is the packed bytes (1/8 of float32 for 4 bits,
+1/16 for 2 bits) and the weights are unpacked at run time.
+
+Bit layout (the ONNX one, ``onnx.numpy_helper``/``onnx.helper.pack_float32_to_4bit``): the tensor
+is flattened in row-major order and element ``e[i]`` goes to byte ``i // n`` at bit ``b·(i % n)``,
+``b`` the bit width and ``n = 8 / b`` the elements per byte, as its two's-complement low ``b``
+bits; the last byte is padded with zero bits::
+
+    int4/uint4:  byte[j] = e[2j]      | e[2j+1] << 4                                 (low nibble first)
+    int2/uint2:  byte[j] = e[4j]      | e[4j+1] << 2 | e[4j+2] << 4 | e[4j+3] << 6
+
+Unpacking slot ``k`` (``0 ≤ k < n``) of byte ``x``::
+
+    signed:    (int8(x) << (8 - b·(k+1))) >> (8 - b)       (arithmetic shift right sign-extends)
+    unsigned:  (x >> (b·k)) & (2^b - 1)
+
+then ``w = (float(e) - zero_point) · scale``: ``scale`` per tensor, per channel along ``axis``, or
+per block of ``block_size`` consecutive elements along ``axis`` (the scale tensor then has the
+weight's rank with ``ceil(shape[axis] / block_size)`` along ``axis``), as ``DequantizeLinear``
+defines it. Arithmetic after unpacking is float32, so results match onnxruntime to rounding.
+
+Keeping it unpacked at run time: Relax's ``FoldConstant`` evaluates every ``call_tir`` whose
+arguments are all constants, which would turn the whole chain back into a float32 weight. The
+chain therefore starts with a byte copy of the packed constant (``edgec_packed_weights``, a TE
+kernel) that also takes the model's first input as an argument it never reads: a data dependency
+that keeps the constant folder away, costs nothing, and leaves a single ``main`` of ``call_tir``
+kernels (which the runtime-free C emitter also needs). ``FuseOps`` fuses the copy, the unpack ops
+and ``ConvertLayout``'s HWIO transpose into one kernel per weight (a gather: each float weight
+reads its byte and shifts), placed just before the weight's consumer (:func:`_just_in_time`).
+
+Cost: the float weight is materialised at every run, in the arena (RAM), one weight at a time:
+the digits CNN on Cortex-M4 needs 33 KB of flash instead of 78 KB but a 47 KB arena instead of
+14 KB (its largest weight is 36 KB in float32), and on x86 a run takes ~0.03 ms longer. Unpacking
+tile by tile inside the consumer's kernel would remove both; that is not done here.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgec.errors import EdgecError
+
+if TYPE_CHECKING:
+    import tvm
+
+__all__ = [
+    "PACKED_DOMAIN",
+    "PACKED_OP",
+    "PackedWeight",
+    "constant_bytes",
+    "dequantize",
+    "emit_dequantize",
+    "importer_class",
+    "pack",
+    "rewrite_packed_dequantize",
+    "unpack",
+]
+
+PACKED_OP = "EdgecPackedDequantize"
+PACKED_DOMAIN = "edgec"
+
+# ONNX element type → (bits, signed).
+PACKED_TYPES: dict[int, tuple[int, bool]] = {
+    TensorProto.INT4: (4, True),
+    TensorProto.UINT4: (4, False),
+    TensorProto.INT2: (2, True),
+    TensorProto.UINT2: (2, False),
+}
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """One packed ``DequantizeLinear`` on a constant: what the Relax emitter needs.
+
+    Attributes:
+        name: The DequantizeLinear node (for messages).
+        bits: 4 or 2.
+        signed: INT4/INT2 (True) or UINT4/UINT2.
+        shape: The weight's shape.
+        axis: The quantization axis (normalised, non-negative); ``None`` for per-tensor.
+        block_size: Elements per scale along ``axis`` (0: per-axis or per-tensor).
+        scale: The scales, as in the model (float32 or float16).
+        zero_point: The zero points as int64, or ``None`` when they are all zero.
+    """
+
+    name: str
+    bits: int
+    signed: bool
+    shape: tuple[int, ...]
+    axis: int | None
+    block_size: int
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+
+    @property
+    def per_byte(self) -> int:
+        return 8 // self.bits
+
+    @property
+    def count(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return -(-self.count // self.per_byte)
+
+
+# --------------------------------------------------------------------------------------------
+# numpy: the layout and a reference
+# --------------------------------------------------------------------------------------------
+
+
+def pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack integers into bytes with the ONNX layout (see the module docstring).
+
+    Args:
+        values: Integers that fit ``bits`` bits (signed or unsigned); any shape.
+        bits: 4 or 2.
+
+    Returns:
+        ``uint8`` array of ``ceil(values.size / (8 / bits))`` bytes.
+    """
+    if bits not in (2, 4):
+        raise EdgecError(f"only 4- and 2-bit values are packed, not {bits}-bit")
+    per_byte = 8 // bits
+    flat = np.asarray(values).astype(np.int64).reshape(-1) & ((1 << bits) - 1)
+    padded = np.zeros(-(-flat.size // per_byte) * per_byte, np.int64)
+    padded[: flat.size] = flat
+    slots = padded.reshape(-1, per_byte) << (bits * np.arange(per_byte, dtype=np.int64))
+    return slots.sum(axis=1).astype(np.uint8)
+
+
+def unpack(packed: np.ndarray, bits: int, signed: bool, count: int) -> np.ndarray:
+    """Inverse of :func:`pack`: the first ``count`` elements, sign-extended when ``signed``.
+
+    Returns:
+        ``int8`` (signed) or ``uint8`` array of ``count`` elements.
+    """
+    per_byte = 8 // bits
+    data = np.asarray(packed, np.uint8).reshape(-1, 1)
+    if signed:
+        left = (8 - bits * (np.arange(per_byte) + 1)).astype(np.int8)
+        values = (data.view(np.int8) << left) >> np.int8(8 - bits)
+    else:
+        values = (data >> (bits * np.arange(per_byte)).astype(np.uint8)) & np.uint8((1 << bits) - 1)
+    return values.reshape(-1)[:count]
+
+
+def _broadcast_form(values: np.ndarray, spec: PackedWeight) -> np.ndarray:
+    """Scale/zero point reshaped to broadcast against the weight (blocked: against the weight
+    reshaped to ``shape[:axis] + [blocks, block_size] + shape[axis+1:]``)."""
+    rank = len(spec.shape)
+    if spec.axis is None:
+        return values.reshape(())
+    if spec.block_size:
+        blocked = list(values.shape)
+        blocked.insert(spec.axis + 1, 1)
+        return values.reshape(blocked)
+    shape = [1] * rank
+    shape[spec.axis] = values.size
+    return values.reshape(shape)
+
+
+def _blocked_shape(spec: PackedWeight) -> tuple[list[int], int]:
+    """``(weight shape with the axis split into [blocks, block_size], padded axis length)``."""
+    assert spec.axis is not None
+    blocks = -(-spec.shape[spec.axis] // spec.block_size)
+    split = list(spec.shape)
+    split[spec.axis : spec.axis + 1] = [blocks, spec.block_size]
+    return split, blocks * spec.block_size
+
+
+def dequantize(spec: PackedWeight, packed: np.ndarray) -> np.ndarray:
+    """numpy reference of the emitted Relax code: unpack, subtract the zero point, scale."""
+    values = unpack(packed, spec.bits, spec.signed, spec.count).reshape(spec.shape).astype(np.float32)
+    scale = spec.scale.astype(np.float32)
+    zero = None if spec.zero_point is None else spec.zero_point.astype(np.float32)
+    if spec.block_size:
+        assert spec.axis is not None
+        split, padded = _blocked_shape(spec)
+        widths = [(0, 0)] * len(spec.shape)
+        widths[spec.axis] = (0, padded - spec.shape[spec.axis])
+        values = np.pad(values, widths).reshape(split)
+    if zero is not None:
+        values = values - _broadcast_form(zero, spec)
+    values = values * _broadcast_form(scale, spec)
+    if spec.block_size:
+        assert spec.axis is not None
+        full = list(spec.shape)
+        full[spec.axis] = _blocked_shape(spec)[1]
+        values = values.reshape(full)
+        values = np.take(values, np.arange(spec.shape[spec.axis]), axis=spec.axis)
+    return values.astype(scale.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX: DequantizeLinear(packed initializer) → EdgecPackedDequantize(uint8 initializer)
+# --------------------------------------------------------------------------------------------
+
+
+def _spec(node: onnx.NodeProto, weight: TensorProto, consts: dict[str, TensorProto]) -> PackedWeight:
+    bits, signed = PACKED_TYPES[weight.data_type]
+    label = node.name or node.output[0]
+    shape = tuple(int(d) for d in weight.dims)
+    if len(node.input) < 2 or node.input[1] not in consts:
+        raise EdgecError(
+            f"DequantizeLinear '{label}' of the packed {bits}-bit weight '{weight.name}' has a "
+            "non-constant scale; edgec lowers packed weights only with constant scales"
+        )
+    scale = numpy_helper.to_array(consts[node.input[1]])
+    if scale.dtype not in (np.float32, np.float16):
+        raise EdgecError(f"DequantizeLinear '{label}' has a {scale.dtype} scale; use float32 or float16")
+    zero_point = None
+    if len(node.input) > 2 and node.input[2]:
+        if node.input[2] not in consts:
+            raise EdgecError(f"DequantizeLinear '{label}' has a non-constant zero point")
+        zp = numpy_helper.to_array(consts[node.input[2]]).astype(np.int64)
+        zero_point = zp if np.any(zp != 0) else None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    block_size = int(attrs.get("block_size", 0))
+    rank = len(shape)
+    axis: int | None = int(attrs.get("axis", 1))
+    if scale.size == 1 and not block_size:
+        axis = None
+    else:
+        assert axis is not None
+        if not -rank <= axis < rank:
+            raise EdgecError(f"DequantizeLinear '{label}' has axis {axis} for a rank-{rank} weight")
+        axis %= rank
+        if block_size:
+            expected = list(shape)
+            expected[axis] = -(-shape[axis] // block_size)
+            if list(scale.shape) != expected:
+                raise EdgecError(
+                    f"DequantizeLinear '{label}': blocked scale shape {list(scale.shape)} is not "
+                    f"{expected} (weight {list(shape)}, axis {axis}, block_size {block_size})"
+                )
+        elif scale.size != shape[axis]:
+            raise EdgecError(
+                f"DequantizeLinear '{label}': {scale.size} scales for axis {axis} of length {shape[axis]}"
+            )
+    if zero_point is not None:
+        zero_point = zero_point.reshape(scale.shape)
+    return PackedWeight(label, bits, signed, shape, axis, block_size, scale, zero_point)
+
+
+def _packed_bytes(weight: TensorProto, spec: PackedWeight) -> np.ndarray:
+    """The initializer's bytes in the ONNX layout (``raw_data`` as is, else re-packed)."""
+    if weight.raw_data and len(weight.raw_data) == spec.nbytes:
+        return np.frombuffer(weight.raw_data, np.uint8).copy()
+    return pack(numpy_helper.to_array(weight).astype(np.int64), spec.bits)
+
+
+def _just_in_time(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Move each ``EdgecPackedDequantize`` right before the first node that reads its output.
+
+    Exporters put weight DequantizeLinear nodes first; emitted in that order, every unpacked
+    float weight would be live from the start of the program to its consumer, and the memory
+    planners would have to hold all of them at once (on the digits CNN for Cortex-M4: a 71 KB
+    arena instead of 14 KB). Just in time, each is live only until its consumer has run. A node
+    with subgraphs may read the weight implicitly, so it counts as a reader.
+    """
+    pending = {n.output[0]: n for n in nodes if n.op_type == PACKED_OP and n.domain == PACKED_DOMAIN}
+    ordered: list[onnx.NodeProto] = []
+    for node in nodes:
+        if node.op_type == PACKED_OP and node.domain == PACKED_DOMAIN:
+            continue
+        has_subgraph = any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+        )
+        readers = list(pending) if has_subgraph else [i for i in node.input if i in pending]
+        ordered.extend(pending.pop(name) for name in dict.fromkeys(readers))
+        ordered.append(node)
+    return ordered + list(pending.values())  # read only as graph outputs
+
+
+def rewrite_packed_dequantize(model: onnx.ModelProto) -> list[PackedWeight]:
+    """Replace ``DequantizeLinear`` of packed 4/2-bit initializers, in place (top-level graph).
+
+    Each such node becomes ``EdgecPackedDequantize(<weight>__packed)`` (domain ``edgec``,
+    attribute ``index`` into the returned list) with a ``uint8`` initializer of the packed bytes;
+    the packed initializers and zero points go away when nothing else reads them.
+
+    Args:
+        model: A model ready for the frontend (a copy: it is modified).
+
+    Returns:
+        The packed weights, in node order (empty when there are none).
+
+    Raises:
+        EdgecError: If a packed initializer is read by anything but a DequantizeLinear with
+            constant parameters the emitter supports.
+    """
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    packed = {name for name, t in consts.items() if t.data_type in PACKED_TYPES}
+    if not packed:
+        return []
+    specs: list[PackedWeight] = []
+    nodes: list[onnx.NodeProto] = []
+    added: list[TensorProto] = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or not node.input:
+            nodes.append(node)
+            continue
+        if node.input[0] not in packed:
+            nodes.append(node)
+            continue
+        weight = consts[node.input[0]]
+        spec = _spec(node, weight, consts)
+        data = numpy_helper.from_array(_packed_bytes(weight, spec), f"{weight.name}__packed")
+        if data.name not in {t.name for t in added}:
+            added.append(data)
+        attrs = {"name": spec.name, "domain": PACKED_DOMAIN, "index": len(specs)}
+        nodes.append(helper.make_node(PACKED_OP, [data.name], [node.output[0]], **attrs))
+        specs.append(spec)
+    read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+    still_packed = sorted(n for n in packed if n in read)
+    if still_packed:
+        raise EdgecError(
+            f"the packed 4/2-bit tensors {still_packed} are read by nodes other than "
+            "DequantizeLinear; edgec can only lower packed weights behind DequantizeLinear"
+        )
+    kept = [t for t in graph.initializer if t.name in read or t.data_type not in PACKED_TYPES]
+    del graph.node[:]
+    graph.node.extend(_just_in_time(nodes))
+    del graph.initializer[:]
+    graph.initializer.extend(kept + added)
+    return specs
+
+
+# --------------------------------------------------------------------------------------------
+# Relax
+# --------------------------------------------------------------------------------------------
+
+
+def _keep_at_run_time(bb: Any, packed: Any, anchor: Any) -> Any:
+    """A copy of the packed bytes that also takes ``anchor`` (never read): see the module
+    docstring; without an anchor the bytes are returned as they are."""
+    if anchor is None:
+        return packed
+    from tvm import te
+
+    def copy(data: Any, _anchor: Any) -> Any:
+        return te.compute(data.shape, lambda i: data[i], name="edgec_packed_weights")
+
+    return bb.emit_te(copy, packed, anchor, primfunc_name_hint="edgec_packed_weights")
+
+
+def emit_dequantize(bb: Any, spec: PackedWeight, packed: Any, anchor: Any = None) -> Any:
+    """Relax ops that unpack ``packed`` (``uint8[nbytes]``) and dequantize it to ``spec.shape``.
+
+    Args:
+        bb: The block builder.
+        spec: The weight.
+        packed: Its packed bytes (a Relax constant).
+        anchor: A run-time tensor (a graph input) that keeps the chain from being constant-folded.
+
+    Returns:
+        The float weight (the scale's dtype).
+    """
+    from tvm import relax
+
+    bits, per_byte = spec.bits, spec.per_byte
+    data = _keep_at_run_time(bb, packed, anchor)
+    if spec.signed:
+        left = np.array([8 - bits * (k + 1) for k in range(per_byte)], np.int8)
+        values = relax.op.expand_dims(relax.op.astype(data, "int8"), [1])
+        values = relax.op.left_shift(values, relax.const(left, "int8"))
+        values = relax.op.right_shift(values, relax.const(np.int8(8 - bits), "int8"))
+    else:
+        right = np.array([bits * k for k in range(per_byte)], np.uint8)
+        values = relax.op.right_shift(relax.op.expand_dims(data, [1]), relax.const(right, "uint8"))
+        values = relax.op.bitwise_and(values, relax.const(np.uint8((1 << bits) - 1), "uint8"))
+    values = relax.op.reshape(values, [spec.nbytes * per_byte])
+    if spec.nbytes * per_byte != spec.count:
+        values = relax.op.strided_slice(values, axes=[0], begin=[0], end=[spec.count])
+    weight = relax.op.astype(relax.op.reshape(values, list(spec.shape)), "float32")
+    full_shape = list(spec.shape)
+    if spec.block_size:
+        assert spec.axis is not None
+        split, padded = _blocked_shape(spec)
+        if padded != spec.shape[spec.axis]:
+            widths = [0] * (2 * len(spec.shape))
+            widths[2 * spec.axis + 1] = padded - spec.shape[spec.axis]
+            weight = relax.op.nn.pad(weight, widths)
+            full_shape[spec.axis] = padded
+        weight = relax.op.reshape(weight, split)
+    if spec.zero_point is not None:
+        zero = _broadcast_form(spec.zero_point.astype(np.float32), spec)
+        weight = relax.op.subtract(weight, relax.const(zero, "float32"))
+    scale = _broadcast_form(spec.scale.astype(np.float32), spec)
+    weight = relax.op.multiply(weight, relax.const(scale, "float32"))
+    if spec.block_size:
+        weight = relax.op.reshape(weight, full_shape)
+        if full_shape != list(spec.shape):
+            assert spec.axis is not None
+            weight = relax.op.strided_slice(weight, axes=[spec.axis], begin=[0], end=[spec.shape[spec.axis]])
+    if spec.scale.dtype != np.float32:
+        weight = relax.op.astype(weight, str(spec.scale.dtype))
+    return bb.normalize(weight)
+
+
+@functools.cache
+def importer_class() -> type:
+    """TVM's ``ONNXGraphImporter`` with ``EdgecPackedDequantize`` nodes emitted by
+    :func:`emit_dequantize`; subclasses add their own ``edgec`` ops through ``_edgec_convert``."""
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    class PackedWeightImporter(ONNXGraphImporter):
+        edgec_ops: frozenset[str] = frozenset({PACKED_OP})
+
+        def __init__(self, packed: list[PackedWeight], *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._edgec_packed = packed
+
+        def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
+            rest = onnx.GraphProto()
+            rest.node.extend(n for n in graph.node if n.op_type not in self.edgec_ops)
+            super()._check_for_unsupported_ops(rest)
+
+        def _anchor(self) -> Any:
+            from tvm import relax
+
+            return next((v for v in self._inputs.values() if isinstance(v, relax.Var)), None)
+
+        def _convert_operator(self, op_name: str, inputs: Any, attrs: dict, opset: int) -> Any:
+            if op_name == PACKED_OP:
+                spec = self._edgec_packed[attrs["index"]]
+                return emit_dequantize(self.bb, spec, inputs[0], self._anchor())
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+
+    return PackedWeightImporter
+
+
+def constant_bytes(mod: tvm.IRModule) -> dict[str, int]:
+    """Bytes of the Relax constants in the module's Relax functions, by dtype (each constant
+    counted once): what the artifact stores as weights."""
+    import tvm
+    from tvm import relax
+
+    found: list[Any] = []
+
+    @relax.expr_functor.visitor
+    class Constants(relax.PyExprVisitor):
+        def visit_generic_const_(self, op: Any) -> None:
+            if isinstance(op.value, tvm.runtime.Tensor) and not any(op.same_as(f) for f in found):
+                found.append(op)
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            Constants().visit_expr(func)
+    totals: dict[str, int] = {}
+    for op in found:
+        array = op.value.numpy()
+        totals[str(array.dtype)] = totals.get(str(array.dtype), 0) + int(array.nbytes)
+    return totals
