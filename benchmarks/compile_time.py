@@ -56,7 +56,7 @@ def main() -> None:
                 f"{total:.2f}",
                 *(f"{timings[k]:.2f}" for k in ("load", "passes", "lower", "build", "verify")),
             )
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def main() -> None:
                 f"{edgec_ms / ort_ms:.2f}x",
                 f"{error:.2e}",
             )
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

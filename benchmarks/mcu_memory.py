@@ -92,7 +92,7 @@ def main() -> None:
             f"{r['stack_bytes']:,}",
             f"{r['seconds']:.1f}",
         )
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":
