@@ -14,6 +14,7 @@ feeding back its own state (so any drift would accumulate over the 10 steps).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -251,10 +252,12 @@ def _assert_steps_match(steps: list[dict]) -> None:
     assert np.ptp([s["onnxruntime"]["prob"].item() for s in steps]) > 1e-3
 
 
-def _compile(folder: Path, model: onnx.ModelProto, *flags: str) -> tuple[Path, Path, dict]:
+def _compile(
+    folder: Path, model: onnx.ModelProto, *flags: str, target: str = "x86"
+) -> tuple[Path, Path, dict]:
     path = _save(model, folder / "models")
     build = folder / "build"
-    result = invoke(CliRunner(), "compile", path, "--target", "x86", *flags, "-o", build, "-q", "--json")
+    result = invoke(CliRunner(), "compile", path, "--target", target, *flags, "-o", build, "-q", "--json")
     assert result.exit_code == 0, result.stderr
     return path, build, json.loads(result.output)
 
@@ -277,6 +280,17 @@ def build_8k(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
 
 def test_16k_build_matches_onnxruntime_over_ten_steps(build_16k, tmp_path: Path) -> None:
     model_path, build, _ = build_16k
+    _assert_steps_match(_stream(model_path, build, np.array(16000, np.int64), tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="needs qemu-system-arm (see .ci/run)")
+def test_cortex_m4_firmware_matches_onnxruntime_over_ten_steps(tmp_path: Path) -> None:
+    """The same stream on a Cortex-M4 under qemu: runtime-free C, state fed back by the caller."""
+    model_path, build, manifest = _compile(
+        tmp_path, streaming_model(), "--freeze-input", "sr=16000", target="cortex-m4"
+    )
+    assert manifest["status"]["ok"] and manifest["sizes"]["arena_bytes"] > 0
     _assert_steps_match(_stream(model_path, build, np.array(16000, np.int64), tmp_path))
 
 

@@ -285,6 +285,7 @@ def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Pro
             return new_tensor(f"const{index}", array.shape, str(array.dtype), f"const:{index}")
         raise UnsupportedNodeError(what, type(expr).__name__, "runtime-free C only passes tensors to kernels")
 
+    tuples: dict[Any, list[str]] = {}
     for index, param in enumerate(main.params):
         shape, dtype = _static_shape(param.ty, f"input '{param.name}'")
         names[param] = new_tensor(param.name, shape, dtype, f"input:{index}")
@@ -293,8 +294,15 @@ def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Pro
         for binding in block.bindings:
             var, value = binding.var, binding.value
             label = var.name
-            if isinstance(value, relax.Var | GenericConst):
+            if isinstance(value, relax.Var) and value in tuples:
+                tuples[var] = tuples[value]
+            elif isinstance(value, relax.Var | GenericConst):
                 names[var] = resolve(value, label)
+            elif isinstance(value, relax.Tuple):
+                # A multi-output model binds its outputs as a tuple before returning it.
+                tuples[var] = [resolve(field, f"{label} field") for field in value.fields]
+            elif isinstance(value, relax.TupleGetItem) and value.tuple_value in tuples:
+                names[var] = tuples[value.tuple_value][value.index]
             elif isinstance(value, relax.Call) and value.op.same_as(alloc_op):
                 shape, dtype = _static_shape(var.ty, f"tensor '{label}'")
                 storage = f"alloc:{len(program.storage_bytes)}"
@@ -326,10 +334,13 @@ def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Pro
                     "(it has no TIR kernel); the x86 target (TVM runtime) may support it",
                 )
     body = main.body.body
-    results = list(body.fields) if isinstance(body, relax.Tuple) else [body]
+    if isinstance(body, relax.Var) and body in tuples:
+        result_names = tuples[body]
+    else:
+        results = list(body.fields) if isinstance(body, relax.Tuple) else [body]
+        result_names = [resolve(expr, f"output {index}") for index, expr in enumerate(results)]
     claimed: set[str] = set()
-    for index, expr in enumerate(results):
-        name = resolve(expr, f"output {index}")
+    for index, name in enumerate(result_names):
         tensor = program.tensors[name]
         program.outputs.append(name)
         if tensor.storage.startswith("alloc:") and tensor.storage not in claimed:
