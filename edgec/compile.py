@@ -116,6 +116,7 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
         evaluation=load_dataset(options.eval, original, labelled=True) if options.eval else None,
         dump_after=frozenset(options.dump_after),
         warn=progress.warn,
+        progress=progress.bar,
     )
     start = time.perf_counter()
     with progress.step(f"running the pipeline {format_pipeline(steps)}"):

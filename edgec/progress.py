@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 
@@ -31,3 +31,31 @@ class Progress:
     def warn(self, message: str) -> None:
         # Warnings show even with --quiet: they say something the user must know.
         self.console.print(f"edgec: warning: {message}", markup=False)
+
+    def bar(self, description: str, total: int) -> Callable[[int], None]:
+        """Shows a progress bar for ``total`` items; returns the function that advances it.
+
+        The bar disappears when it reaches ``total``.
+        """
+        if self.quiet or total <= 0:
+            return lambda done: None
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
+
+        bar = Bar(
+            f"[bold]edgec[/]: {description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        task = bar.add_task(description, total=total)
+        bar.start()
+
+        def advance(done: int) -> None:
+            bar.advance(task, done)
+            if bar.tasks[0].completed >= total:
+                bar.stop()
+
+        return advance

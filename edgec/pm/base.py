@@ -37,6 +37,8 @@ class PassContext:
         dump_after: pass names after which the graph's text form is written to ``dump_dir``.
         dump_dir: where dumps go (stderr when ``None``).
         warn: callback for warnings (the CLI prints them on stderr).
+        progress: ``progress(description, total)`` starts a progress bar and returns the
+            function that advances it by a number of items (silent by default).
         options: free-form settings for plugin passes.
         refusals: when a list (``edgec check``), passes record the nodes they refuse here and
             leave them alone instead of raising, so that one run reports every refusal.
@@ -50,6 +52,7 @@ class PassContext:
     dump_after: frozenset[str] = frozenset()
     dump_dir: Path | None = None
     warn: Callable[[str], None] = lambda message: None
+    progress: Callable[[str, int], Callable[[int], None]] = lambda description, total: lambda done: None
     options: dict[str, Any] = field(default_factory=dict)
     refusals: list[UnsupportedNodeError] | None = None
 

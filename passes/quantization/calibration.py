@@ -102,15 +102,21 @@ def _instrumented(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def iterate_outputs(
-    model: onnx.ModelProto, names: list[str], samples: dict[str, np.ndarray], bytes_per_sample: int
+    model: onnx.ModelProto,
+    names: list[str],
+    samples: dict[str, np.ndarray],
+    bytes_per_sample: int,
+    advance: Callable[[int], None] = lambda done: None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields the tensors ``names`` for chunks of samples (stacked along a leading sample axis)."""
+    """Yields the tensors ``names`` for chunks of samples (stacked along a leading sample axis);
+    ``advance`` is told how many samples each chunk ran (a progress bar)."""
     instrumented = _instrumented(model, names)
     count = len(next(iter(samples.values())))
     chunk = max(1, min(count, CHUNK_BYTES // max(bytes_per_sample, 1)))
     for start in range(0, count, chunk):
         part = {k: v[start : start + chunk] for k, v in samples.items()}
         outputs = run_onnx_batch(instrumented, part)
+        advance(len(next(iter(part.values()))))
         yield {name: outputs[name] for name in names}
 
 
@@ -142,8 +148,12 @@ def collect_ranges(
     samples: dict[str, np.ndarray],
     method: str = "minmax",
     percentile: float = 99.99,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> dict[str, Range]:
-    """The calibrated range ``(lo, hi)`` of each tensor in ``names`` (see ``choose_range``)."""
+    """The calibrated range ``(lo, hi)`` of each tensor in ``names`` (see ``choose_range``).
+
+    ``progress`` is ``PassContext.progress``: a bar over the calibration samples.
+    """
     if method not in METHODS:
         raise EdgecError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
     if not names:
@@ -156,7 +166,8 @@ def collect_ranges(
     cache: list[dict[str, np.ndarray]] | None = (
         [] if method != "minmax" and bytes_per_sample * count <= CACHE_BYTES else None
     )
-    for outputs in iterate_outputs(model, names, samples, bytes_per_sample):
+    advance = progress(f"calibrating {len(names)} tensors", count) if progress else (lambda done: None)
+    for outputs in iterate_outputs(model, names, samples, bytes_per_sample, advance):
         for name, values in outputs.items():
             if not np.all(np.isfinite(values)):
                 raise EdgecError(

@@ -124,7 +124,7 @@ class Quantize(Pass):
                 f"this model has {sorted({n.op for n in prepared.nodes})}"
                 + (f" (refused: {_first_reasons(full)})" if full.refused else "")
             )
-        ranges = calibrate_plan(prepared, full, samples, self.calibration, self.percentile)
+        ranges = calibrate_plan(prepared, full, samples, self.calibration, self.percentile, ctx.progress)
 
         def calibrate(names: list[str]) -> dict[str, tuple[float, float]]:
 

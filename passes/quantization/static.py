@@ -117,9 +117,14 @@ def build_int8(
 
 
 def calibrate_plan(
-    graph: EdgeGraph, plan: Plan, samples: dict[str, np.ndarray], method: str, percentile: float
+    graph: EdgeGraph,
+    plan: Plan,
+    samples: dict[str, np.ndarray],
+    method: str,
+    percentile: float,
+    progress: Any = None,
 ) -> dict[str, tuple[float, float]]:
-    return collect_ranges(graph, plan.calibration_names(), samples, method, percentile)
+    return collect_ranges(graph, plan.calibration_names(), samples, method, percentile, progress)
 
 
 @dataclass

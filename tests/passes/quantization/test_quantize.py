@@ -262,3 +262,18 @@ def test_excluded_node_stays_float_with_reason():
     assert "excluded" in next(f["reason"] for f in stats["float_nodes"] if f["node"] == "mm1")
     mm1 = next(n for n in graph.nodes if n.name == "mm1")
     assert mm1.inputs[0].name == "x"  # no QuantizeLinear in front of the float layer
+
+
+def test_calibration_reports_progress_over_every_sample():
+    model, calibration, _ = digits()
+    calls: list[tuple[str, int]] = []
+    advanced: list[int] = []
+
+    def progress(description: str, total: int):
+        calls.append((description, total))
+        return advanced.append
+
+    run_pipeline("quantize", model, verify=False, calibration=calibration, progress=progress)
+    count = len(calibration["input"])
+    assert calls and calls[0][0].startswith("calibrating") and calls[0][1] == count
+    assert sum(advanced) == count
