@@ -57,7 +57,7 @@ function(edgec_add_model NAME)
   add_custom_command(
     OUTPUT ${out}/manifest.json ${library} ${out}/${prefix}.h
     COMMAND ${EDGEC_EXECUTABLE} compile ${model} --target ${ARG_TARGET} -o ${out}
-            --depfile ${out}.d --quiet ${ARG_OPTIONS}
+            --name ${prefix} --depfile ${out}.d --quiet ${ARG_OPTIONS}
     DEPENDS ${model}
     DEPFILE ${out}.d
     COMMENT "edgec: compiling ${stem} for ${ARG_TARGET}"

@@ -84,6 +84,7 @@ def _options(ctx_params: dict[str, Any]):
         "quantize",
         "calibration",
         "max_accuracy_drop",
+        "name",
     ):
         if key in ctx_params and ctx_params[key] is not None:
             value = ctx_params.pop(key)
@@ -148,6 +149,7 @@ def main() -> None:
 )
 @click.option("--flash-budget", type=int, help="flash budget in bytes (overrides the board's)")
 @click.option("--ram-budget", type=int, help="RAM budget in bytes (overrides the board's)")
+@click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")

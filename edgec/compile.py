@@ -278,7 +278,7 @@ def compile_model(
     # The import pipeline already ran on this graph: check what is left, as it is.
     check_model(graph, target.name, pipeline="").raise_if_unsupported()
     timings: dict[str, Any] = dict(prepared.seconds)
-    name = _c_identifier(source.stem)
+    name = options.name or _c_identifier(source.stem)
     with atomic_path(out_dir, directory=True) as build_dir:
         start = time.perf_counter()
         with progress.step(f"lowering to TVM Relax for {target.name}"):

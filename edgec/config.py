@@ -8,6 +8,7 @@ fields of :class:`CompileOptions` (``input-shapes`` and ``input_shapes`` both wo
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ class CompileOptions:
         calib: .npz calibration dataset for passes that need one.
         dump_after: pass names after which the graph is printed.
         flash_budget, ram_budget: byte budgets that override the target's board budgets.
+        name: the C prefix of the generated API (``<name>_run``); default: the model's file name.
         quantize: quantization scheme appended to the pipeline (``int8``, ``weight-int4``, ...).
         calibration: calibration method for ``quantize`` (``minmax``, ``entropy``, ...).
         max_accuracy_drop: largest accepted top-1 accuracy drop on ``eval`` (a fraction); it
@@ -62,6 +64,7 @@ class CompileOptions:
     dump_after: tuple[str, ...] = ()
     flash_budget: int | None = None
     ram_budget: int | None = None
+    name: str | None = None
     quantize: str | None = None
     calibration: str | None = None
     max_accuracy_drop: float | None = None
@@ -132,6 +135,10 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1
         ):
             raise EdgecError(f"{source}: '{key}' must be a fraction between 0 and 1 (0.01 = one point)")
+        elif name == "name" and (
+            not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value)
+        ):
+            raise EdgecError(f"{source}: name '{value}' must be a C identifier (letters, digits, '_')")
         elif name in ("target", "pipeline", "quantize", "calibration") and not isinstance(value, str):
             raise EdgecError(f"{source}: '{key}' must be a string")
         values[name] = value

@@ -356,3 +356,11 @@ def test_quantize_option_errors(cli, tmp_path: Path) -> None:
     )
     assert_user_error(invoke(cli, "compile", model, "-o", tmp_path / "b", "--quantize", "int7"), "int7")
     assert not (tmp_path / "b").exists()
+
+
+def test_name_sets_the_c_prefix(cli, model_path: Path, tmp_path: Path) -> None:
+    result = invoke(cli, "compile", model_path, "-o", tmp_path / "b", "-q", "--json", "--name", "kws_v2")
+    assert json.loads(result.output)["name"] == "kws_v2"
+    assert_user_error(
+        invoke(cli, "compile", model_path, "-o", tmp_path / "c", "--name", "2fast"), "C identifier"
+    )
