@@ -281,7 +281,8 @@ def import_onnx(
     from .packed_weights import importer_class, rewrite_packed_dequantize
 
     work, shapes, dtypes = prepare_for_frontend(model, input_shapes)
-    packed = rewrite_packed_dequantize(work)  # INT4/INT2 weights stay packed (packed_weights.py)
+    # Integer weights (int8/int4/int2 behind DequantizeLinear) stay integers (packed_weights.py).
+    packed = rewrite_packed_dequantize(work, whole_bytes=True)
     if packed:
         opset = next((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), 1)
         importer = importer_class()(packed, shapes, dtypes, keep_params_in_input=False, sanitize=True)

@@ -978,7 +978,9 @@ def lower_onnx(
     Returns:
         The Relax module, ready for ``optimize_for_cpu``.
     """
-    if has_qdq(model):
+    # Quantized activations (QuantizeLinear) make integer kernels; weight-only models (only
+    # DequantizeLinear on constants) run float kernels on weights kept as integers.
+    if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
         return lower_quantized(model, input_shapes)
     from .frontend import import_onnx
 

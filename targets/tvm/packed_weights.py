@@ -79,6 +79,10 @@ PACKED_TYPES: dict[int, tuple[int, bool]] = {
     TensorProto.INT2: (2, True),
     TensorProto.UINT2: (2, False),
 }
+# Whole-byte weights take the same path in weight-only models: without it TVM folds their
+# DequantizeLinear into a float32 constant and the artifact holds 4x the bytes.
+BYTE_TYPES: dict[int, tuple[int, bool]] = {TensorProto.INT8: (8, True), TensorProto.UINT8: (8, False)}
+_ALL_TYPES = {**PACKED_TYPES, **BYTE_TYPES}
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,7 @@ def dequantize(spec: PackedWeight, packed: np.ndarray) -> np.ndarray:
 
 
 def _spec(node: onnx.NodeProto, weight: TensorProto, consts: dict[str, TensorProto]) -> PackedWeight:
-    bits, signed = PACKED_TYPES[weight.data_type]
+    bits, signed = _ALL_TYPES[weight.data_type]
     label = node.name or node.output[0]
     shape = tuple(int(d) for d in weight.dims)
     if len(node.input) < 2 or node.input[1] not in consts:
@@ -261,6 +265,8 @@ def _packed_bytes(weight: TensorProto, spec: PackedWeight) -> np.ndarray:
     """The initializer's bytes in the ONNX layout (``raw_data`` as is, else re-packed)."""
     if weight.raw_data and len(weight.raw_data) == spec.nbytes:
         return np.frombuffer(weight.raw_data, np.uint8).copy()
+    if spec.bits == 8:
+        return numpy_helper.to_array(weight).reshape(-1).view(np.uint8).copy()
     return pack(numpy_helper.to_array(weight).astype(np.int64), spec.bits)
 
 
@@ -287,8 +293,11 @@ def _just_in_time(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return ordered + list(pending.values())  # read only as graph outputs
 
 
-def rewrite_packed_dequantize(model: onnx.ModelProto) -> list[PackedWeight]:
+def rewrite_packed_dequantize(model: onnx.ModelProto, whole_bytes: bool = False) -> list[PackedWeight]:
     """Replace ``DequantizeLinear`` of packed 4/2-bit initializers, in place (top-level graph).
+
+    With ``whole_bytes``, int8/uint8 initializers that only DequantizeLinear nodes read (weight-only
+    int8) take the same path, so they too stay integers in the artifact.
 
     Each such node becomes ``EdgecPackedDequantize(<weight>__packed)`` (domain ``edgec``,
     attribute ``index`` into the returned list) with a ``uint8`` initializer of the packed bytes;
@@ -307,6 +316,16 @@ def rewrite_packed_dequantize(model: onnx.ModelProto) -> list[PackedWeight]:
     graph = model.graph
     consts = {t.name: t for t in graph.initializer}
     packed = {name for name, t in consts.items() if t.data_type in PACKED_TYPES}
+    if whole_bytes:
+        readers: dict[str, set[str]] = {}
+        for node in graph.node:
+            for position, name in enumerate(node.input):
+                readers.setdefault(name, set()).add(
+                    "dq" if node.op_type == "DequantizeLinear" and position == 0 else node.op_type
+                )
+        packed |= {
+            name for name, t in consts.items() if t.data_type in BYTE_TYPES and readers.get(name) == {"dq"}
+        }
     if not packed:
         return []
     specs: list[PackedWeight] = []
@@ -334,7 +353,7 @@ def rewrite_packed_dequantize(model: onnx.ModelProto) -> list[PackedWeight]:
             f"the packed 4/2-bit tensors {still_packed} are read by nodes other than "
             "DequantizeLinear; edgec can only lower packed weights behind DequantizeLinear"
         )
-    kept = [t for t in graph.initializer if t.name in read or t.data_type not in PACKED_TYPES]
+    kept = [t for t in graph.initializer if t.name in read or t.name not in packed]
     del graph.node[:]
     graph.node.extend(_just_in_time(nodes))
     del graph.initializer[:]

@@ -220,6 +220,27 @@ def test_non_constant_scale_is_refused() -> None:
         rewrite_packed_dequantize(model)
 
 
+def test_weight_only_int8_weights_stay_int8_and_match_onnxruntime(tmp_path: Path) -> None:
+    """weight-int8: the int8 bytes are the weight constants after the CPU pipeline (not float32)."""
+    import edgec
+    from tests.helpers import DIGITS
+
+    path = tmp_path / "w8.onnx"
+    calib = DIGITS / "digits_calib.npz"
+    edgec.optimize(
+        DIGITS / "digits_cnn.onnx", path, pipeline="default,quantize{scheme=weight-int8}", calib=calib
+    )
+    model = onnx.load(str(path))
+    int8_bytes = sum(
+        numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.data_type == TensorProto.INT8
+    )
+    assert int8_bytes > 14_000
+    constants = constant_bytes(_lower(model))
+    assert int8_bytes <= constants["uint8"] and constants.get("float32", 0) < int8_bytes / 4
+    x = np.load(DIGITS / "digits_test.npz")["input"][:1]
+    np.testing.assert_allclose(_run(_lower(model), x), run_onnx(model, {"input": x})["logits"], atol=1e-5)
+
+
 def test_models_without_packed_weights_are_untouched() -> None:
     model, _, _ = _case("int4-per-axis-matmul")
     model.graph.initializer[0].CopyFrom(
