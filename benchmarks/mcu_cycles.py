@@ -19,10 +19,12 @@ divides by their MACs (weight elements x output elements / output channels, from
 parameters), the figure to hold against CMSIS-NN's 1.86 (3x3 conv) and 1.89 (FC) per MAC.
 
 Variants: ``fp32`` (the digits CNN as shipped), ``int8`` (its QDQ form from
-``edgec.optimize(pipeline="default,quantize")``, integer kernels), and ``int8-nodsp`` (the same with
+``edgec.optimize(pipeline="default,quantize")``, integer kernels), ``int8-nodsp`` (the same with
 edgec's Arm DSP (SMLAD) conv/dense kernels switched off, ``EDGEC_ARM_DSP=0``; the same as ``int8`` on
-cores without the DSP extension). Instructions are not cycles: on a real M4, cycles are perhaps
-1.2-1.6x instructions (QEMU does not model the pipeline).
+cores without the DSP extension), and ``fp16`` (``quantize{scheme=fp16,compute=float16}``: float16
+kernels, only on a core with fp16 arithmetic: ``--targets cortex-m55 --variants fp32 fp16``).
+Instructions are not cycles: on a real M4, cycles are perhaps 1.2-1.6x instructions (QEMU does not
+model the pipeline).
 """
 
 from __future__ import annotations
@@ -94,7 +96,18 @@ def digits_models(folder: Path) -> dict[str, onnx.ModelProto]:
     edgec.optimize(
         DIGITS / "digits_cnn.onnx", int8, pipeline="default,quantize", calib=DIGITS / "digits_calib.npz"
     )
-    return {"fp32": onnx.load(str(DIGITS / "digits_cnn.onnx")), "int8": onnx.load(str(int8))}
+    fp16 = folder / "digits_fp16.onnx"
+    edgec.optimize(
+        DIGITS / "digits_cnn.onnx",
+        fp16,
+        pipeline="default,quantize{scheme=fp16,compute=float16}",
+        calib=DIGITS / "digits_calib.npz",
+    )
+    return {
+        "fp32": onnx.load(str(DIGITS / "digits_cnn.onnx")),
+        "int8": onnx.load(str(int8)),
+        "fp16": onnx.load(str(fp16)),
+    }
 
 
 def macs_of(model: onnx.ModelProto) -> int:

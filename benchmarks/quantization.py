@@ -4,9 +4,14 @@ Both quantizers get the same float graph (edgec's ``default`` cleanup/fusion pip
 and the same calibration samples; both produce per-channel int8 QDQ (int8 activations, int8
 weights). Reported per model and calibration method: accuracy (digits test set) or output error vs
 float on held-out samples (relative mean abs error, cosine; of the logits: a final Softmax is
-dropped unless ``--keep-softmax``), initializer bytes, and onnxruntime x86
-latency (fp32 vs each int8 model, minimum of 30 single-sample runs, one thread) next to edgec's x86
-build of the same graph (integer kernels for the QDQ ones, TVM_NUM_THREADS threads).
+dropped unless ``--keep-softmax``) of the QDQ graph as written (onnxruntime, basic optimizations),
+of onnxruntime's own int8 kernels (all optimizations: QDQ groups fused into QLinearConv/QGemm) and
+of edgec's x86 build (integer kernels), initializer bytes, and x86 latency (fp32 vs each int8
+model, minimum of 30 single-sample runs; onnxruntime with one thread, edgec with TVM_NUM_THREADS).
+
+On x86 without VNNI (AVX2 hosts), onnxruntime's fused u8s8 kernels use ``vpmaddubsw``, which
+saturates int16 pair sums: the "ORT int8" columns then drift from the QDQ graph, while edgec's
+int32 accumulation does not.
 
     python benchmarks/quantization.py [--models digits,squeezenet,inception_v1,resnet50]
                                       [--methods minmax,entropy,percentile,mse] [--samples 16]
@@ -104,39 +109,57 @@ def _onnxruntime(model: onnx.ModelProto, calibration: dict, method: str) -> tupl
         return onnx.load(str(target)), seconds
 
 
-def _latency_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int = 30) -> float:
+def _onnxruntime_kernels(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int = 30
+) -> tuple[np.ndarray, float]:
+    """onnxruntime with all optimizations (its own int8 kernels), one thread: (first output on
+    every sample, minimum latency in ms)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    count = len(next(iter(feeds.values())))
+    outputs = np.stack([session.run(None, {k: v[i] for k, v in feeds.items()})[0] for i in range(count)])
     sample = {k: v[0] for k, v in feeds.items()}
-    session.run(None, sample)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         session.run(None, sample)
         times.append(time.perf_counter() - start)
     # The minimum: the machine is shared, and interference only ever adds time.
-    return 1000 * float(np.min(times))
+    return outputs, 1000 * float(np.min(times))
 
 
-def _edgec_x86_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int = 30) -> float | None:
-    """Minimum latency of edgec's x86 build of ``model`` (int8 kernels for a QDQ graph)."""
+def _edgec_x86(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int = 30
+) -> tuple[np.ndarray | None, float | None]:
+    """edgec's x86 build of ``model`` (int8 kernels for a QDQ graph): (first output on every
+    sample, minimum latency in ms), or ``(None, None)`` when it does not build."""
     from edgec.errors import EdgecError
     from edgec.targets import get_target
-    from edgec.targets.tvm.build import time_shared_library
+    from edgec.targets.tvm.build import run_shared_library, time_shared_library
 
     target = get_target("x86")
     graph = EdgeGraph.from_onnx(model)
-    inputs = [np.asarray(feeds[t.name][0]) for t in graph.inputs]
+    count = len(next(iter(feeds.values())))
+    samples = [[np.asarray(feeds[t.name][i]) for t in graph.inputs] for i in range(count)]
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as folder:
         try:
             target.build(target.lower(graph), Path(folder), "model")
         except EdgecError as error:
             print(f"  (edgec x86 build failed: {str(error).splitlines()[0]})")
-            return None
-        times = time_shared_library(Path(folder) / "model.so", inputs, repeat)
-    return 1000 * float(np.min(times))
+            return None, None
+        library = Path(folder) / "model.so"
+        outputs = np.stack([run_shared_library(library, inputs)[0] for inputs in samples])
+        times = time_shared_library(library, samples[0], repeat)
+    return outputs, 1000 * float(np.min(times))
+
+
+def _relative_error(got: np.ndarray | None, reference: np.ndarray) -> float | None:
+    if got is None:
+        return None
+    got, reference = got.astype(np.float64).reshape(reference.shape), reference.astype(np.float64)
+    return float(np.abs(got - reference).mean() / np.abs(reference).mean())
 
 
 def _row(label, model, reference, held, labels, seconds) -> dict:
@@ -144,14 +167,22 @@ def _row(label, model, reference, held, labels, seconds) -> dict:
     name = model.graph.output[0].name
     got, ref = outputs[name].astype(np.float64), reference.astype(np.float64)
     cosine = float(np.dot(got.ravel(), ref.ravel()) / (np.linalg.norm(got) * np.linalg.norm(ref)))
+    ort_outputs, ort_ms = _onnxruntime_kernels(model, held)
+    edgec_outputs, edgec_ms = _edgec_x86(model, held)
     return {
         "quantizer": label,
         "accuracy": accuracy(outputs[name], labels) if labels is not None else None,
         "relative_error": float(np.abs(got - ref).mean() / np.abs(ref).mean()),
+        "ort_kernels_error": _relative_error(ort_outputs, ref),
+        "edgec_x86_error": _relative_error(edgec_outputs, ref),
+        "ort_kernels_accuracy": accuracy(ort_outputs, labels) if labels is not None else None,
+        "edgec_x86_accuracy": (
+            accuracy(edgec_outputs, labels) if labels is not None and edgec_outputs is not None else None
+        ),
         "cosine": cosine,
         "bytes": packed_bytes(model.graph.initializer),
-        "ms": _latency_ms(model, held),
-        "edgec_ms": _edgec_x86_ms(model, held),
+        "ms": ort_ms,
+        "edgec_ms": edgec_ms,
         "seconds": seconds,
     }
 
@@ -166,6 +197,10 @@ DIGITS_PIPELINES = (
     "fuse-conv-bn,cross-layer-equalization,bias-correction{bits=4},quantize{scheme=weight-int4}",
     "quantize{scheme=weight-int2}",
     "fuse-conv-bn,cross-layer-equalization,bias-correction{bits=2},quantize{scheme=weight-int2}",
+    "quantize{scheme=weight-int4,group_size=16}",
+    "quantize{scheme=weight-binary}",
+    "fuse-conv-bn,cross-layer-equalization,bias-correction{bits=1},quantize{scheme=weight-binary}",
+    "quantize{scheme=weight-binary,exclude=conv1:fc}",
     "quantize{scheme=fp16}",
 )
 
@@ -194,6 +229,14 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="digits,squeezenet,inception_v1,resnet50")
@@ -204,8 +247,10 @@ def main() -> None:
     args = parser.parse_args()
     if not args.no_schemes:
         _digits_schemes()
+    print("accuracy / rel.err: QDQ graph as written | onnxruntime's int8 kernels | edgec's x86 build")
     header = (
-        f"{'model':<13} {'method':<10} {'quantizer':<12} {'accuracy':>9} {'rel.err':>9} {'cosine':>9} "
+        f"{'model':<13} {'method':<10} {'quantizer':<12} {'accuracy QDQ|ORT|edgec':>24} "
+        f"{'rel.err QDQ|ORT|edgec':>24} {'cosine':>8} "
         f"{'init bytes':>11} {'ORT ms':>8} {'edgec ms':>9} {'quant s':>8}"
     )
     print(header)
@@ -226,10 +271,15 @@ def main() -> None:
                     {**_row("onnxruntime", ort_model, reference, held, labels, ort_seconds), "method": method}
                 )
         for row in rows:
-            shown = f"{100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else "-"
+            accuracies = "|".join(
+                _percent(row[k]) for k in ("accuracy", "ort_kernels_accuracy", "edgec_x86_accuracy")
+            )
+            errors = "|".join(
+                _fraction(row[k]) for k in ("relative_error", "ort_kernels_error", "edgec_x86_error")
+            )
             print(
-                f"{name:<13} {row.get('method', '-'):<10} {row['quantizer']:<12} {shown:>9} "
-                f"{row['relative_error']:>9.4f} {row['cosine']:>9.5f} {row['bytes']:>11,} "
+                f"{name:<13} {row.get('method', '-'):<10} {row['quantizer']:<12} {accuracies:>24} "
+                f"{errors:>24} {row['cosine']:>8.5f} {row['bytes']:>11,} "
                 f"{row['ms']:>8.2f} {_ms(row['edgec_ms']):>9} {row['seconds']:>8.2f}"
             )
         print()

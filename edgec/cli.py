@@ -85,6 +85,7 @@ def _options(ctx_params: dict[str, Any]):
         "calibration",
         "max_accuracy_drop",
         "name",
+        "rounding",
     ):
         if key in ctx_params and ctx_params[key] is not None:
             value = ctx_params.pop(key)
@@ -119,7 +120,7 @@ def _pipeline_options(function):
         click.option(
             "--quantize",
             metavar="SCHEME",
-            help="quantize after the pipeline: int8, int8-dynamic, weight-int8|int4|int2, fp16",
+            help="quantize after the pipeline: int8, int8-dynamic, weight-int8|int4|int2|binary, fp16",
         ),
         click.option(
             "--calibration", metavar="METHOD", help="int8 calibration: minmax, percentile, entropy, mse"
@@ -149,6 +150,11 @@ def main() -> None:
 )
 @click.option("--flash-budget", type=int, help="flash budget in bytes (overrides the board's)")
 @click.option("--ram-budget", type=int, help="RAM budget in bytes (overrides the board's)")
+@click.option(
+    "--rounding",
+    metavar="MODE",
+    help="requantization rounding of int8 kernels: single (default) or double (TFLite's)",
+)
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")

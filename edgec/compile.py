@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -270,6 +271,8 @@ def compile_model(
     out_dir = Path(out_dir)
     source = Path(model)
     target = get_target(options.target)
+    if options.rounding:
+        target = dataclasses.replace(target, requantize_rounding=options.rounding)
     _check_out_dir(out_dir, source)
     prepared = prepare(source, options, progress)
     graph = prepared.graph

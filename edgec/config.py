@@ -24,6 +24,8 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 DEFAULT_TARGET = "x86"
 DEFAULT_PIPELINE = "default"
+# Requantization roundings of the integer kernels (edgec.targets.tvm.integer.requantize).
+ROUNDINGS = ("single", "double")
 
 
 @dataclass
@@ -48,6 +50,8 @@ class CompileOptions:
         calibration: calibration method for ``quantize`` (``minmax``, ``entropy``, ...).
         max_accuracy_drop: largest accepted top-1 accuracy drop on ``eval`` (a fraction); it
             keeps sensitive layers in float and fails the build (exit 3) when still missed.
+        rounding: requantization rounding of the integer kernels, ``single`` or ``double``
+            (TFLite's; default: the target's, ``single``).
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -68,6 +72,7 @@ class CompileOptions:
     quantize: str | None = None
     calibration: str | None = None
     max_accuracy_drop: float | None = None
+    rounding: str | None = None
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
@@ -141,6 +146,8 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             raise EdgecError(f"{source}: name '{value}' must be a C identifier (letters, digits, '_')")
         elif name in ("target", "pipeline", "quantize", "calibration") and not isinstance(value, str):
             raise EdgecError(f"{source}: '{key}' must be a string")
+        elif name == "rounding" and value not in ROUNDINGS:
+            raise EdgecError(f"{source}: rounding '{value}' must be one of {', '.join(ROUNDINGS)}")
         values[name] = value
     return values
 

@@ -12,9 +12,13 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
 
 RuntimeKind = Literal["tvm", "none"]
+# Ops whose arithmetic runs in the dtype of their inputs: one with a float16 input means the graph
+# computes in float16 (fp16 *storage* casts its weights back to float32 before these ops).
+FLOAT16_COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,14 @@ class Target:
         runner: how artifacts execute: ``host``, ``qemu-aarch64``, ``qemu-system-arm``.
         toolchain: the C toolchain that links artifacts, when one is needed.
         flash_bytes, ram_bytes: the board's budgets, when the target is a known board.
+        requantize_rounding: how integer kernels round when they requantize: ``single`` (one
+            rounding of the exact product, CMSIS-NN's ``CMSIS_NN_USE_SINGLE_ROUNDING``) or
+            ``double`` (TFLite's ``MultiplyByQuantizedMultiplier``, bit-compatible with TFLite
+            Micro's reference kernels); see ``edgec.targets.tvm.integer``.
+        fp16_arithmetic: the CPU has native half-precision arithmetic (Armv8.2-A FEAT_FP16,
+            M-profile MVE with floating point, x86 AVX512-FP16). ``lower`` refuses a graph that
+            computes in float16 on a target without it: LLVM would silently emulate every fp16
+            operation through float32 conversions, slower and no smaller than float32 compute.
     """
 
     name: str
@@ -57,8 +69,33 @@ class Target:
     toolchain: Toolchain | None = None
     flash_bytes: int | None = None
     ram_bytes: int | None = None
+    requantize_rounding: Literal["single", "double"] = "single"
+    fp16_arithmetic: bool = False
 
     kind: ClassVar[str] = "abstract"
+
+    def has_fp16_arithmetic(self) -> bool:
+        """Whether the CPU computes natively in float16 (subclasses may detect the host CPU)."""
+        return self.fp16_arithmetic
+
+    def check_float16_compute(self, graph: EdgeGraph) -> None:
+        """Refuses a graph that computes in float16 when this target has no fp16 arithmetic.
+
+        Raises:
+            EdgecError: naming the first float16 compute node and the two ways out.
+        """
+        nodes = float16_compute_nodes(graph)
+        if not nodes or self.has_fp16_arithmetic():
+            return
+        from edgec.targets.registry import all_targets
+
+        capable = sorted(name for name, t in all_targets().items() if t.has_fp16_arithmetic())
+        op, node = nodes[0]
+        raise EdgecError(
+            f"{op} '{node}' computes in float16 but target '{self.name}' has no fp16 arithmetic "
+            "(LLVM would emulate every fp16 operation through float32); use --quantize fp16 for fp16 "
+            f"storage with float32 compute, or a target with fp16 arithmetic: {', '.join(capable)}"
+        )
 
     def tvm_target(self) -> dict[str, Any]:
         """The TVM target as a JSON-able dict (``tvm.target.Target(dict)``)."""
@@ -87,4 +124,18 @@ class Target:
             "toolchain": self.toolchain.cc if self.toolchain else None,
             "flash_bytes": self.flash_bytes,
             "ram_bytes": self.ram_bytes,
+            "requantize_rounding": self.requantize_rounding,
+            "fp16_arithmetic": self.has_fp16_arithmetic(),
         }
+
+
+def float16_compute_nodes(graph: EdgeGraph) -> list[tuple[str, str]]:
+    """``(op, name)`` of the compute ops with a float16 input (a float16 constant or tensor)."""
+    found = []
+    for node in graph.nodes:
+        if node.op not in FLOAT16_COMPUTE_OPS:
+            continue
+        # A Constant's dtype is its values' dtype; an unknown Variable dtype is None.
+        if any(tensor.dtype == np.float16 for tensor in node.inputs):
+            found.append((node.op, node.name))
+    return found

@@ -15,8 +15,11 @@ for the Alif Ensemble class of parts (not one exact board). Cortex-A (Linux boar
 (this host) have no budgets; ``--flash-budget`` / ``--ram-budget`` set or override any of them.
 
 ``cortex-a53``/``cortex-a72`` are ARMv8.0-A: NEON but no dot-product instructions, so none are
-enabled. Timings under qemu are emulated time (qemu-aarch64: host clock of the emulator; Cortex-M:
-semihosting ``clock()``, 10 ms resolution) and say nothing about real silicon.
+enabled. ``cortex-a55`` (ARMv8.2-A) and ``cortex-m55`` (MVE with floating point) have native fp16
+arithmetic, so graphs that compute in float16 (``quantize{scheme=fp16,compute=float16}``) build
+for them; other targets refuse such graphs. Timings under qemu are emulated time (qemu-aarch64:
+host clock of the emulator; Cortex-M: semihosting ``clock()``, 10 ms resolution) and say nothing
+about real silicon.
 """
 
 from __future__ import annotations
@@ -100,9 +103,10 @@ class RuntimeFreeTarget(Target):
         from edgec.targets.tvm.build import optimize_for_cpu
         from edgec.targets.tvm.integer import lower_onnx
 
+        self.check_float16_compute(graph)
         shapes = {t.name: static_shape(t) for t in graph.inputs}
         # A QDQ graph becomes integer kernels; a float graph goes through the ONNX frontend.
-        module = lower_onnx(graph.to_onnx(), shapes)
+        module = lower_onnx(graph.to_onnx(), shapes, self.requantize_rounding)
         module = optimize_for_cpu(module, self.tvm_target())
         # SMLAD kernels (Cortex-M4/M7) read their weights input-channel-innermost: permute the
         # constants to match (a no-op when no kernel was scheduled that way).
@@ -308,22 +312,39 @@ _AARCH64 = Toolchain(
 )
 _ARM_EABI = Toolchain("arm-none-eabi-gcc", size_tool="arm-none-eabi-size", debian_package="gcc-arm-none-eabi")
 
-for _core in ("cortex-a53", "cortex-a72"):
-    register_target(
-        RuntimeFreeTarget(
-            name=_core,
-            description=f"{_core.title()} (AArch64 Linux, NEON; no dot-product in ARMv8.0): runtime-free C, "
-            "lib<name>.a/.so, runs under qemu-aarch64",
-            runtime="none",
-            runner="qemu-aarch64",
-            toolchain=_AARCH64,
-            mtriple="aarch64-linux-gnu",
-            mcpu=_core,
-            mattr=("+neon",),
-            cflags=(f"-mcpu={_core}",),
-            qemu_cpu=_core,
-        )
+
+def _cortex_a(
+    core: str, isa: str, mattr: tuple[str, ...], qemu_cpu: str, fp16: bool = False
+) -> RuntimeFreeTarget:
+    """An AArch64 Linux core: runtime-free C with the GNU cross toolchain, run under qemu-aarch64."""
+    return RuntimeFreeTarget(
+        name=core,
+        description=f"{core.title()} ({isa}): runtime-free C, lib<name>.a/.so, runs under qemu-aarch64",
+        runtime="none",
+        runner="qemu-aarch64",
+        toolchain=_AARCH64,
+        fp16_arithmetic=fp16,
+        mtriple="aarch64-linux-gnu",
+        mcpu=core,
+        mattr=mattr,
+        cflags=(f"-mcpu={core}",),
+        qemu_cpu=qemu_cpu,
     )
+
+
+for _core in ("cortex-a53", "cortex-a72"):
+    register_target(_cortex_a(_core, "AArch64 Linux, NEON; no dot-product in ARMv8.0", ("+neon",), _core))
+# qemu-aarch64 has no cortex-a55 model; its cortex-a76 is the nearest strict one (ARMv8.2-A with
+# FEAT_FP16 and dot product, no SVE), where "max" would also accept instructions an A55 lacks.
+register_target(
+    _cortex_a(
+        "cortex-a55",
+        "AArch64 Linux, ARMv8.2-A NEON with fp16 arithmetic",
+        ("+neon", "+fullfp16"),
+        "cortex-a76",
+        fp16=True,
+    )
+)
 
 register_target(
     RuntimeFreeTarget(
@@ -390,6 +411,8 @@ register_target(
         toolchain=_ARM_EABI,
         flash_bytes=2 * MIB,
         ram_bytes=1 * MIB,
+        # mcpu=cortex-m55 gives LLVM +mve.fp and +fullfp16 (checked in tests/targets/test_fp16_compute.py).
+        fp16_arithmetic=True,
         mtriple="thumbv8.1m.main-none-eabihf",
         mcpu="cortex-m55",
         float_abi="hard",

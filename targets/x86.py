@@ -28,6 +28,20 @@ def host_cpu_name() -> str:
     return str(tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")())
 
 
+@functools.cache
+def host_cpu_flags() -> frozenset[str]:
+    """The host CPU's feature flags as Linux reports them (``/proc/cpuinfo``; empty elsewhere).
+
+    Read from the kernel rather than from LLVM so that listing targets does not load TVM.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((row for row in text.splitlines() if row.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
 @dataclass(frozen=True)
 class TvmLibraryTarget(Target):
     """A Linux target whose artifact is a TVM shared library run by the TVM runtime."""
@@ -43,14 +57,23 @@ class TvmLibraryTarget(Target):
             target["mattr"] = list(self.mattr)
         return target
 
+    def has_fp16_arithmetic(self) -> bool:
+        # Only AVX512-FP16 (Sapphire Rapids; not Zen 4/5) computes in half precision; F16C merely
+        # converts, so LLVM would run every fp16 op as float32 plus conversions. A named CPU
+        # (x86-64-v3 = haswell) declares it in the field; the host target asks the kernel.
+        if self.mcpu:
+            return self.fp16_arithmetic
+        return self.fp16_arithmetic or "avx512_fp16" in host_cpu_flags()
+
     def lower(self, graph: EdgeGraph):
         from edgec.ir import static_shape
         from edgec.targets.tvm.build import optimize_for_cpu
         from edgec.targets.tvm.integer import lower_onnx
 
+        self.check_float16_compute(graph)
         shapes = {t.name: static_shape(t) for t in graph.inputs}
         # A QDQ graph becomes integer kernels; a float graph goes through the ONNX frontend.
-        module = lower_onnx(graph.to_onnx(), shapes)
+        module = lower_onnx(graph.to_onnx(), shapes, self.requantize_rounding)
         return optimize_for_cpu(module, self.tvm_target())
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:

@@ -364,3 +364,35 @@ def test_name_sets_the_c_prefix(cli, model_path: Path, tmp_path: Path) -> None:
     assert_user_error(
         invoke(cli, "compile", model_path, "-o", tmp_path / "c", "--name", "2fast"), "C identifier"
     )
+
+
+@pytest.mark.slow
+def test_rounding_selects_the_requantization_of_the_int8_kernels(cli, tmp_path: Path) -> None:
+    """``--rounding double`` reaches the integer lowering: each build equals the numpy reference of
+    its own rounding bit for bit, and the manifest records it; a bad value is a user error."""
+    from edgec.targets.tvm.integer import plan_quantized
+    from edgec.targets.tvm.integer_reference import reference_quantized
+    from edgec.targets.x86 import TvmLibraryTarget
+
+    x = np.load(DIGITS / "digits_test.npz")["input"][:16]
+    for rounding in ("single", "double"):
+        build = tmp_path / rounding
+        args = ["compile", DIGITS / "digits_cnn.onnx", "-o", build, "-q", "--json", "--quantize", "int8"]
+        args += ["--calib", DIGITS / "digits_calib.npz", "--rounding", rounding]
+        result = invoke(cli, *args)
+        assert result.exit_code == 0, result.stderr
+        manifest = json.loads(result.output)
+        assert manifest["target"]["requantize_rounding"] == rounding
+        qdq = onnx.load(build / "optimized.onnx")
+        plan = plan_quantized(qdq, rounding)
+        target = TvmLibraryTarget(name="x86", description="", runtime="tvm", runner="host")
+        got = np.concatenate([target.run(build, manifest, [x[i : i + 1]])[0][0] for i in range(len(x))])
+        want = np.concatenate(
+            [reference_quantized(qdq, {"input": x[i : i + 1]}, plan)["logits"] for i in range(len(x))]
+        )
+        np.testing.assert_array_equal(got, want)
+    assert_user_error(
+        invoke(cli, "compile", DIGITS / "digits_cnn.onnx", "-o", tmp_path / "bad", "--rounding", "up"),
+        "rounding 'up' must be one of single, double",
+    )
+    assert not (tmp_path / "bad").exists()

@@ -45,6 +45,7 @@ def test_flags_override_the_file() -> None:
         ("[input-shapes]\nx = 'ax2'\n", "bad shape"),
         ("input-shapes = 3\n", "must be a table"),
         ("target = [\n", "not valid TOML"),
+        ("rounding = 'nearest'\n", "rounding 'nearest' must be one of single, double"),
     ],
 )
 def test_bad_config_values(tmp_path: Path, text: str, fragment: str) -> None:

@@ -98,9 +98,10 @@ class BiasCorrection(Pass):
     per_channel: bool = True
 
     def __post_init__(self) -> None:
-        if self.bits not in (8, 4, 2):
+        if self.bits not in (8, 4, 2, 1):
             raise EdgecError(
-                f"bias-correction{{bits}} must be 8, 4 or 2 (the quantize weight width), not {self.bits}"
+                "bias-correction{bits} must be 8, 4, 2 or 1 (the quantize weight width; 1 = binary), "
+                f"not {self.bits}"
             )
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:

@@ -9,6 +9,11 @@ Activations use int8 ``[-128, 127]``: asymmetric ranges ``[lo, hi]`` give ``s = 
 Weights are symmetric (``z = 0``) on the restricted range ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` so that
 ``-q`` never overflows, per output channel (``s_c = max|w_c| / q_max``), per tensor, or per block
 of ``group_size`` elements along the reduction axis.
+
+Binary weights (``bits = 1``) are ``q = sign(w) ∈ {-1, +1}`` (``+1`` for ``w = 0``) with
+``s = mean|w|`` per group, the scale that minimises ``||w - s·q||²`` for that ``q`` (XNOR-Net,
+Rastegari et al. 2016). They are stored as ONNX INT2 (the narrowest type that holds ``±1``) and the
+targets pack them at one bit per weight.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from edgec.ir import EdgeGraph
 INT8_MIN, INT8_MAX = -128, 127
 
 # numpy dtypes of the sub-byte ONNX types (onnx stores them packed, two or four per byte).
-LOW_BIT_DTYPES = {8: np.dtype(np.int8), 4: np.dtype(ml_dtypes.int4), 2: np.dtype(ml_dtypes.int2)}
+LOW_BIT_DTYPES = {
+    8: np.dtype(np.int8),
+    4: np.dtype(ml_dtypes.int4),
+    2: np.dtype(ml_dtypes.int2),
+    1: np.dtype(ml_dtypes.int2),
+}
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,12 @@ def _absmax_scale(absmax: np.ndarray, qmax: int) -> np.ndarray:
     return np.where(scale > 0, scale, 1.0).astype(np.float32)
 
 
+def _mean_abs_scale(groups: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``mean|w|`` per row over its ``counts`` real elements (block padding is zeros)."""
+    scale = np.abs(groups).sum(axis=1) / np.maximum(counts, 1)
+    return np.where(scale > 0, scale, 1.0).astype(np.float32)
+
+
 def _search_clipping(groups: np.ndarray, qmax: int) -> np.ndarray:
     """Per-row scale minimising ``sum (w - s * clamp(round(w / s)))^2`` over clipping ratios.
 
@@ -134,24 +150,26 @@ def quantize_weight(
 
     Args:
         weights: float weights.
-        bits: 8, 4 or 2; values lie in ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]``.
+        bits: 8, 4 or 2, values in ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]``; or 1, values ``±1``.
         axis: the channel axis (per-channel scales), or ``None`` for one scale.
         block_size: with ``axis``, one scale per block of this many elements along ``axis``.
         search: search the clipping ratio (default: for fewer than 8 bits).
 
     Returns:
         ``q = clamp(round(w / s), -q_max, q_max)`` with ``s = max|w| / q_max`` per group (or the
-        error-minimising clipped scale), as int8 values (int4/int2 stored later).
+        error-minimising clipped scale); for 1 bit ``q = sign(w)``, ``s = mean|w|``. As int8 values
+        (int4/int2/binary stored later).
     """
     if bits not in LOW_BIT_DTYPES:
-        raise EdgecError(f"weights can be quantized to 8, 4 or 2 bits, not {bits}")
-    qmax = 2 ** (bits - 1) - 1
+        raise EdgecError(f"weights can be quantized to 8, 4, 2 or 1 bits, not {bits}")
+    qmax = max(2 ** (bits - 1) - 1, 1)
     search = bits < 8 if search is None else search
     w = weights.astype(np.float32)
     if axis is not None:
         axis = axis % w.ndim
     if axis is None:
         groups = w.reshape(1, -1)
+        counts = np.array([w.size])
     elif block_size:
         length = w.shape[axis]
         blocks = -(-length // block_size)
@@ -159,9 +177,17 @@ def quantize_weight(
         pad = blocks * block_size - length
         padded = np.pad(padded, [(0, 0)] * (padded.ndim - 1) + [(0, pad)])
         groups = padded.reshape(-1, block_size)
+        per_block = np.minimum(block_size, length - block_size * np.arange(blocks))
+        counts = np.tile(per_block, len(groups) // blocks)
     else:
         groups = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-    scale = _search_clipping(groups, qmax) if search else _absmax_scale(np.abs(groups).max(axis=1), qmax)
+        counts = np.full(len(groups), groups.shape[1])
+    if bits == 1:
+        scale = _mean_abs_scale(groups, counts)
+    elif search:
+        scale = _search_clipping(groups, qmax)
+    else:
+        scale = _absmax_scale(np.abs(groups).max(axis=1), qmax)
     if axis is None:
         scale_shaped = np.asarray(scale[0], np.float32)
         q = np.clip(np.round(w / scale_shaped), -qmax, qmax)
@@ -177,6 +203,8 @@ def quantize_weight(
         shape = [1] * w.ndim
         shape[axis] = -1
         q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax)
+    if bits == 1:
+        q = np.where(w >= 0, 1, -1)
     return QuantizedWeight(q.astype(np.int8), scale_shaped, axis, block_size, bits)
 
 

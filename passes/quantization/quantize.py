@@ -1,4 +1,4 @@
-"""The ``quantize`` pass: static int8 QDQ, int8-dynamic, weight-only int8/int4/int2, or fp16.
+"""The ``quantize`` pass: static int8 QDQ, int8-dynamic, weight-only int8/int4/int2/binary, or fp16.
 
 Pipeline form: ``quantize{scheme=int8,calibration=entropy}``; with ``budget=0.005`` the most
 sensitive layers stay float until the accuracy drop (labelled ``--eval`` data) or the relative output
@@ -15,6 +15,7 @@ import numpy as np
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
 from edgec.passes.quantization.calibration import METHODS, check_calibration, collect_ranges
+from edgec.passes.quantization.half import to_fp16_compute
 from edgec.passes.quantization.qdq import COMPUTE_OPS, Plan, make_plan
 from edgec.passes.quantization.sensitivity import budget_metric, layers_of, search_mixed_precision
 from edgec.passes.quantization.static import (
@@ -29,17 +30,19 @@ from edgec.passes.quantization.weight_only import dynamic_int8, to_fp16, weight_
 from edgec.pm import Pass, PassContext, PassResult, register
 from edgec.verify import random_inputs
 
-SCHEMES = ("int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "fp16")
-# Opset each scheme needs: per-axis QDQ (13), INT4 and blocked QDQ (21), INT2 (25).
+SCHEMES = ("int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "weight-binary", "fp16")
+# Opset each scheme needs: per-axis QDQ (13), INT4 and blocked QDQ (21), INT2 (25; binary weights
+# are ±1 in an INT2 tensor, which the targets store at one bit).
 _MINIMUM_OPSET = {
     "int8": 13,
     "int8-dynamic": 13,
     "weight-int8": 13,
     "weight-int4": 21,
     "weight-int2": 25,
+    "weight-binary": 25,
     "fp16": 1,
 }
-_WEIGHT_BITS = {"weight-int8": 8, "weight-int4": 4, "weight-int2": 2}
+_WEIGHT_BITS = {"weight-int8": 8, "weight-int4": 4, "weight-int2": 2, "weight-binary": 1}
 # Samples for the error report when no calibration data is given to a data-free scheme.
 _RANDOM_SAMPLES = 8
 
@@ -51,7 +54,9 @@ class Quantize(Pass):
 
     name: ClassVar[str] = "quantize"
     lossless: ClassVar[bool] = False
-    scheme: Literal["int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "fp16"] = "int8"
+    scheme: Literal[
+        "int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "weight-binary", "fp16"
+    ] = "int8"
     calibration: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
     percentile: float = 99.99
     per_channel: bool = True
@@ -63,6 +68,7 @@ class Quantize(Pass):
     budget_metric: Literal["auto", "accuracy", "error"] = "auto"
     max_calibration_samples: int = 1024
     fold_batchnorm: bool = True
+    compute: Literal["float32", "float16"] = "float32"
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -79,6 +85,13 @@ class Quantize(Pass):
             raise EdgecError("budget applies to scheme=int8 and must be >= 0 (e.g. budget=0.005)")
         if self.max_calibration_samples < 1:
             raise EdgecError("max_calibration_samples must be at least 1")
+        if self.compute not in ("float32", "float16"):
+            raise EdgecError(f"unknown compute dtype '{self.compute}'; choose float32 or float16")
+        if self.compute == "float16" and self.scheme != "fp16":
+            raise EdgecError(
+                f"compute=float16 needs scheme=fp16, not scheme={self.scheme}; "
+                "use quantize{scheme=fp16,compute=float16}"
+            )
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
         names = {node.name for node in graph.nodes}
@@ -182,6 +195,8 @@ class Quantize(Pass):
             )
         elif self.scheme == "int8-dynamic":
             precision, refused = dynamic_int8(quantized, self.per_channel, exclude)
+        elif self.compute == "float16":
+            quantized, precision, refused = to_fp16_compute(quantized, samples, exclude)
         else:
             precision, refused = to_fp16(quantized, exclude)
         if not precision:

@@ -25,7 +25,12 @@ from edgec.verify import accuracy, error_metrics, run_onnx_batch
 
 # ONNX IR version each opset needs (int4 QDQ arrived with opset 21 / IR 10, int2 with 25 / IR 11).
 _IR_FOR_OPSET = {13: 7, 21: 10, 25: 11}
-_INTEGER_WEIGHT_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.INT2)
+_INTEGER_WEIGHT_TYPES = (
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.INT4,
+    onnx.TensorProto.INT2,
+)
 # Error is measured on at most this many calibration samples (enough for a stable mean).
 ERROR_SAMPLES = 64
 
@@ -36,7 +41,7 @@ def weight_bytes(graph: EdgeGraph) -> int:
 
 
 def integer_weight_bytes(graph: EdgeGraph) -> dict[str, float]:
-    """Bytes of the integer (int8/int4/int2) initializers and of the float32 tensors they replace
+    """Bytes of the integer (u/int8, int4, int2) initializers and of the float32 tensors they replace
     (same element count, 4 bytes each): the compression of the quantized weights themselves."""
     stored = replaced = 0
     for tensor in graph.to_onnx().graph.initializer:

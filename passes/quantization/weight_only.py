@@ -2,9 +2,14 @@
 
 - weight-only: ``W`` becomes ``DequantizeLinear(q, s, axis[, block_size])`` with ``q`` stored as
   int8, or as ONNX INT4 / INT2 initializers (packed two / four per byte, opset 21 / 25; onnxruntime
-  1.32 runs both), computed in float.
+  1.32 runs both), computed in float. Binary weights are ``±1`` in an INT2 initializer (targets
+  store them at one bit). With ``group_size``, scales are per block of that many weights along the
+  reduction axis (a Conv's weight is blocked flattened to 2-D, then reshaped back).
 - int8-dynamic (MatMul/Gemm): ``x_q, s_x, z_x = DynamicQuantizeLinear(x)`` at run time, then
-  ``y = float(MatMulInteger(x_q, W_q, z_x)) * (s_x * s_w) + b`` with per-column ``s_w``.
+  ``y = float(MatMulInteger(x_q, W_u, z_x, 128)) * (s_x * s_w) + b`` with per-column ``s_w`` and the
+  symmetric int8 weight stored as ``W_u = W_q + 128`` (uint8): onnxruntime's u8s8 kernel on x86
+  without VNNI (``vpmaddubsw``) saturates int16 pair sums (an error of 1e4 in the accumulator on a
+  32-deep MatMul), its u8u8 kernel is exact, and the integer product is the same.
 - fp16: float32 weights stored as float16 initializers followed by ``Cast(to=float)``; compute
   stays float32.
 """
@@ -16,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from edgec.ir import EdgeGraph
-from edgec.passes.quantization.numerics import check_finite, integer_constant, quantize_weight
+from edgec.passes.quantization.numerics import check_finite, quantize_weight
 from edgec.passes.quantization.qdq import dequantized_weight
 
 WEIGHT_ONLY_OPS = ("Conv", "Gemm", "MatMul")
@@ -72,20 +77,39 @@ def weight_only(
             refused[node.name] = reason
             continue
         weights = node.inputs[1].values
-        channel_axis, reduction_axis = weight_axes(node, weights.ndim)
-        # Blocks run along the reduction axis (one scale per output channel and block); Conv keeps
-        # per-channel scales, as its reduction spans three axes.
-        blocked = bool(group_size) and node.op != "Conv" and weights.shape[reduction_axis] > group_size
+        # A Conv's reduction spans three axes (C_in/group, kH, kW): its blocks run over the weight
+        # flattened to [C_out, C_in/group·kH·kW] (ONNX blocks run along one axis), and a Reshape
+        # restores the 4-D weight.
+        stored = weights.reshape(weights.shape[0], -1) if node.op == "Conv" else weights
+        channel_axis, reduction_axis = weight_axes(node, stored.ndim)
+        blocked = bool(group_size) and stored.shape[reduction_axis] > group_size
         if blocked:
             axis: int | None = reduction_axis
         else:
             axis = channel_axis if per_channel else None
-        node.inputs[1], _ = dequantized_weight(
-            graph, node.name, weights, bits, axis, group_size if blocked else 0
-        )
-        precision[node.name] = f"weight-int{bits}" + (f"/g{group_size}" if blocked else "")
+            stored = weights
+        restored, _ = dequantized_weight(graph, node.name, stored, bits, axis, group_size if blocked else 0)
+        if stored.shape != weights.shape:
+            restored = _reshaped(graph, node.name, restored, weights.shape)
+        node.inputs[1] = restored
+        label = "weight-binary" if bits == 1 else f"weight-int{bits}"
+        precision[node.name] = label + (f"/g{group_size}" if blocked else "")
     graph.cleanup()
     return precision, refused
+
+
+def _reshaped(graph: EdgeGraph, node_name: str, tensor: gs.Variable, shape: tuple[int, ...]) -> gs.Variable:
+    target = graph.add_constant(f"{node_name}_w_shape", np.array(shape, np.int64))
+    output = gs.Variable(graph.fresh_name(f"{node_name}_w"), dtype=tensor.dtype, shape=list(shape))
+    graph.gs.nodes.append(
+        gs.Node(
+            "Reshape",
+            name=graph.fresh_name(f"{node_name}_w_reshape"),
+            inputs=[tensor, target],
+            outputs=[output],
+        )
+    )
+    return output
 
 
 def dynamic_int8(
@@ -129,7 +153,10 @@ def dynamic_int8(
             )
             quantized_inputs[x.name] = (x_q, x_scale, x_zero)
         x_q, x_scale, x_zero = quantized_inputs[x.name]
-        w_q = integer_constant(graph, f"{node.name}_w_q", quantized.values, 8)
+        w_q = graph.add_constant(
+            f"{node.name}_w_q", (quantized.values.astype(np.int16) + 128).astype(np.uint8)
+        )
+        w_zero = graph.add_constant(f"{node.name}_w_zero_point", np.array(128, np.uint8))
         w_scale = graph.add_constant(f"{node.name}_w_scale", (quantized.scale * alpha).astype(np.float32))
         output = node.outputs[0]
         accumulator = gs.Variable(graph.fresh_name(f"{node.name}_acc"), dtype=np.int32)
@@ -142,7 +169,9 @@ def dynamic_int8(
             else gs.Variable(graph.fresh_name(f"{node.name}_product"), dtype=np.float32)
         )
         new_nodes = [
-            gs.Node("MatMulInteger", name=node.name, inputs=[x_q, w_q, x_zero], outputs=[accumulator]),
+            gs.Node(
+                "MatMulInteger", name=node.name, inputs=[x_q, w_q, x_zero, w_zero], outputs=[accumulator]
+            ),
             gs.Node(
                 "Cast",
                 name=graph.fresh_name(f"{node.name}_cast"),

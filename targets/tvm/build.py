@@ -98,7 +98,8 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
 
     Steps: decompose inference-only ops (BatchNorm becomes a scale and shift that fold into the
     conv epilogue), convert conv2d to NHWC/HWIO (the layout the conv schedule is written for;
-    the weight transposes constant-fold), run the Relax ``zero`` pipeline (legalize, fold, fuse)
+    the weight transposes constant-fold), run the Relax ``zero`` pipeline (legalize, fold, fuse;
+    each packed weight's unpack joins the kernel of its conv2d/matmul, :mod:`.weight_fusion`)
     under the target, then apply :mod:`.schedules`.
 
     Args:
@@ -112,6 +113,7 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
     from tvm import relax
 
     from .schedules import apply_default_cpu_schedules
+    from .weight_fusion import zero_pipeline
 
     target = tvm.target.Target(tvm_target)
     with target:
@@ -119,7 +121,8 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
         mod = _fold_constants_with_numpy()(mod)
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = _fold_constants_with_numpy()(mod)
-        mod = relax.get_pipeline("zero")(mod)
+        # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
+        mod = zero_pipeline()(mod)
         mod = apply_default_cpu_schedules(target)(mod)
     return mod
 

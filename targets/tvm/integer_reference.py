@@ -49,7 +49,7 @@ def _rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
 
 
 def multiply_by_quantized_multiplier(
-    x: np.ndarray, mult: np.ndarray, shift: np.ndarray, rounding: str = "double"
+    x: np.ndarray, mult: np.ndarray, shift: np.ndarray, rounding: str = "single"
 ) -> np.ndarray:
     """TFLite ``MultiplyByQuantizedMultiplier(x, m, shift)``, vectorised.
 

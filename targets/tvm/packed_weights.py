@@ -16,10 +16,17 @@ bits; the last byte is padded with zero bits::
     int4/uint4:  byte[j] = e[2j]      | e[2j+1] << 4                                 (low nibble first)
     int2/uint2:  byte[j] = e[4j]      | e[4j+1] << 2 | e[4j+2] << 4 | e[4j+3] << 6
 
+Binary weights (``quantize{scheme=weight-binary}``) arrive as INT2 tensors whose values are all
+``±1`` with a zero zero point; they are repacked at one bit per weight (``b = 1``, eight per byte,
+bit ``1`` for ``+1``), so the artifact holds 1/32 of float32::
+
+    binary:    byte[j] = Σ_k [e[8j+k] = +1] << k
+
 Unpacking slot ``k`` (``0 ≤ k < n``) of byte ``x``::
 
     signed:    (int8(x) << (8 - b·(k+1))) >> (8 - b)       (arithmetic shift right sign-extends)
     unsigned:  (x >> (b·k)) & (2^b - 1)
+    binary:    2·((x >> k) & 1) - 1
 
 then ``w = (float(e) - zero_point) · scale``: ``scale`` per tensor, per channel along ``axis``, or
 per block of ``block_size`` consecutive elements along ``axis`` (the scale tensor then has the
@@ -35,14 +42,19 @@ kernels (which the runtime-free C emitter also needs). ``FuseOps`` fuses the cop
 and ``ConvertLayout``'s HWIO transpose into one kernel per weight (a gather: each float weight
 reads its byte and shifts), placed just before the weight's consumer (:func:`_just_in_time`).
 
-Cost: the float weight is materialised at every run, in the arena (RAM), one weight at a time:
-the digits CNN on Cortex-M4 needs 33 KB of flash instead of 78 KB but a 47 KB arena instead of
-14 KB (its largest weight is 36 KB in float32), and on x86 a run takes ~0.03 ms longer. Unpacking
-tile by tile inside the consumer's kernel would remove both; that is not done here.
+Cost: no float weight exists when its one reader is a conv2d/matmul: :mod:`.weight_fusion` merges
+the unpack kernel into the consumer's kernel and the CPU schedule rules inline the unpack into the
+reduction (:func:`.schedules.inline_weight_decode`), so the kernel reads the packed bytes and decodes
+each weight element where it multiplies it (a byte load, shifts, a convert and the scale). The digits
+CNN on Cortex-M4 with weight-int4 needs 30 KB of flash instead of 78 KB and the same 14 KB arena as
+fp32 (47 KB when each float weight was materialised there); on x86 it runs as fast as fp32. A weight
+read by two ops, or by an op that is not a conv2d/matmul, keeps its own unpack kernel, which writes
+the float weight into the arena just before its first reader.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -91,8 +103,8 @@ class PackedWeight:
 
     Attributes:
         name: The DequantizeLinear node (for messages).
-        bits: 4 or 2.
-        signed: INT4/INT2 (True) or UINT4/UINT2.
+        bits: 8, 4, 2, or 1 (binary: ``±1`` weights of an INT2 tensor, one bit each).
+        signed: INT4/INT2 (True) or UINT4/UINT2; binary weights count as signed.
         shape: The weight's shape.
         axis: The quantization axis (normalised, non-negative); ``None`` for per-tensor.
         block_size: Elements per scale along ``axis`` (0: per-axis or per-tensor).
@@ -131,16 +143,18 @@ def pack(values: np.ndarray, bits: int) -> np.ndarray:
     """Pack integers into bytes with the ONNX layout (see the module docstring).
 
     Args:
-        values: Integers that fit ``bits`` bits (signed or unsigned); any shape.
-        bits: 4 or 2.
+        values: Integers that fit ``bits`` bits (signed or unsigned); for ``bits = 1``, ``±1``
+            values (``+1`` becomes bit 1); any shape.
+        bits: 4, 2 or 1.
 
     Returns:
         ``uint8`` array of ``ceil(values.size / (8 / bits))`` bytes.
     """
-    if bits not in (2, 4):
-        raise EdgecError(f"only 4- and 2-bit values are packed, not {bits}-bit")
+    if bits not in (1, 2, 4):
+        raise EdgecError(f"only 4-, 2- and 1-bit values are packed, not {bits}-bit")
     per_byte = 8 // bits
-    flat = np.asarray(values).astype(np.int64).reshape(-1) & ((1 << bits) - 1)
+    flat = np.asarray(values).astype(np.int64).reshape(-1)
+    flat = (flat > 0).astype(np.int64) if bits == 1 else flat & ((1 << bits) - 1)
     padded = np.zeros(-(-flat.size // per_byte) * per_byte, np.int64)
     padded[: flat.size] = flat
     slots = padded.reshape(-1, per_byte) << (bits * np.arange(per_byte, dtype=np.int64))
@@ -151,11 +165,13 @@ def unpack(packed: np.ndarray, bits: int, signed: bool, count: int) -> np.ndarra
     """Inverse of :func:`pack`: the first ``count`` elements, sign-extended when ``signed``.
 
     Returns:
-        ``int8`` (signed) or ``uint8`` array of ``count`` elements.
+        ``int8`` (signed, binary) or ``uint8`` array of ``count`` elements.
     """
     per_byte = 8 // bits
     data = np.asarray(packed, np.uint8).reshape(-1, 1)
-    if signed:
+    if bits == 1:
+        values = (((data >> np.arange(8, dtype=np.uint8)) & np.uint8(1)).astype(np.int8) << 1) - np.int8(1)
+    elif signed:
         left = (8 - bits * (np.arange(per_byte) + 1)).astype(np.int8)
         values = (data.view(np.int8) << left) >> np.int8(8 - bits)
     else:
@@ -263,11 +279,21 @@ def _spec(node: onnx.NodeProto, weight: TensorProto, consts: dict[str, TensorPro
 
 def _packed_bytes(weight: TensorProto, spec: PackedWeight) -> np.ndarray:
     """The initializer's bytes in the ONNX layout (``raw_data`` as is, else re-packed)."""
-    if weight.raw_data and len(weight.raw_data) == spec.nbytes:
+    if weight.raw_data and len(weight.raw_data) == spec.nbytes and spec.bits > 1:
         return np.frombuffer(weight.raw_data, np.uint8).copy()
     if spec.bits == 8:
         return numpy_helper.to_array(weight).reshape(-1).view(np.uint8).copy()
     return pack(numpy_helper.to_array(weight).astype(np.int64), spec.bits)
+
+
+def _as_binary(spec: PackedWeight, weight: TensorProto) -> PackedWeight:
+    """``spec`` at one bit per weight when the INT2 tensor holds only ``±1`` (binary weights)."""
+    if spec.bits != 2 or not spec.signed or spec.zero_point is not None:
+        return spec
+    values = numpy_helper.to_array(weight).astype(np.int8)
+    if not np.all(np.abs(values) == 1):
+        return spec
+    return dataclasses.replace(spec, bits=1)
 
 
 def _just_in_time(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
@@ -339,7 +365,7 @@ def rewrite_packed_dequantize(model: onnx.ModelProto, whole_bytes: bool = False)
             nodes.append(node)
             continue
         weight = consts[node.input[0]]
-        spec = _spec(node, weight, consts)
+        spec = _as_binary(_spec(node, weight, consts), weight)
         data = numpy_helper.from_array(_packed_bytes(weight, spec), f"{weight.name}__packed")
         if data.name not in {t.name for t in added}:
             added.append(data)
@@ -395,7 +421,14 @@ def emit_dequantize(bb: Any, spec: PackedWeight, packed: Any, anchor: Any = None
 
     bits, per_byte = spec.bits, spec.per_byte
     data = _keep_at_run_time(bb, packed, anchor)
-    if spec.signed:
+    if bits == 1:
+        right = np.arange(8, dtype=np.uint8)
+        values = relax.op.right_shift(relax.op.expand_dims(data, [1]), relax.const(right, "uint8"))
+        values = relax.op.astype(relax.op.bitwise_and(values, relax.const(np.uint8(1), "uint8")), "int8")
+        values = relax.op.subtract(
+            relax.op.left_shift(values, relax.const(np.int8(1), "int8")), relax.const(np.int8(1), "int8")
+        )
+    elif spec.signed:
         left = np.array([8 - bits * (k + 1) for k in range(per_byte)], np.int8)
         values = relax.op.expand_dims(relax.op.astype(data, "int8"), [1])
         values = relax.op.left_shift(values, relax.const(left, "int8"))

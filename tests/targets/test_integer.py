@@ -131,7 +131,16 @@ def _run(vm, x: np.ndarray) -> np.ndarray:
 
 
 def _ort_session(model: onnx.ModelProto):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    """onnxruntime running the QDQ graph as written (DQ → float op → Q), as ``edgec.verify`` does.
+
+    Its extended optimizations fuse QDQ groups into QLinearConv/QGemm kernels whose u8s8 path on
+    x86 without VNNI (``vpmaddubsw``) saturates int16 pair sums: on an AVX2 host (znver3) the fused
+    digits CNN agrees with the unfused one on 11 % of logits within one step. The unfused graph is
+    the CPU-independent meaning of the model.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _within_one_step(got: np.ndarray, want: np.ndarray, step: float) -> float:
@@ -280,7 +289,7 @@ def test_small_model_tvm_equals_reference_bit_exactly(small_qdq, rounding):
 
 def test_small_model_close_to_onnxruntime(small_qdq):
     """Every op of this 12-layer toy is within one step of onnxruntime alone; rounding differences
-    (TFLite double rounding, half-away average pool vs onnxruntime's float and half-even) then
+    (fixed-point requantization, half-away average pool vs onnxruntime's float and half-even) then
     compound through GAP→Gemm→MatMul, so the output is allowed two steps."""
     session = _ort_session(small_qdq)
     step = _output_step(small_qdq, "y")
@@ -381,8 +390,8 @@ def test_fused_clamps_requantize_and_gemm_variants():
         assert np.max(np.abs(got - want)) <= 2 * 0.025 + 1e-6
     clipped = np.concatenate(clipped)
     assert clipped.min() == -15 and clipped.max() == 55  # both clamp bounds are reached
-    # Three layers deep, TFLite double rounding vs onnxruntime's float requantization differ by one
-    # step in ~0.2 % of the first layer's values; the convolutions spread that to a few outputs.
+    # Three layers deep, fixed-point vs onnxruntime's float requantization differ by one step in a
+    # fraction of a percent of the first layer's values; the convolutions spread that to a few outputs.
     assert np.mean(within) >= 0.95
 
 
@@ -561,19 +570,30 @@ def _check_light(name: str, tmp: Path, rounding: str, min_within: float, inputs:
     assert np.mean(within) >= min_within, within
 
 
+# Share of outputs within one step of onnxruntime running the QDQ graph as written, 2 inputs
+# (this host, znver3), double / single rounding: squeezenet 100 / 100 %, resnet50 100 / 100 %,
+# inception_v1 99.9 / 100 %, shufflenet 96.65 / 99.95 % (double rounding's first rounding is off
+# by one step on ~0.06 % of values, which compounds over deep networks). Single is the default.
+
+
 def test_squeezenet_int8_bit_exact_and_within_one_step(tmp_path):
+    _check_light("squeezenet", tmp_path, "single", 0.999, inputs=2)
+
+
+def test_squeezenet_int8_double_rounding_bit_exact_and_within_one_step(tmp_path):
     _check_light("squeezenet", tmp_path, "double", 0.999, inputs=2)
 
 
 @pytest.mark.slow
 def test_resnet50_int8_bit_exact_and_within_one_step(tmp_path):
-    # TFLite double rounding: 99.87 % within one step of onnxruntime (onnxruntime's own optimized
-    # vs unoptimized execution: 99.97 %); single rounding: 99.93 %.
     _check_light("resnet50", tmp_path, "single", 0.999, inputs=2)
 
 
 @pytest.mark.slow
 def test_inception_v1_int8_bit_exact_and_within_one_step(tmp_path):
-    # TFLite double rounding: 99.77 % (its first-rounding error compounds over 57 layers);
-    # single rounding: 100 %.
     _check_light("inception_v1", tmp_path, "single", 0.999, inputs=2)
+
+
+@pytest.mark.slow
+def test_shufflenet_int8_bit_exact_and_within_one_step(tmp_path):
+    _check_light("shufflenet", tmp_path, "single", 0.999, inputs=2)

@@ -3,12 +3,14 @@
 Each case is a one-op model ``DequantizeLinear(q packed, scale[, zero point]) → MatMul | Gemm | Conv``
 lowered through edgec's x86 path (``lower_onnx`` → ``optimize_for_cpu`` → ``tvm.compile``); the
 checks are the ONNX bit layout, the Relax constants (the packed ``uint8`` bytes, no float copy of
-the weight), the fused unpack kernel's TIR (a ``uint8`` buffer), outputs against onnxruntime on the
-same QDQ model, and the digits CNN end to end through ``edgec.compile``.
+the weight), the consumer kernel's TIR (it reads the ``uint8`` buffer and no kernel holds a float
+weight: targets/tvm/weight_fusion.py), outputs against onnxruntime on the same QDQ model, and the
+digits CNN end to end through ``edgec.compile`` (x86, and Cortex-M4 under qemu: arena and flash).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +117,28 @@ def _lower(model: onnx.ModelProto) -> tvm.IRModule:
     return optimize_for_cpu(lower_onnx(model), {"kind": "llvm"})
 
 
+def _float_weight_buffers(mod: tvm.IRModule, shape: tuple[int, ...]) -> list[str]:
+    """``kernel:buffer`` for every float buffer (parameter or allocation) in the module's TIR whose
+    shape is the weight's in some layout (its dims permuted: OIHW, HWIO, transposed): a
+    materialised float weight."""
+    import tvm_ffi
+
+    def is_weight(buffer: tvm.tirx.Buffer) -> bool:
+        dims = sorted(int(d) for d in buffer.shape)
+        return str(buffer.dtype).startswith("float") and dims == sorted(shape)
+
+    found = []
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        buffers = [p for p in func.params if isinstance(p, tvm.tirx.Buffer)]
+        tvm_ffi.structural_walk(
+            func.body, (tvm.s_tir.SBlock, lambda block, out=buffers: out.extend(block.alloc_buffers))
+        )
+        found += [f"{gv.name_hint}:{b.name}" for b in buffers if is_weight(b)]
+    return found
+
+
 def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
     from tvm import relax
 
@@ -163,10 +187,17 @@ def test_packed_weights_stay_packed_and_match_onnxruntime(name: str) -> None:
     assert constants.get("float32", 0) < fp32_bytes / 4
     assert fp32_bytes / packed.nbytes >= (7.9 if bits == 4 else 15.5)
     # ... and the TIR kernel that unpacks them reads a uint8 buffer of that size.
-    kernels = [f for gv, f in mod.functions.items() if "edgec_packed_weights" in gv.name_hint]
+    kernels = [(gv.name_hint, f) for gv, f in mod.functions.items() if "edgec_packed_weights" in gv.name_hint]
     assert len(kernels) == 1
-    buffers = [p for p in kernels[0].params if isinstance(p, tvm.tirx.Buffer)]  # 0.27: params are Buffers
+    kernel_name, kernel = kernels[0]
+    buffers = [p for p in kernel.params if isinstance(p, tvm.tirx.Buffer)]  # 0.27: params are Buffers
     assert any(str(b.dtype) == "uint8" and [int(d) for d in b.shape] == [packed.size] for b in buffers)
+    # That kernel is the MatMul/Conv itself (weight_fusion.py), scheduled by edgec's rules, and no
+    # kernel anywhere has a float buffer of the weight's shape (the unpack is inlined into the loop).
+    consumer = {"MatMul": "matmul", "Gemm": "matmul", "Conv": "conv2d"}[model.graph.node[1].op_type]
+    assert kernel_name.startswith((consumer, f"fused_{consumer}")), kernel_name
+    assert "tirx.is_scheduled" in kernel.attrs
+    assert _float_weight_buffers(mod, q.shape) == []
 
     # Numerics: the same QDQ model in onnxruntime (fp32 after unpacking: rounding-level agreement).
     # edgec's reference runs onnxruntime with basic optimizations, i.e. the graph as written: with
@@ -179,6 +210,23 @@ def test_packed_weights_stay_packed_and_match_onnxruntime(name: str) -> None:
     # The numpy reference dequantizes exactly like onnxruntime.
     dq = run_onnx(_dq_only(model), {})["w"]
     np.testing.assert_array_equal(dequantize(specs[0], packed), dq)
+
+
+def test_weight_read_by_two_ops_keeps_its_own_unpack_kernel() -> None:
+    """Negative: a dequantized weight that two MatMuls read (``y = (x @ w) @ w``) is not fused
+    into either (weight_fusion.py merges a decode into its one reader only): it keeps the
+    separate unpack kernel, which materialises the float weight, and still matches onnxruntime."""
+    model, q = _qdq_model("MatMul", [2, 16], [16, 16], TensorProto.INT4, 1)
+    model.graph.node[1].output[0] = "h"
+    model.graph.node.append(helper.make_node("MatMul", ["h", "w"], ["y"], name="again"))
+    mod = _lower(model)
+    names = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert [n for n in names if "edgec_packed_weights" in n] == [
+        next(n for n in names if n.startswith("fused_edgec_packed_weights"))
+    ]
+    assert any(b.startswith("fused_edgec_packed_weights") for b in _float_weight_buffers(mod, q.shape))
+    x = np.random.default_rng(3).normal(size=(2, 16)).astype(np.float32)
+    np.testing.assert_allclose(_run(mod, x), run_onnx(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
 
 
 def _dq_only(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -286,3 +334,45 @@ def test_digits_weight_int4_end_to_end(tmp_path: Path) -> None:
     for index, node in enumerate(nodes):
         if node.op_type == PACKED_OP:
             assert node.output[0] in nodes[index + 1].input
+    # ... and then each is fused into that consumer (three Conv, one Gemm): no float weight at all.
+    mod = _lower(onnx.load(tmp_path / "build" / "optimized.onnx"))
+    specs = rewrite_packed_dequantize(onnx.load(tmp_path / "build" / "optimized.onnx"))
+    assert [_float_weight_buffers(mod, spec.shape) for spec in specs] == [[]] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("arm-none-eabi-gcc", "qemu-system-arm")),
+    reason="needs arm-none-eabi-gcc and qemu-system-arm",
+)
+def test_digits_weight_int4_on_cortex_m4_needs_no_more_arena_than_fp32(tmp_path: Path) -> None:
+    """The issue's bound: int4 weights in flash, unpacked inside the kernels, so the arena holds
+    activations only (before the decode was fused, each float weight was materialised there:
+    47,104 B vs 14,208 B for fp32). Outputs match onnxruntime under qemu within the fp32 bound."""
+    import edgec
+    from edgec.targets import get_target
+    from tests.targets.cortex_helpers import FP32_ATOL
+
+    sizes = {}
+    for scheme in ("fp32", "weight-int4"):
+        quantize = "" if scheme == "fp32" else ",quantize{scheme=weight-int4}"
+        result = edgec.compile(
+            EXAMPLES / "digits_cnn.onnx",
+            tmp_path / scheme,
+            target="cortex-m4",
+            pipeline=f"default{quantize}",
+            calib=EXAMPLES / "digits_calib.npz",
+        )
+        assert result.ok
+        sizes[scheme] = result.manifest["sizes"]
+    assert sizes["weight-int4"]["arena_bytes"] <= sizes["fp32"]["arena_bytes"]
+    assert sizes["weight-int4"]["weights_bytes"] < sizes["fp32"]["weights_bytes"] / 7
+    assert sizes["weight-int4"]["flash_bytes"] < sizes["fp32"]["flash_bytes"] / 2
+
+    build = tmp_path / "weight-int4"
+    manifest = result.manifest
+    model = onnx.load(build / "optimized.onnx")
+    for x in np.load(EXAMPLES / "digits_test.npz")["input"][:2]:
+        outputs, _ = get_target("cortex-m4").run(build, manifest, [x[None].astype(np.float32)])
+        expected = run_onnx(model, {"input": x[None].astype(np.float32)})["logits"]
+        np.testing.assert_allclose(outputs[0], expected, rtol=0, atol=FP32_ATOL)

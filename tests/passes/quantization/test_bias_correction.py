@@ -73,5 +73,5 @@ def test_bias_correction_refuses_and_errors():
     assert "no bias" in records[0].stats["refused"][0]["reason"]
     with pytest.raises(EdgecError, match="calibration data"):
         run_pipeline("bias-correction", model, verify=False)
-    with pytest.raises(EdgecError, match="must be 8, 4 or 2"):
+    with pytest.raises(EdgecError, match="must be 8, 4, 2 or 1"):
         run_pipeline("bias-correction{bits=3}", model, verify=False)
