@@ -6,7 +6,9 @@ importer cannot read those (``TensorCopyFromBytes: size mismatch``): it sees one
 element. This module replaces each such node by an ``EdgecPackedDequantize`` node (domain
 ``edgec``) whose input is a ``uint8`` initializer holding exactly the ONNX bytes, and emits the
 unpacking as Relax ops, so the module's constant is the packed bytes (1/8 of float32 for 4 bits,
-1/16 for 2 bits) and the weights are unpacked at run time.
+1/16 for 2 bits) and the weights are unpacked at run time. In weight-only models, int8 weights
+(``weight-int8``) and float16 weights behind ``Cast(to=FLOAT)`` (``fp16``) take the same path, so
+the artifact stores them at 8 and 16 bits instead of the float32 that constant folding would make.
 
 Bit layout (the ONNX one, ``onnx.numpy_helper``/``onnx.helper.pack_float32_to_4bit``): the tensor
 is flattened in row-major order and element ``e[i]`` goes to byte ``i // n`` at bit ``b·(i % n)``,
@@ -95,6 +97,10 @@ PACKED_TYPES: dict[int, tuple[int, bool]] = {
 # DequantizeLinear into a float32 constant and the artifact holds 4x the bytes.
 BYTE_TYPES: dict[int, tuple[int, bool]] = {TensorProto.INT8: (8, True), TensorProto.UINT8: (8, False)}
 _ALL_TYPES = {**PACKED_TYPES, **BYTE_TYPES}
+# fp16 weight storage (``quantize{scheme=fp16}``: a float16 initializer read through
+# ``Cast(to=FLOAT)``) takes the path too, as 16-bit "packed" weights: FoldConstant would otherwise
+# fold the Cast and store float32.
+HALF_BITS = 16
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,8 @@ class PackedWeight:
 
     Attributes:
         name: The DequantizeLinear node (for messages).
-        bits: 8, 4, 2, or 1 (binary: ``±1`` weights of an INT2 tensor, one bit each).
+        bits: 8, 4, 2, or 1 (binary: ``±1`` weights of an INT2 tensor, one bit each); 16 for a
+            float16 weight behind ``Cast(to=FLOAT)`` (stored as float16, no scale).
         signed: INT4/INT2 (True) or UINT4/UINT2; binary weights count as signed.
         shape: The weight's shape.
         axis: The quantization axis (normalised, non-negative); ``None`` for per-tensor.
@@ -131,6 +138,8 @@ class PackedWeight:
 
     @property
     def nbytes(self) -> int:
+        if self.bits >= 8:
+            return self.count * self.bits // 8
         return -(-self.count // self.per_byte)
 
 
@@ -205,6 +214,8 @@ def _blocked_shape(spec: PackedWeight) -> tuple[list[int], int]:
 
 def dequantize(spec: PackedWeight, packed: np.ndarray) -> np.ndarray:
     """numpy reference of the emitted Relax code: unpack, subtract the zero point, scale."""
+    if spec.bits == HALF_BITS:
+        return np.asarray(packed, np.float16).reshape(spec.shape).astype(np.float32)
     values = unpack(packed, spec.bits, spec.signed, spec.count).reshape(spec.shape).astype(np.float32)
     scale = spec.scale.astype(np.float32)
     zero = None if spec.zero_point is None else spec.zero_point.astype(np.float32)
@@ -279,6 +290,8 @@ def _spec(node: onnx.NodeProto, weight: TensorProto, consts: dict[str, TensorPro
 
 def _packed_bytes(weight: TensorProto, spec: PackedWeight) -> np.ndarray:
     """The initializer's bytes in the ONNX layout (``raw_data`` as is, else re-packed)."""
+    if spec.bits == HALF_BITS:
+        return numpy_helper.to_array(weight).reshape(-1)
     if weight.raw_data and len(weight.raw_data) == spec.nbytes and spec.bits > 1:
         return np.frombuffer(weight.raw_data, np.uint8).copy()
     if spec.bits == 8:
@@ -294,6 +307,15 @@ def _as_binary(spec: PackedWeight, weight: TensorProto) -> PackedWeight:
     if not np.all(np.abs(values) == 1):
         return spec
     return dataclasses.replace(spec, bits=1)
+
+
+def _half_spec(node: onnx.NodeProto, weight: TensorProto) -> PackedWeight | None:
+    """The spec of ``Cast(to=FLOAT)`` on a float16 initializer, ``None`` for any other Cast."""
+    to = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "to"), None)
+    if to != TensorProto.FLOAT or weight.data_type != TensorProto.FLOAT16:
+        return None
+    shape = tuple(int(d) for d in weight.dims)
+    return PackedWeight(node.name or node.output[0], HALF_BITS, True, shape, None, 0, np.float32(1), None)
 
 
 def _just_in_time(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
@@ -323,7 +345,8 @@ def rewrite_packed_dequantize(model: onnx.ModelProto, whole_bytes: bool = False)
     """Replace ``DequantizeLinear`` of packed 4/2-bit initializers, in place (top-level graph).
 
     With ``whole_bytes``, int8/uint8 initializers that only DequantizeLinear nodes read (weight-only
-    int8) take the same path, so they too stay integers in the artifact.
+    int8) take the same path, so they too stay integers in the artifact, and so do float16
+    initializers that only ``Cast(to=FLOAT)`` nodes read (fp16 weight storage).
 
     Each such node becomes ``EdgecPackedDequantize(<weight>__packed)`` (domain ``edgec``,
     attribute ``index`` into the returned list) with a ``uint8`` initializer of the packed bytes;
@@ -346,11 +369,20 @@ def rewrite_packed_dequantize(model: onnx.ModelProto, whole_bytes: bool = False)
         readers: dict[str, set[str]] = {}
         for node in graph.node:
             for position, name in enumerate(node.input):
-                readers.setdefault(name, set()).add(
-                    "dq" if node.op_type == "DequantizeLinear" and position == 0 else node.op_type
-                )
+                weight = consts.get(name)
+                if node.op_type == "DequantizeLinear" and position == 0:
+                    readers.setdefault(name, set()).add("dq")
+                elif node.op_type == "Cast" and weight is not None and _half_spec(node, weight):
+                    readers.setdefault(name, set()).add("cast")
+                else:
+                    readers.setdefault(name, set()).add(node.op_type)
         packed |= {
-            name for name, t in consts.items() if t.data_type in BYTE_TYPES and readers.get(name) == {"dq"}
+            name
+            for name, t in consts.items()
+            if (t.data_type in BYTE_TYPES and readers.get(name) == {"dq"})
+            # Weights, not 1-D biases: a kernel that reads two decoded tensors keeps them in the
+            # arena (weight_fusion fuses one per kernel), and a bias saves a few bytes at most.
+            or (t.data_type == TensorProto.FLOAT16 and len(t.dims) >= 2 and readers.get(name) == {"cast"})
         }
     if not packed:
         return []
@@ -358,14 +390,18 @@ def rewrite_packed_dequantize(model: onnx.ModelProto, whole_bytes: bool = False)
     nodes: list[onnx.NodeProto] = []
     added: list[TensorProto] = []
     for node in graph.node:
-        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or not node.input:
+        if node.op_type not in ("DequantizeLinear", "Cast") or node.domain not in ("", "ai.onnx"):
             nodes.append(node)
             continue
-        if node.input[0] not in packed:
+        if not node.input or node.input[0] not in packed:
             nodes.append(node)
             continue
         weight = consts[node.input[0]]
-        spec = _as_binary(_spec(node, weight, consts), weight)
+        if node.op_type == "Cast":
+            spec = _half_spec(node, weight)
+            assert spec is not None  # only such Casts read the float16 weights chosen above
+        else:
+            spec = _as_binary(_spec(node, weight, consts), weight)
         data = numpy_helper.from_array(_packed_bytes(weight, spec), f"{weight.name}__packed")
         if data.name not in {t.name for t in added}:
             added.append(data)
@@ -419,8 +455,10 @@ def emit_dequantize(bb: Any, spec: PackedWeight, packed: Any, anchor: Any = None
     """
     from tvm import relax
 
-    bits, per_byte = spec.bits, spec.per_byte
     data = _keep_at_run_time(bb, packed, anchor)
+    if spec.bits == HALF_BITS:
+        return bb.normalize(relax.op.astype(relax.op.reshape(data, list(spec.shape)), "float32"))
+    bits, per_byte = spec.bits, spec.per_byte
     if bits == 1:
         right = np.arange(8, dtype=np.uint8)
         values = relax.op.right_shift(relax.op.expand_dims(data, [1]), relax.const(right, "uint8"))

@@ -289,6 +289,31 @@ def test_weight_only_int8_weights_stay_int8_and_match_onnxruntime(tmp_path: Path
     np.testing.assert_allclose(_run(_lower(model), x), run_onnx(model, {"input": x})["logits"], atol=1e-5)
 
 
+def test_fp16_weights_stay_float16_and_match_onnxruntime(tmp_path: Path) -> None:
+    """fp16 storage: the float16 weights (behind Cast) are the weight constants after the CPU
+    pipeline, not float32; 1-D biases are folded to float32 (a few bytes)."""
+    import edgec
+    from tests.helpers import DIGITS
+
+    path = tmp_path / "half.onnx"
+    edgec.optimize(DIGITS / "digits_cnn.onnx", path, pipeline="default,quantize{scheme=fp16}")
+    model = onnx.load(str(path))
+    half = [t for t in model.graph.initializer if t.data_type == TensorProto.FLOAT16 and len(t.dims) >= 2]
+    half_bytes = sum(numpy_helper.to_array(t).nbytes for t in half)
+    assert len(half) == 4 and half_bytes > 28_000
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    specs = rewrite_packed_dequantize(work, whole_bytes=True)
+    assert sorted(spec.bits for spec in specs) == [16] * 4
+    mod = _lower(model)
+    constants = constant_bytes(mod)
+    assert constants["float16"] == half_bytes and constants.get("float32", 0) < half_bytes / 40
+    # Decoded inside the convolutions and the Gemm: no float copy of any weight.
+    assert [_float_weight_buffers(mod, spec.shape) for spec in specs] == [[]] * 4
+    x = np.load(DIGITS / "digits_test.npz")["input"][:1]
+    np.testing.assert_allclose(_run(mod, x), run_onnx(model, {"input": x})["logits"], atol=1e-5)
+
+
 def test_models_without_packed_weights_are_untouched() -> None:
     model, _, _ = _case("int4-per-axis-matmul")
     model.graph.initializer[0].CopyFrom(
@@ -345,31 +370,37 @@ def test_digits_weight_int4_end_to_end(tmp_path: Path) -> None:
     any(shutil.which(tool) is None for tool in ("arm-none-eabi-gcc", "qemu-system-arm")),
     reason="needs arm-none-eabi-gcc and qemu-system-arm",
 )
-def test_digits_weight_int4_on_cortex_m4_needs_no_more_arena_than_fp32(tmp_path: Path) -> None:
-    """The issue's bound: int4 weights in flash, unpacked inside the kernels, so the arena holds
-    activations only (before the decode was fused, each float weight was materialised there:
-    47,104 B vs 14,208 B for fp32). Outputs match onnxruntime under qemu within the fp32 bound."""
+@pytest.mark.parametrize(
+    ("scheme", "weights_ratio", "flash_ratio"), [("weight-int4", 7, 2), ("fp16", 1.98, 1.5)]
+)
+def test_digits_weight_only_on_cortex_m4_needs_no_more_arena_than_fp32(
+    tmp_path: Path, scheme: str, weights_ratio: float, flash_ratio: float
+) -> None:
+    """The issue's bound: int4 (or float16) weights in flash, decoded inside the kernels, so the
+    arena holds activations only (before the decode was fused, each float weight was materialised
+    there: 47,104 B vs 14,208 B for fp32). Outputs match onnxruntime under qemu within the fp32
+    bound."""
     import edgec
     from edgec.targets import get_target
     from tests.targets.cortex_helpers import FP32_ATOL
 
     sizes = {}
-    for scheme in ("fp32", "weight-int4"):
-        quantize = "" if scheme == "fp32" else ",quantize{scheme=weight-int4}"
+    for variant in ("fp32", scheme):
+        quantize = "" if variant == "fp32" else f",quantize{{scheme={variant}}}"
         result = edgec.compile(
             EXAMPLES / "digits_cnn.onnx",
-            tmp_path / scheme,
+            tmp_path / variant,
             target="cortex-m4",
             pipeline=f"default{quantize}",
             calib=EXAMPLES / "digits_calib.npz",
         )
         assert result.ok
-        sizes[scheme] = result.manifest["sizes"]
-    assert sizes["weight-int4"]["arena_bytes"] <= sizes["fp32"]["arena_bytes"]
-    assert sizes["weight-int4"]["weights_bytes"] < sizes["fp32"]["weights_bytes"] / 7
-    assert sizes["weight-int4"]["flash_bytes"] < sizes["fp32"]["flash_bytes"] / 2
+        sizes[variant] = result.manifest["sizes"]
+    assert sizes[scheme]["arena_bytes"] <= sizes["fp32"]["arena_bytes"]
+    assert sizes[scheme]["weights_bytes"] < sizes["fp32"]["weights_bytes"] / weights_ratio
+    assert sizes[scheme]["flash_bytes"] < sizes["fp32"]["flash_bytes"] / flash_ratio
 
-    build = tmp_path / "weight-int4"
+    build = tmp_path / scheme
     manifest = result.manifest
     model = onnx.load(build / "optimized.onnx")
     for x in np.load(EXAMPLES / "digits_test.npz")["input"][:2]:
