@@ -8,7 +8,9 @@ element. This module replaces each such node by an ``EdgecPackedDequantize`` nod
 unpacking as Relax ops, so the module's constant is the packed bytes (1/8 of float32 for 4 bits,
 1/16 for 2 bits) and the weights are unpacked at run time. In weight-only models, int8 weights
 (``weight-int8``) and float16 weights behind ``Cast(to=FLOAT)`` (``fp16``) take the same path, so
-the artifact stores them at 8 and 16 bits instead of the float32 that constant folding would make.
+the artifact stores them at 8 and 16 bits instead of the float32 that constant folding would make;
+so does the uint8 weight of an ``int8-dynamic`` ``MatMulInteger`` (decoded to itself, where
+folding would store the frontend's int32 cast of it).
 
 Bit layout (the ONNX one, ``onnx.numpy_helper``/``onnx.helper.pack_float32_to_4bit``): the tensor
 is flattened in row-major order and element ``e[i]`` goes to byte ``i // n`` at bit ``b·(i % n)``,
@@ -117,6 +119,8 @@ class PackedWeight:
         block_size: Elements per scale along ``axis`` (0: per-axis or per-tensor).
         scale: The scales, as in the model (float32 or float16).
         zero_point: The zero points as int64, or ``None`` when they are all zero.
+        integer: The decoded tensor is the stored integers themselves (the int8/uint8 weight of a
+            ``MatMulInteger``, which applies its own zero point): no cast, no scale.
     """
 
     name: str
@@ -127,6 +131,7 @@ class PackedWeight:
     block_size: int
     scale: np.ndarray
     zero_point: np.ndarray | None
+    integer: bool = False
 
     @property
     def per_byte(self) -> int:
@@ -213,9 +218,12 @@ def _blocked_shape(spec: PackedWeight) -> tuple[list[int], int]:
 
 
 def dequantize(spec: PackedWeight, packed: np.ndarray) -> np.ndarray:
-    """numpy reference of the emitted Relax code: unpack, subtract the zero point, scale."""
+    """numpy reference of the emitted Relax code: unpack, subtract the zero point, scale (the
+    stored integers for a ``MatMulInteger`` weight, float32 for the others)."""
     if spec.bits == HALF_BITS:
         return np.asarray(packed, np.float16).reshape(spec.shape).astype(np.float32)
+    if spec.integer:
+        return np.asarray(packed, np.uint8).view(np.int8 if spec.signed else np.uint8).reshape(spec.shape)
     values = unpack(packed, spec.bits, spec.signed, spec.count).reshape(spec.shape).astype(np.float32)
     scale = spec.scale.astype(np.float32)
     zero = None if spec.zero_point is None else spec.zero_point.astype(np.float32)
@@ -318,6 +326,14 @@ def _half_spec(node: onnx.NodeProto, weight: TensorProto) -> PackedWeight | None
     return PackedWeight(node.name or node.output[0], HALF_BITS, True, shape, None, 0, np.float32(1), None)
 
 
+def _integer_spec(node: onnx.NodeProto, weight: TensorProto) -> PackedWeight:
+    """The spec of the constant int8/uint8 ``B`` of a ``MatMulInteger``, kept as integers."""
+    bits, signed = BYTE_TYPES[weight.data_type]
+    shape = tuple(int(d) for d in weight.dims)
+    label = f"{node.name or node.output[0]}_b"
+    return PackedWeight(label, bits, signed, shape, None, 0, np.float32(1), None, integer=True)
+
+
 def _just_in_time(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Move each ``EdgecPackedDequantize`` right before the first node that reads its output.
 
@@ -372,6 +388,8 @@ def rewrite_packed_dequantize(model: onnx.ModelProto, whole_bytes: bool = False)
                 weight = consts.get(name)
                 if node.op_type == "DequantizeLinear" and position == 0:
                     readers.setdefault(name, set()).add("dq")
+                elif node.op_type == "MatMulInteger" and position == 1:
+                    readers.setdefault(name, set()).add("matmul-integer")
                 elif node.op_type == "Cast" and weight is not None and _half_spec(node, weight):
                     readers.setdefault(name, set()).add("cast")
                 else:
@@ -379,7 +397,7 @@ def rewrite_packed_dequantize(model: onnx.ModelProto, whole_bytes: bool = False)
         packed |= {
             name
             for name, t in consts.items()
-            if (t.data_type in BYTE_TYPES and readers.get(name) == {"dq"})
+            if (t.data_type in BYTE_TYPES and readers.get(name) in ({"dq"}, {"matmul-integer"}))
             # Weights, not 1-D biases: a kernel that reads two decoded tensors keeps them in the
             # arena (weight_fusion fuses one per kernel), and a bias saves a few bytes at most.
             or (t.data_type == TensorProto.FLOAT16 and len(t.dims) >= 2 and readers.get(name) == {"cast"})
@@ -390,6 +408,22 @@ def rewrite_packed_dequantize(model: onnx.ModelProto, whole_bytes: bool = False)
     nodes: list[onnx.NodeProto] = []
     added: list[TensorProto] = []
     for node in graph.node:
+        if node.op_type == "MatMulInteger" and node.input[1] in packed:
+            # The weight is decoded (copied, as integers) just before the product, which reads it.
+            weight = consts[node.input[1]]
+            spec = _integer_spec(node, weight)
+            data = numpy_helper.from_array(_packed_bytes(weight, spec), f"{weight.name}__packed")
+            decoded = f"{weight.name}__decoded_{len(specs)}"
+            if data.name not in {t.name for t in added}:
+                added.append(data)
+            attrs = {"name": spec.name, "domain": PACKED_DOMAIN, "index": len(specs)}
+            nodes.append(helper.make_node(PACKED_OP, [data.name], [decoded], **attrs))
+            specs.append(spec)
+            rewired = onnx.NodeProto()
+            rewired.CopyFrom(node)
+            rewired.input[1] = decoded
+            nodes.append(rewired)
+            continue
         if node.op_type not in ("DequantizeLinear", "Cast") or node.domain not in ("", "ai.onnx"):
             nodes.append(node)
             continue
@@ -458,6 +492,9 @@ def emit_dequantize(bb: Any, spec: PackedWeight, packed: Any, anchor: Any = None
     data = _keep_at_run_time(bb, packed, anchor)
     if spec.bits == HALF_BITS:
         return bb.normalize(relax.op.astype(relax.op.reshape(data, list(spec.shape)), "float32"))
+    if spec.integer:
+        stored = "int8" if spec.signed else "uint8"
+        return bb.normalize(relax.op.reshape(relax.op.astype(data, stored), list(spec.shape)))
     bits, per_byte = spec.bits, spec.per_byte
     if bits == 1:
         right = np.arange(8, dtype=np.uint8)

@@ -314,6 +314,35 @@ def test_fp16_weights_stay_float16_and_match_onnxruntime(tmp_path: Path) -> None
     np.testing.assert_allclose(_run(mod, x), run_onnx(model, {"input": x})["logits"], atol=1e-5)
 
 
+def test_dynamic_int8_weights_stay_uint8_and_match_onnxruntime() -> None:
+    """int8-dynamic: MatMulInteger's uint8 weights stay uint8 constants (not the int32 that the
+    frontend's cast would fold them to), decoded where the integer product reads them."""
+    from edgec.ir import EdgeGraph
+    from edgec.pm import PassContext, get_pass
+    from tests.passes.quantization.models import matmul_model, normal_samples
+
+    float_model = matmul_model()
+    graph = EdgeGraph.from_onnx(float_model)
+    quantize = get_pass("quantize")(scheme="int8-dynamic")
+    model = quantize.run(graph, PassContext(calibration=normal_samples(float_model, 4))).graph.to_onnx()
+    weights = [t for t in model.graph.initializer if t.data_type == TensorProto.UINT8 and t.dims]
+    assert sorted(tuple(t.dims) for t in weights) == [(16, 8), (32, 16)]
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    specs = rewrite_packed_dequantize(work, whole_bytes=True)
+    assert [spec.integer for spec in specs] == [True, True]
+    packed = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}
+    for weight in weights:
+        spec = next(s for s in specs if s.shape == tuple(weight.dims))
+        decoded = dequantize(spec, packed[f"{weight.name}__packed"])
+        np.testing.assert_array_equal(decoded, numpy_helper.to_array(weight))
+    mod = _lower(model)
+    constants = constant_bytes(mod)
+    assert constants["uint8"] == 32 * 16 + 16 * 8 and constants.get("int32", 0) <= 8
+    x = np.random.default_rng(3).normal(size=(4, 32)).astype(np.float32)
+    np.testing.assert_allclose(_run(mod, x), run_onnx(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
+
+
 def test_models_without_packed_weights_are_untouched() -> None:
     model, _, _ = _case("int4-per-axis-matmul")
     model.graph.initializer[0].CopyFrom(
