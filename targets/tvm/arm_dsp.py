@@ -30,10 +30,8 @@ returns ``None`` and falls back to the plain rules.
 The weight layout change crosses the TIR/Relax boundary: the rule changes the PrimFunc's weight
 parameter and records the permutation in the function attribute :data:`WEIGHT_PERMUTATION_ATTR`;
 :func:`relayout_constant_weights` then transposes the constant argument of each call in the Relax
-module (numpy, at build time) and re-adds the kernel under a new ``GlobalVar`` (the old one keeps
-the old signature, which ``CallTIRRewrite`` checks). A weight that is not a constant cannot be
-permuted: :class:`EdgecError` (ONNX initializers, what the rule is for, always are constants).
-``EDGEC_ARM_DSP=0`` switches the rule off (for comparisons).
+module (numpy, at build time; the machinery, shared with :mod:`.x86_int8`, is in
+:mod:`.int8_rules`). ``EDGEC_ARM_DSP=0`` switches the rule off (for comparisons).
 """
 
 from __future__ import annotations
@@ -48,7 +46,8 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from edgec.errors import EdgecError
+from .int8_rules import kernel_layouts, loop_extent, match_int8_reduction
+from .int8_rules import relayout_constant_weights as _relayout
 
 __all__ = [
     "DOT4_INTRIN",
@@ -63,7 +62,6 @@ DOT4_INTRIN = "edgec_arm_dsp_dot4_i8i8i32"
 WEIGHT_PERMUTATION_ATTR = "edgec.arm_dsp_weight_permutation"
 
 _SCHEDULE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
-_DATA_PAR, _COMM_REDUCE = 0, 2
 # Output tile: columns x channels (4 int32 accumulators, 2+2 int16x2 operand words: with the
 # pointers and the loop counter this fills the 13 usable core registers of Thumb-2).
 _TILE_COLUMNS, _TILE_CHANNELS = 2, 2
@@ -125,26 +123,6 @@ def _dot4_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
 s_tir.TensorIntrin.register(DOT4_INTRIN, _dot4_desc, _dot4_impl, override=True)
 
 
-def _extent(sch: s_tir.Schedule, loop: s_tir.LoopRV) -> int | None:
-    ext = sch.get(loop).extent
-    return int(ext) if isinstance(ext, tirx.IntImm) else None
-
-
-def _is_int8_mac(store: Any) -> tuple[Any, Any] | None:
-    """``acc = acc + int32(a[..]) * int32(b[..])`` with int8 ``a``/``b``: returns the two loads."""
-    value = store.value if isinstance(store, tirx.BufferStore) else None
-    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
-        return None
-    loads = []
-    for operand in (value.b.a, value.b.b):
-        if not isinstance(operand, tirx.Cast) or not isinstance(operand.value, tvm.ir.TensorLoad):
-            return None
-        if str(operand.value.source.dtype) != "int8" or str(operand.ty) != "int32":
-            return None
-        loads.append(operand.value)
-    return loads[0], loads[1]
-
-
 class Int8DspConv(ScheduleRule):
     """SMLAD schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the module docstring)."""
 
@@ -160,17 +138,13 @@ class Int8DspConv(ScheduleRule):
             return None  # a primitive refused: the plain rules take the function
 
     def _schedule(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
-        found = self._match(s_tir.Schedule(func))
+        found = self._match(func, s_tir.Schedule(func))
         if found is None:
             return None
-        name, weight_name, conv = found
-        params = [i for i, p in enumerate(func.params) if p.name == weight_name]
-        if len(params) != 1:
-            return None  # the weight is computed inside the function, not a parameter
-        sch = s_tir.Schedule(func)
-        rank = len(sch.get(sch.get_sblock(name)).body.value.b.b.value.source.shape)
+        name, weight_name, conv = found.block, found.weight, found.conv
+        rank = found.weight_rank
         permutation = [*range(rank - 2), rank - 1, rank - 2]
-        sch = s_tir.Schedule(func.with_attr(WEIGHT_PERMUTATION_ATTR, {params[0]: permutation}))
+        sch = s_tir.Schedule(func.with_attr(WEIGHT_PERMUTATION_ATTR, {found.weight_param: permutation}))
         self._inline_copies(sch)
         main = sch.get_sblock(name)
         blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
@@ -181,7 +155,7 @@ class Int8DspConv(ScheduleRule):
             n, h, w, co, ry, rx, rc = loops
         else:
             w, co, rc = loops
-        columns = _extent(sch, w) or 1
+        columns = loop_extent(sch, w) or 1
         wo, wi = sch.split(w, [None, _TILE_COLUMNS if columns % _TILE_COLUMNS == 0 else 1])
         coo, coi = sch.split(co, [None, _TILE_CHANNELS])
         rco, rci = sch.split(rc, [None, 4])
@@ -209,52 +183,18 @@ class Int8DspConv(ScheduleRule):
             if sch.get(block).name_hint.startswith("pad_temp"):
                 sch.compute_inline(block)
 
-    def _match(self, sch: s_tir.Schedule) -> tuple[str, str, bool] | None:
-        """``(block name, weight buffer name, is a conv)`` when the function fits, else None."""
+    def _match(self, func: tirx.PrimFunc, sch: s_tir.Schedule) -> Any:
+        """The :class:`.int8_rules.Int8Reduction` when the function fits, else None."""
         self._inline_copies(sch)
-        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
-        names = [sch.get(b).name_hint for b in blocks]
-        if not names or not names[0].startswith(("conv2d_nhwc", "matmul")):
+        found = match_int8_reduction(func, sch)
+        if found is None or found.reduction % 4 or found.channels % _TILE_CHANNELS:
             return None
-        stmt = sch.get(blocks[0])
-        conv = names[0].startswith("conv2d_nhwc")
-        kinds = [int(iv.iter_type) for iv in stmt.iter_vars]
-        if kinds != ([_DATA_PAR] * 4 + [_COMM_REDUCE] * 3 if conv else [_DATA_PAR] * 2 + [_COMM_REDUCE]):
-            return None
-        for block in blocks[1:]:
-            if any(int(iv.iter_type) != _DATA_PAR for iv in sch.get(block).iter_vars):
-                return None
-        loads = _is_int8_mac(stmt.body)
-        if loads is None or str(stmt.body.buffer.dtype) != "int32":
-            return None
-        data, weight = loads
-        ivars = [iv.var for iv in stmt.iter_vars]
-        reduce_var, channel_var = ivars[-1], ivars[3] if conv else ivars[1]
-        # Data: reduction innermost. Weight: (..., reduction, output channel), rewritten to
-        # (..., output channel, reduction).
-        if not _same_var(data.indices[-1], reduce_var) or len(weight.indices) < 2:
-            return None
-        if not (_same_var(weight.indices[-1], channel_var) and _same_var(weight.indices[-2], reduce_var)):
-            return None
-        loops = sch.get_loops(blocks[0])
-        extents = [_extent(sch, lp) for lp in loops]
-        if len(loops) != len(kinds) or any(e is None for e in extents):
-            return None
-        channels, reduction = extents[3 if conv else 1], extents[-1]
-        if reduction % 4 or channels % _TILE_CHANNELS:
-            return None
-        return names[0], weight.source.name, conv
-
-
-def _same_var(index: Any, var: Any) -> bool:
-    return index.same_as(var)
+        return found
 
 
 def weight_permutation(func: Any) -> dict[int, list[int]]:
     """``{parameter index: axis permutation}`` of a kernel :class:`Int8DspConv` scheduled, else ``{}``."""
-    if not isinstance(func, tirx.PrimFunc) or func.attrs is None or WEIGHT_PERMUTATION_ATTR not in func.attrs:
-        return {}
-    return {int(k): [int(a) for a in v] for k, v in func.attrs[WEIGHT_PERMUTATION_ATTR].items()}
+    return kernel_layouts(func, WEIGHT_PERMUTATION_ATTR)
 
 
 def relayout_constant_weights(mod: tvm.IRModule) -> tvm.IRModule:
@@ -264,45 +204,4 @@ def relayout_constant_weights(mod: tvm.IRModule) -> tvm.IRModule:
     argument at each listed position replaced by its numpy transpose, matching the layout the
     kernel was rewritten to. Raises :class:`EdgecError` when such an argument is not a constant.
     """
-    from tvm import relax
-
-    permutations = {gv.name_hint: p for gv, func in mod.functions.items() if (p := weight_permutation(func))}
-    if not permutations:
-        return mod
-    # A GlobalVar keeps the signature from before the layout change (CallTIRRewrite checks the
-    # arguments against it, and it cannot be overwritten): re-add each kernel under a new one.
-    mod = mod.clone()
-    kernels = {}
-    for name in permutations:
-        old = mod.get_global_var(name)
-        kernels[name] = mod[old]
-        del mod[old]
-    builder = relax.BlockBuilder(mod)
-    renamed = {name: builder.add_func(func, name) for name, func in kernels.items()}
-    mod = builder.get()
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-
-    @relax.expr_functor.mutator
-    class Relayout(relax.PyExprMutator):
-        def visit_call_(self, op: Any) -> Any:
-            call = self.visit_expr_post_order(op)
-            if not call.op.same_as(call_tir) or call.args[0].name_hint not in permutations:
-                return call
-            args = list(call.args[1].fields)
-            for index, permutation in permutations[call.args[0].name_hint].items():
-                arg = args[index]
-                if isinstance(arg, relax.Var):
-                    arg = self.lookup_binding(arg)
-                data = getattr(arg, "value", None) if arg is not None else None
-                if not isinstance(data, tvm.runtime.Tensor):
-                    name = call.args[0].name_hint
-                    raise EdgecError(f"the SMLAD kernel {name} needs a constant weight (argument {index})")
-                value = np.ascontiguousarray(np.transpose(data.numpy(), permutation))
-                args[index] = relax.const(value, str(value.dtype))
-            callee = renamed[call.args[0].name_hint]
-            return relax.Call(call.op, [callee, relax.Tuple(args), *call.args[2:]], call.attrs, call.ty_args)
-
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            mod[gv] = Relayout(mod).visit_expr(func)
-    return mod
+    return _relayout(mod, WEIGHT_PERMUTATION_ATTR, np.transpose, "SMLAD")

@@ -112,6 +112,7 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
     import tvm
     from tvm import relax
 
+    from . import x86_int8
     from .schedules import apply_default_cpu_schedules
     from .weight_fusion import zero_pipeline
 
@@ -124,7 +125,9 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
         # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
         mod = zero_pipeline()(mod)
         mod = apply_default_cpu_schedules(target)(mod)
-    return mod
+    # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights: re-lay out the constants (a
+    # no-op when no kernel was scheduled that way).
+    return x86_int8.relayout_constant_weights(mod)
 
 
 def _fcompile(cc: str | None, cc_options: list[str] | None) -> Any:

@@ -463,12 +463,16 @@ class _LanesByDtype(ScheduleRule):
 def default_rules(target: Target) -> list[ScheduleRule]:
     """The CPU rules in priority order for ``target``."""
     from .arm_dsp import Int8DspConv, has_dsp
+    from .x86_int8 import Int8PmaddwdConv, has_avx2
 
     info = cpu_vector_info(target)
-    # Cortex-M4/M7: int8 conv2d/matmul with SMLAD first (it declines anything else).
+    # Cortex-M4/M7: int8 conv2d/matmul with SMLAD first; x86 with AVX2: with vpmaddwd (each
+    # declines anything else).
     dsp: list[ScheduleRule] = [Int8DspConv()] if has_dsp(target) else []
+    pmaddwd: list[ScheduleRule] = [Int8PmaddwdConv()] if has_avx2(target) else []
     return [
         *dsp,
+        *pmaddwd,
         _LanesByDtype(Conv2dNHWC, info),
         _LanesByDtype(Matmul, info),
         dlight.cpu.GEMV(),
