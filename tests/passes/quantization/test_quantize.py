@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper
 
@@ -277,3 +278,27 @@ def test_calibration_reports_progress_over_every_sample():
     count = len(calibration["input"])
     assert calls and calls[0][0].startswith("calibrating") and calls[0][1] == count
     assert sum(advanced) == count
+
+
+def test_opset_conversion_leaves_static_shapes():
+    """Quantizing an opset-11 model converts it to opset 13, where onnx's converter writes Softmax
+    as Shape → Flatten → Softmax → Reshape; the shapes are folded again, so it still lowers."""
+    r = np.random.default_rng(0)
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+            helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
+            helper.make_node("Softmax", ["p"], ["y"], name="softmax", axis=1),
+        ],
+        {"x": (F, [1, 3, 6, 6])},
+        {"y": (F, [1, 8, 1, 1])},
+        {"w": r.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "b": np.zeros(8, np.float32)},
+        opset=11,
+    )
+    graph, stats = _quantize("quantize", model, normal_samples(model, 8))
+    assert stats["opset"] == 13
+    ops = op_sequence(graph)
+    assert "Shape" not in ops and "Softmax" in ops
+    reshapes = [n for n in graph.nodes if n.op == "Reshape"]
+    assert all(isinstance(n.inputs[1], gs.Constant) for n in reshapes)
+    assert stats["error"]["cosine"] > 0.99
