@@ -42,11 +42,10 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .int8_rules import kernel_layouts, loop_extent, match_int8_reduction
+from .int8_rules import Int8MicroKernelRule, kernel_layouts, loop_extent, match_int8_reduction
 from .int8_rules import relayout_constant_weights as _relayout
 
 __all__ = [
@@ -61,7 +60,6 @@ __all__ = [
 DOT4_INTRIN = "edgec_arm_dsp_dot4_i8i8i32"
 WEIGHT_PERMUTATION_ATTR = "edgec.arm_dsp_weight_permutation"
 
-_SCHEDULE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
 # Output tile: columns x channels (4 int32 accumulators, 2+2 int16x2 operand words: with the
 # pointers and the loop counter this fills the 13 usable core registers of Thumb-2).
 _TILE_COLUMNS, _TILE_CHANNELS = 2, 2
@@ -123,19 +121,11 @@ def _dot4_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
 s_tir.TensorIntrin.register(DOT4_INTRIN, _dot4_desc, _dot4_impl, override=True)
 
 
-class Int8DspConv(ScheduleRule):
+class Int8DspConv(Int8MicroKernelRule):
     """SMLAD schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the module docstring)."""
 
     def is_target_available(self, target: Target) -> bool:
         return has_dsp(target)
-
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func)
-        except _SCHEDULE_ERRORS:
-            return None  # a primitive refused: the plain rules take the function
 
     def _schedule(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
         found = self._match(func, s_tir.Schedule(func))

@@ -30,10 +30,13 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
 
 from edgec.errors import EdgecError
 
 __all__ = [
+    "Int8MicroKernelRule",
     "Int8Reduction",
     "is_int8_mac",
     "kernel_layouts",
@@ -42,6 +45,8 @@ __all__ = [
     "relayout_constant_weights",
 ]
 
+# What a schedule primitive raises when it refuses a function (the rule then declines it).
+_SCHEDULE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
 _DATA_PAR, _COMM_REDUCE = 0, 2
 _CONV_KINDS = [_DATA_PAR] * 4 + [_COMM_REDUCE] * 3
 _MATMUL_KINDS = [_DATA_PAR] * 2 + [_COMM_REDUCE]
@@ -218,3 +223,23 @@ def relayout_constant_weights(
         if isinstance(func, relax.Function):
             mod[gv] = Relayout(mod).visit_expr(func)
     return mod
+
+
+class Int8MicroKernelRule(ScheduleRule):
+    """A schedule rule for int8 conv2d/matmul kernels that declines what it cannot schedule.
+
+    Subclasses say where it applies (``is_target_available``) and schedule in ``_schedule``,
+    returning ``None`` for a function they do not fit; a refusing primitive also declines, so the
+    plain rules always get the function.
+    """
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._schedule(func)
+        except _SCHEDULE_ERRORS:
+            return None  # a primitive refused: the plain rules take the function
+
+    def _schedule(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
+        raise NotImplementedError

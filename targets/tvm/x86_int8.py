@@ -45,11 +45,10 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .int8_rules import Int8Reduction, kernel_layouts, loop_extent, match_int8_reduction
+from .int8_rules import Int8MicroKernelRule, Int8Reduction, kernel_layouts, loop_extent, match_int8_reduction
 from .int8_rules import relayout_constant_weights as _relayout
 
 __all__ = [
@@ -68,7 +67,6 @@ PMADDWD_INTRIN = "edgec_x86_pmaddwd_8x2_i8i8i32"
 WEIGHT_LAYOUT_ATTR = "edgec.x86_int8_weight_layout"
 APPLIED_LAYOUT_ATTR = "edgec.x86_int8_weight_layout_applied"
 
-_SCHEDULE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
 _LANES, _PAIR = 8, 2  # int32 accumulators per ymm register; int16 products per lane
 _MAX_VECTORS = 8  # output-channel vectors per tile
 # Accumulators per tile. The weights come from memory as vpmovsxbw operands and one register
@@ -138,7 +136,7 @@ def pair_interleave(weight: np.ndarray, layout: list[int]) -> np.ndarray:
     return np.ascontiguousarray(split.transpose(*range(k), k, k + 2, k + 3, k + 1))
 
 
-class Int8PmaddwdConv(ScheduleRule):
+class Int8PmaddwdConv(Int8MicroKernelRule):
     """``vpmaddwd`` schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the module docstring)."""
 
     def is_target_available(self, target: Target) -> bool:
@@ -161,14 +159,6 @@ class Int8PmaddwdConv(ScheduleRule):
                 if width % wi == 0 and wi * v <= _MAX_ACCUMULATORS:
                     best = max(best, (wi * v, v, wi, v))
         return best[2], best[3]
-
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func)
-        except _SCHEDULE_ERRORS:
-            return None  # a primitive refused: the plain rules take the function
 
     def _schedule(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
         found = match_int8_reduction(func, s_tir.Schedule(func))

@@ -8,23 +8,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
-import edgec
 from edgec.ir import EdgeGraph
 from edgec.targets import get_target
 from tests.helpers import DIGITS
 from tests.targets.cortex_helpers import build, needs_tools
-
-
-@pytest.fixture(scope="module")
-def digits_qdq(tmp_path_factory) -> onnx.ModelProto:
-    path = tmp_path_factory.mktemp("qdq") / "digits_int8.onnx"
-    edgec.optimize(
-        DIGITS / "digits_cnn.onnx", path, pipeline="default,quantize", calib=DIGITS / "digits_calib.npz"
-    )
-    return onnx.load(str(path))
 
 
 def _run(target: str, build_dir: Path, manifest: dict, samples: np.ndarray) -> np.ndarray:
@@ -33,11 +22,13 @@ def _run(target: str, build_dir: Path, manifest: dict, samples: np.ndarray) -> n
 
 @needs_tools("arm-none-eabi-gcc", "qemu-system-arm", "aarch64-linux-gnu-gcc", "qemu-aarch64-static")
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m3", "cortex-a53"])
-def test_int8_matches_the_x86_integer_build_bit_exactly(digits_qdq, target: str, tmp_path: Path) -> None:
+def test_int8_matches_the_x86_integer_build_bit_exactly(
+    edgec_digits_qdq, target: str, tmp_path: Path
+) -> None:
     samples = np.load(DIGITS / "digits_test.npz")["input"][:4, None]
-    _, manifest = build("x86", digits_qdq, tmp_path / "x86", "digits")
+    _, manifest = build("x86", edgec_digits_qdq, tmp_path / "x86", "digits")
     expected = _run("x86", tmp_path / "x86", manifest, samples)
-    artifact, manifest = build(target, digits_qdq, tmp_path / target, "digits")
+    artifact, manifest = build(target, edgec_digits_qdq, tmp_path / target, "digits")
     got = _run(target, tmp_path / target, manifest, samples)
     np.testing.assert_array_equal(got, expected)
     assert artifact.sizes["arena_bytes"] < 4096  # int8 activations: a quarter of fp32's 14,208 B
@@ -55,8 +46,8 @@ def _functions(disassembly: str) -> dict[str, str]:
 
 
 @needs_tools("arm-none-eabi-gcc", "arm-none-eabi-objdump")
-def test_cortex_m3_int8_convolutions_have_no_float_arithmetic(digits_qdq, tmp_path: Path) -> None:
-    build("cortex-m3", digits_qdq, tmp_path, "digits")
+def test_cortex_m3_int8_convolutions_have_no_float_arithmetic(edgec_digits_qdq, tmp_path: Path) -> None:
+    build("cortex-m3", edgec_digits_qdq, tmp_path, "digits")
     listing = subprocess.run(
         ["arm-none-eabi-objdump", "-dr", str(tmp_path / "digits_kernels.o")],
         capture_output=True,
@@ -74,6 +65,6 @@ def test_cortex_m3_int8_convolutions_have_no_float_arithmetic(digits_qdq, tmp_pa
     assert len(kernels) == 2 and any("divide" in n for n in kernels) and any("matmul" in n for n in kernels)
 
 
-def test_int8_artifact_graph_is_the_qdq_model(digits_qdq) -> None:
-    ops = {node.op for node in EdgeGraph.from_onnx(digits_qdq).nodes}
+def test_int8_artifact_graph_is_the_qdq_model(edgec_digits_qdq) -> None:
+    ops = {node.op for node in EdgeGraph.from_onnx(edgec_digits_qdq).nodes}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops

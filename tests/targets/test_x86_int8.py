@@ -96,18 +96,11 @@ def test_pair_interleave_puts_each_input_channel_pair_next_to_each_other() -> No
     assert pair_interleave(hwio, [2, 8])[2, 1, 1, 0, 5, 1] == hwio[2, 1, 3, 5]
 
 
-@pytest.fixture(scope="module")
-def digits_qdq(tmp_path_factory) -> onnx.ModelProto:
-    path = tmp_path_factory.mktemp("qdq") / "digits_int8.onnx"
-    edgec.optimize(
-        DIGITS / "digits_cnn.onnx", path, pipeline="default,quantize", calib=DIGITS / "digits_calib.npz"
-    )
-    return onnx.load(str(path))
-
-
 @needs_avx2
-def test_digits_convolutions_take_the_rule_and_run_vpmaddwd_bit_exactly(digits_qdq, tmp_path, monkeypatch):
-    module, vm = _build(digits_qdq, {"input": (1, 1, 8, 8)}, tmp_path / "on.so", monkeypatch, rule=True)
+def test_digits_convolutions_take_the_rule_and_run_vpmaddwd_bit_exactly(
+    edgec_digits_qdq, tmp_path, monkeypatch
+):
+    module, vm = _build(edgec_digits_qdq, {"input": (1, 1, 8, 8)}, tmp_path / "on.so", monkeypatch, rule=True)
     kernels = _laid_out(module)
     # conv2 (16 -> 32) and conv3 (32 -> 32) as (3, 3, C/2, 32/8, 8, 2); conv1 has one input channel
     # and the classifier 10 outputs: both keep the plain schedule.
@@ -118,12 +111,12 @@ def test_digits_convolutions_take_the_rule_and_run_vpmaddwd_bit_exactly(digits_q
     # Re-laying out again finds nothing to do (the weights would be interleaved twice otherwise).
     assert relayout_constant_weights(module) is module
 
-    _, plain = _build(digits_qdq, {"input": (1, 1, 8, 8)}, tmp_path / "off.so", monkeypatch, rule=False)
-    plan = plan_quantized(digits_qdq)
+    _, plain = _build(edgec_digits_qdq, {"input": (1, 1, 8, 8)}, tmp_path / "off.so", monkeypatch, rule=False)
+    plan = plan_quantized(edgec_digits_qdq)
     x = np.load(DIGITS / "digits_test.npz")["input"][:64]
-    name = digits_qdq.graph.output[0].name
+    name = edgec_digits_qdq.graph.output[0].name
     for i in range(len(x)):
-        want = reference_quantized(digits_qdq, {"input": x[i : i + 1]}, plan)[name]
+        want = reference_quantized(edgec_digits_qdq, {"input": x[i : i + 1]}, plan)[name]
         np.testing.assert_array_equal(_run(vm, x[i : i + 1]), want)
         np.testing.assert_array_equal(_run(plain, x[i : i + 1]), want)
 
