@@ -15,13 +15,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.targets.tvm.packed_weights import (
-    constant_bytes,
-    dequantize,
-    pack,
-    rewrite_packed_dequantize,
-    unpack,
-)
+from edgec.targets.tvm.packed_layout import dequantize, pack, unpack
+from edgec.targets.tvm.packed_weights import constant_bytes, rewrite_packed_dequantize
 from edgec.verify import run_onnx
 from tests.targets.cortex_helpers import FP32_ATOL, max_error_vs_onnxruntime, needs_tools
 from tests.targets.test_packed_weights import EXAMPLES, _dq_only, _lower, _qdq_model, _run

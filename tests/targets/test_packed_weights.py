@@ -1,4 +1,4 @@
-"""Packed INT4/INT2 weights (targets/tvm/packed_weights.py): stored packed, unpacked at run time.
+"""Packed weights (targets/tvm/packed_weights.py, packed_layout.py): stored packed, unpacked at run time.
 
 Each case is a one-op model ``DequantizeLinear(q packed, scale[, zero point]) → MatMul | Gemm | Conv``
 lowered through edgec's x86 path (``lower_onnx`` → ``optimize_for_cpu`` → ``tvm.compile``); the
@@ -19,14 +19,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.errors import EdgecError
+from edgec.targets.tvm.packed_layout import dequantize, pack, unpack
 from edgec.targets.tvm.packed_weights import (
     PACKED_OP,
     PACKED_TYPES,
     constant_bytes,
-    dequantize,
-    pack,
     rewrite_packed_dequantize,
-    unpack,
 )
 from edgec.verify import run_onnx
 
