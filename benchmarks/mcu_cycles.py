@@ -21,8 +21,10 @@ parameters), the figure to hold against CMSIS-NN's 1.86 (3x3 conv) and 1.89 (FC)
 Variants: ``fp32`` (the digits CNN as shipped), ``int8`` (its QDQ form from
 ``edgec.optimize(pipeline="default,quantize")``, integer kernels), ``int8-nodsp`` (the same with
 edgec's Arm DSP (SMLAD) conv/dense kernels switched off, ``EDGEC_ARM_DSP=0``; the same as ``int8`` on
-cores without the DSP extension), and ``fp16`` (``quantize{scheme=fp16,compute=float16}``: float16
-kernels, only on a core with fp16 arithmetic: ``--targets cortex-m55 --variants fp32 fp16``).
+cores without the DSP extension), ``int8-double`` (the same model with TFLite's double-rounding
+requantization instead of edgec's default single rounding, ``--rounding double``), and ``fp16``
+(``quantize{scheme=fp16,compute=float16}``: float16 kernels, only on a core with fp16 arithmetic:
+``--targets cortex-m55 --variants fp32 fp16``).
 Instructions are not cycles: on a real M4, cycles are perhaps 1.2-1.6x instructions (QEMU does not
 model the pipeline).
 """
@@ -30,6 +32,7 @@ model the pipeline).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -160,6 +163,8 @@ def measure(
 ) -> dict:
     """Builds ``model`` for the target and counts the instructions of one inference."""
     target = get_target(target_name)
+    if variant == "int8-double":
+        target = dataclasses.replace(target, requantize_rounding="double")
     out = folder / f"{variant}-{target_name}"
     work = out / "run"
     work.mkdir(parents=True)
