@@ -89,11 +89,12 @@ def prepare(
         graph = result.graph
         done["folded_batchnorm"] = int(result.stats.get("fused", 0))
     done["sum_as_add"] = _sum_to_add(graph)
-    converted = graph.opset < minimum_opset
+    shapes_before = sum(node.op == "Shape" for node in graph.nodes)
     graph = ensure_opset(graph, minimum_opset)
-    if converted:
+    if sum(node.op == "Shape" for node in graph.nodes) > shapes_before:
         # onnx's version converter writes some ops with run-time shape arithmetic (Softmax of
-        # opset < 13 becomes Shape → Flatten → Softmax → Reshape): fold it again, the shapes are static.
+        # opset < 13 becomes Shape → Flatten → Softmax → Reshape): fold it again, the shapes are
+        # static (only then: onnxslim takes seconds on a large model).
         graph = get_pass("simplify")().run(graph, ctx).graph
     with contextlib.suppress(EdgecError):
         # Unknown shapes only cost memory estimates in calibration; dtypes come from the importer.
