@@ -120,7 +120,8 @@ def _pipeline_options(function):
         click.option(
             "--quantize",
             metavar="SCHEME",
-            help="quantize after the pipeline: int8, int8-dynamic, weight-int8|int4|int2|binary, fp16",
+            help="quantize after the pipeline: int8, int8-dynamic, weight-int8|int4|int2|binary, fp16, "
+            "fp16-compute (float16 arithmetic: cortex-a55, cortex-m55)",
         ),
         click.option(
             "--calibration", metavar="METHOD", help="int8 calibration: minmax, percentile, entropy, mse"

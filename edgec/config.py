@@ -24,6 +24,8 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 DEFAULT_TARGET = "x86"
 DEFAULT_PIPELINE = "default"
+# ``--quantize`` sugar for float16 compute (targets with fp16 arithmetic).
+FP16_COMPUTE = "fp16-compute"
 # Requantization roundings of the integer kernels (edgec.targets.tvm.integer.requantize).
 ROUNDINGS = ("single", "double")
 
@@ -79,13 +81,17 @@ class CompileOptions:
         """The pipeline string that runs: import path, ``pipeline``, then the ``--quantize`` sugar.
 
         ``--quantize S --calibration M --max-accuracy-drop D`` expands to
-        ``quantize{scheme=S,calibration=M,budget=D,budget_metric=accuracy}``.
+        ``quantize{scheme=S,calibration=M,budget=D,budget_metric=accuracy}``; ``--quantize
+        fp16-compute`` to ``quantize{scheme=fp16,compute=float16}``.
         """
         parts = ["import"] if self.simplify else []
         if self.pipeline:
             parts.append(self.pipeline)
         if self.quantize:
-            options = [f"scheme={self.quantize}"]
+            if self.quantize == FP16_COMPUTE:
+                options = ["scheme=fp16", "compute=float16"]
+            else:
+                options = [f"scheme={self.quantize}"]
             if self.calibration:
                 options.append(f"calibration={self.calibration}")
             if self.max_accuracy_drop is not None:

@@ -53,3 +53,13 @@ def test_bad_config_values(tmp_path: Path, text: str, fragment: str) -> None:
     path.write_text(text)
     with pytest.raises(EdgecError, match=fragment.replace("(", r"\(")):
         load_config(path)
+
+
+def test_quantize_sugar_expands_to_the_pipeline() -> None:
+    options = CompileOptions(pipeline="default", quantize="int8", calibration="mse", max_accuracy_drop=0.01)
+    assert options.full_pipeline() == (
+        "import,default,quantize{scheme=int8,calibration=mse,budget=0.01,budget_metric=accuracy}"
+    )
+    assert CompileOptions(quantize="fp16-compute").full_pipeline() == (
+        "import,default,quantize{scheme=fp16,compute=float16}"
+    )
