@@ -1,4 +1,5 @@
-"""The one orchestration: import → passes → lower → build → measure → manifest.
+"""The one orchestration: load → import passes → user pipeline → target legalization → lower →
+build → verify → manifest.
 
 ``edgec.compile`` (Python) and ``edgec compile`` (CLI) both end up in :func:`compile_model`.
 """
@@ -33,6 +34,7 @@ from edgec.ir import (
 )
 from edgec.manifest import MANIFEST, TIMINGS, file_hashes, sha256_file, write_json
 from edgec.pm import PassContext, PassManager, PipelineRun, format_pipeline, parse_pipeline
+from edgec.precision import mismatches, planned
 from edgec.progress import Progress
 from edgec.verify import accuracy, error_metrics, random_inputs
 
@@ -47,6 +49,7 @@ class Prepared:
     original: EdgeGraph  # after freezing inputs and fixing shapes, before any pass
     run: PipelineRun
     pipeline: str
+    context: PassContext
     frozen: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -95,7 +98,13 @@ def load_model(source: Path, options: CompileOptions) -> tuple[EdgeGraph, dict[s
 
 
 def prepare(model: str | Path, options: CompileOptions, progress: Progress | None = None) -> Prepared:
-    """Loads the model, freezes inputs, fixes shapes, and runs the import path and the pipeline."""
+    """Loads the model, freezes inputs, fixes shapes, and runs the import path and the pipeline.
+
+    The passes see the capabilities of ``options.target``: what they decide (which nodes become
+    int8, whether the graph may compute in float16) is what that target can build.
+    """
+    from edgec.targets import get_target
+
     progress = progress or Progress(quiet=True)
     source = Path(model)
     # Parsed first: a typo in the pipeline fails before any slow work.
@@ -111,6 +120,7 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
 
     ctx = PassContext(
         target=options.target,
+        capabilities=get_target(options.target).capabilities(),
         verify=options.verify,
         seed=options.seed,
         calibration=samples_of(load_dataset(options.calib, original), original) if options.calib else None,
@@ -124,22 +134,20 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
         run = PassManager(steps, ctx).run(graph)
         infer_shapes(run.graph)
     seconds["passes"] = time.perf_counter() - start
-    return Prepared(source, original, run, format_pipeline(steps), frozen, seconds)
+    return Prepared(source, original, run, format_pipeline(steps), ctx, frozen, seconds)
 
 
-def _pass_records(prepared: Prepared) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": r.name,
-            "options": r.options,
-            "changed": r.changed,
-            "nodes_before": r.nodes_before,
-            "nodes_after": r.nodes_after,
-            "stats": r.stats,
-            **({"max_abs_error": r.max_abs_error} if r.max_abs_error is not None else {}),
-        }
-        for r in prepared.run.records
-    ]
+def legalize(prepared: Prepared, target: Any, progress: Progress) -> PipelineRun:
+    """Runs the target's legalization pipeline on the prepared graph (recorded like any pipeline)."""
+    pipeline = prepared.context.capabilities.legalization if prepared.context.capabilities else ""
+    if not pipeline:
+        return PipelineRun(prepared.graph)
+    with progress.step(f"legalizing for {target.name} ({pipeline})"):
+        return PassManager(pipeline, prepared.context).run(prepared.graph)
+
+
+def _pass_records(run: PipelineRun) -> list[dict[str, Any]]:
+    return [record.as_dict() for record in run.records]
 
 
 def _check_out_dir(out_dir: Path, source: Path) -> None:
@@ -275,23 +283,35 @@ def compile_model(
         target = dataclasses.replace(target, requantize_rounding=options.rounding)
     _check_out_dir(out_dir, source)
     prepared = prepare(source, options, progress)
-    graph = prepared.graph
     from edgec.check import check_model
 
-    # The import pipeline already ran on this graph: check what is left, as it is.
-    check_model(graph, target.name, pipeline="").raise_if_unsupported()
-    timings: dict[str, Any] = dict(prepared.seconds)
+    start = time.perf_counter()
+    legal = legalize(prepared, target, progress)
+    graph = legal.graph
+    timings: dict[str, Any] = {**prepared.seconds, "legalize": time.perf_counter() - start}
+    # The import path and the legalization already ran on this graph: check what is left, as it is.
+    check_model(graph, target.name, pipeline="", legalize=False).raise_if_unsupported()
     name = options.name or _c_identifier(source.stem)
     with atomic_path(out_dir, directory=True) as build_dir:
         start = time.perf_counter()
         with progress.step(f"lowering to TVM Relax for {target.name}"):
-            module = target.lower(graph)
+            lowered = target.lower(graph)
+        # Interim: until the lowering reports what it built (spine v2), nothing to compare with.
+        problems = mismatches(planned(graph), lowered.nodes) if lowered.nodes else []
+        if problems:
+            raise EdgecError(
+                f"target '{target.name}' cannot build what the passes decided: {problems[0]}"
+                + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                + "; quantize for this target (edgec compile --quantize ... --target "
+                f"{target.name}) instead of reusing a model quantized for another"
+            )
+        module = lowered.module
         timings["lower"] = time.perf_counter() - start
         start = time.perf_counter()
         with progress.step(f"building for {target.name}"):
             artifact = target.build(module, build_dir, name)
         timings["build"] = time.perf_counter() - start
-        save(graph, build_dir / "optimized.onnx")
+        save(prepared.graph, build_dir / "optimized.onnx")
         manifest_stub = {**_signature(prepared), "target": {"name": target.name}}
         start = time.perf_counter()
         with progress.step("measuring the artifact against onnxruntime"):
@@ -315,8 +335,14 @@ def compile_model(
             **_signature(prepared),
             "target": {**target.describe(), "tvm_target": target.tvm_target()},
             "pipeline": prepared.pipeline,
+            "pipeline_notes": prepared.run.notes,
             "frozen_inputs": prepared.frozen,
-            "passes": _pass_records(prepared),
+            "passes": _pass_records(prepared.run),
+            "legalization": _pass_records(legal),
+            "capabilities": prepared.context.capabilities.as_dict()
+            if prepared.context.capabilities
+            else None,
+            "precision": {node: built.as_dict() for node, built in sorted(lowered.nodes.items())},
             "graph": {
                 "nodes_original": len(prepared.original.nodes),
                 "nodes_optimized": len(graph.nodes),
@@ -325,13 +351,14 @@ def compile_model(
             },
             "sizes": sizes,
             "error": error,
-            "tuning": None,
             "artifact": artifact.details,
             "files": file_hashes(build_dir),
             "status": {"ok": not failures, "failed_gates": failures},
         }
         write_json(build_dir / MANIFEST, manifest)
-        timings["passes_detail"] = [{"name": r.name, "seconds": r.seconds} for r in prepared.run.records]
+        timings["passes_detail"] = [
+            {"name": r.name, "seconds": r.seconds} for r in [*prepared.run.records, *legal.records]
+        ]
         write_json(build_dir / TIMINGS, timings)
     result = CompileResult(out_dir, manifest, timings)
     if failures:

@@ -7,6 +7,30 @@ Anything else that escapes is a bug in edgec and keeps its traceback.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Fix:
+    """What resolves a refusal, as data: the flag to add and its value (``--freeze-input``,
+    ``sr=VALUE``), or, when no flag can help, what to change in the model (``advice``).
+
+    Tools read ``flag``/``value`` (``edgec check --json``); people read ``str(fix)``.
+    """
+
+    flag: str = ""
+    value: str = ""
+    advice: str = ""
+
+    def __str__(self) -> str:
+        command = f"{self.flag} {self.value}".strip()
+        if command and self.advice:
+            return f"{command} ({self.advice})"
+        return command or self.advice
+
+    def as_dict(self) -> dict[str, str]:
+        return {"flag": self.flag, "value": self.value, "advice": self.advice}
+
 
 class EdgecError(Exception):
     """A user-facing error: the message says what is wrong and how to fix it."""
@@ -15,13 +39,15 @@ class EdgecError(Exception):
 
 
 class UnsupportedNodeError(EdgecError):
-    """A node that a pass or target cannot handle; the message names the node and its op."""
+    """A node that a pass or target cannot handle; the message names the node, its op and, when
+    one exists, the fix."""
 
-    def __init__(self, node_name: str, op_type: str, reason: str) -> None:
+    def __init__(self, node_name: str, op_type: str, reason: str, fix: Fix | None = None) -> None:
         self.node_name = node_name
         self.op_type = op_type
         self.reason = reason
-        super().__init__(f"{op_type} '{node_name}': {reason}")
+        self.fix = fix
+        super().__init__(f"{op_type} '{node_name}': {reason}" + (f"; fix: {fix}" if fix else ""))
 
 
 class VerificationError(EdgecError):

@@ -17,8 +17,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from edgec.errors import UnsupportedNodeError
-from edgec.ir import EdgeGraph
+from edgec.errors import Fix, UnsupportedNodeError
+from edgec.ir import EdgeGraph, dependency_fix
 from edgec.pm import Pass, PassContext, PassResult, register
 
 
@@ -180,6 +180,7 @@ class InlineConstantIf(Pass):
 
     name: ClassVar[str] = "inline-constant-if"
     lossless: ClassVar[bool] = True
+    in_place: ClassVar[bool] = False
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
         if not any(node.op == "If" for node in graph.nodes):
@@ -214,7 +215,7 @@ def _loop_trip_count(node: onnx.NodeProto, constants: dict[str, np.ndarray], max
             node.name,
             "Loop",
             f"its initial condition '{cond_name}' is computed at run time; only loops with a "
-            "constant trip count can be unrolled (freeze the input it depends on with --freeze-input)",
+            "constant trip count can be unrolled",
         )
     if cond_name and not bool(np.asarray(constants[cond_name]).reshape(-1)[0]):
         return 0
@@ -225,8 +226,7 @@ def _loop_trip_count(node: onnx.NodeProto, constants: dict[str, np.ndarray], max
             node.name,
             "Loop",
             f"its trip count '{trip_name}' is data-dependent; only loops with a constant trip count "
-            "can be unrolled (fix the input shapes with --input-shape or freeze the input it depends "
-            "on with --freeze-input)",
+            "can be unrolled",
         )
     if not _continues_while_true(body, constants):
         raise UnsupportedNodeError(
@@ -240,9 +240,12 @@ def _loop_trip_count(node: onnx.NodeProto, constants: dict[str, np.ndarray], max
         raise UnsupportedNodeError(
             node.name,
             "Loop",
-            f"its trip count {trips} exceeds the unroll limit max_trips={max_trips}; if the unrolled "
-            f"graph may be that large, unroll it first: --no-simplify "
-            f"-p 'unroll-loops{{max_trips={trips}}},import,default'",
+            f"its trip count {trips} exceeds the unroll limit max_trips={max_trips}",
+            Fix(
+                "--no-simplify -p",
+                f"'unroll-loops{{max_trips={trips}}},import,default'",
+                "if the unrolled graph may be that large, unroll it first",
+            ),
         )
     return max(trips, 0)
 
@@ -309,13 +312,15 @@ def _unroll_loop(
 
 
 def unroll_loops(
-    model: onnx.ModelProto, max_trips: int, ctx: PassContext
+    model: onnx.ModelProto, max_trips: int, ctx: PassContext, fixes: dict[str, Fix] | None = None
 ) -> tuple[int, list[dict[str, object]]]:
     """Unrolls, in place, the main graph's constant-trip ``Loop`` nodes (nested ones too).
 
     Returns how many were unrolled and, per loop, its name and trip count. A loop that cannot be
-    unrolled goes to ``ctx.refuse`` (which raises unless ``edgec check`` collects refusals).
+    unrolled goes to ``ctx.refuse`` (which raises unless ``edgec check`` collects refusals), with
+    the fix from ``fixes`` (by node name) when the refusal has none of its own.
     """
+    fixes = fixes or {}
     opset = _opset(model)
     unrolled: list[dict[str, object]] = []
     refused: set[str] = set()
@@ -332,7 +337,8 @@ def unroll_loops(
                 trips = _loop_trip_count(node, constants, max_trips)
                 new_nodes.extend(_unroll_loop(node, trips, model, names, opset))
             except UnsupportedNodeError as error:
-                ctx.refuse(error)
+                fix = error.fix or fixes.get(node.name)
+                ctx.refuse(UnsupportedNodeError(error.node_name, error.op_type, error.reason, fix))
                 refused.add(node.name)
                 new_nodes.append(node)
                 continue
@@ -351,6 +357,7 @@ class UnrollLoops(Pass):
 
     name: ClassVar[str] = "unroll-loops"
     lossless: ClassVar[bool] = True
+    in_place: ClassVar[bool] = False
     max_trips: int = 64
 
     def __post_init__(self) -> None:
@@ -360,8 +367,16 @@ class UnrollLoops(Pass):
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
         if not any(node.op == "Loop" for node in graph.nodes):
             return PassResult(graph, changed=False, stats={"unrolled": 0})
+        # What a loop's trip count and condition depend on is read on the graph, before export.
+        fixes = {}
+        for node in graph.nodes:
+            if node.op == "Loop":
+                operands = [t for t in node.inputs[:2] if t.name and not isinstance(t, gs.Constant)]
+                fix = next(filter(None, map(dependency_fix, operands)), None)
+                if fix is not None:
+                    fixes[node.name] = fix
         model = graph.to_onnx()
-        count, loops = unroll_loops(model, self.max_trips, ctx)
+        count, loops = unroll_loops(model, self.max_trips, ctx, fixes)
         if not count:
             return PassResult(graph, changed=False, stats={"unrolled": 0})
         return PassResult(_finish(model, graph), changed=True, stats={"unrolled": count, "loops": loops})

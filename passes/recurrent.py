@@ -26,8 +26,8 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from edgec.errors import EdgecError, UnsupportedNodeError
-from edgec.ir import EdgeGraph, infer_shapes, static_shape
+from edgec.errors import EdgecError, Fix, UnsupportedNodeError
+from edgec.ir import EdgeGraph, dependency_fix, infer_shapes, static_shape
 from edgec.pm import Pass, PassContext, PassResult, register
 
 _DEFAULT_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"], "RNN": ["tanh"]}
@@ -71,26 +71,6 @@ def _constant(node: gs.Node, tensor: gs.Tensor | None, what: str) -> np.ndarray 
     return np.asarray(tensor.values)
 
 
-def _value_sources(tensor: gs.Tensor) -> list[str]:
-    """Graph inputs with a static shape whose value ``tensor`` is computed from (not via Shape/Size)."""
-    found: set[str] = set()
-    seen: set[int] = set()
-    stack = [tensor]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen or isinstance(current, gs.Constant):
-            continue
-        seen.add(id(current))
-        if not current.inputs:
-            if current.name and static_shape(current) is not None:
-                found.add(current.name)
-            continue
-        producer = current.inputs[0]
-        if producer.op not in ("Shape", "Size"):
-            stack.extend(producer.inputs)
-    return sorted(found)
-
-
 def _validate(node: gs.Node) -> _Layer:
     """Checks what the decomposition supports; raises ``UnsupportedNodeError`` saying what is not."""
     op = node.op
@@ -129,17 +109,13 @@ def _validate(node: gs.Node) -> _Layer:
     shape = static_shape(x)
     if shape is None or len(shape) != 3:
         shown = "unknown" if x.shape is None else list(x.shape)
-        sources = _value_sources(x)
         # Inputs are static by now (compile fixes them first): a length that still is symbolic comes
         # from an input's value, e.g. an If on a sample rate whose branches give different lengths.
-        fix = (
-            f"freeze the input it depends on with --freeze-input {sources[0]}=VALUE (it depends on "
-            f"the value of {', '.join(repr(name) for name in sources)})"
-            if sources
-            else "fix the shape with --input-shape"
-        )
         raise UnsupportedNodeError(
-            node.name, op, f"input '{x.name}' has a symbolic sequence length or batch (shape {shown}); {fix}"
+            node.name,
+            op,
+            f"input '{x.name}' has a symbolic sequence length or batch (shape {shown})",
+            dependency_fix(x) or Fix("--input-shape", advice="fix the shapes of the model's inputs"),
         )
     seq, batch = (shape[1], shape[0]) if layout else (shape[0], shape[1])
     lengths = _optional_input(node, 4)
@@ -150,7 +126,8 @@ def _validate(node: gs.Node) -> _Layer:
                 node.name,
                 op,
                 f"{op} with sequence_lens is not supported (sequence_lens '{lengths.name}' varies per "
-                "batch entry or is computed at run time); export the model without sequence_lens",
+                "batch entry or is computed at run time)",
+                Fix(advice=f"export the model without sequence_lens on {op}"),
             )
     peepholes = _constant(node, _optional_input(node, 7), "peephole P") if op == "LSTM" else None
     if peepholes is not None and np.any(peepholes != 0):

@@ -100,6 +100,7 @@ class Simplify(Pass):
 
     name: ClassVar[str] = "simplify"
     lossless: ClassVar[bool] = True
+    in_place: ClassVar[bool] = False
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
         model = graph.to_onnx()

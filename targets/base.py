@@ -1,18 +1,22 @@
-"""The target contract: what a compilation target declares and the three things it does.
+"""The target contract: what a compilation target declares and the things it does.
 
-A target lowers an ``EdgeGraph`` to a TVM Relax module, builds that module into an artifact
-(files in a build directory) and runs an artifact on inputs (natively or under an emulator).
+A target declares its capabilities (what it runs natively, read by passes through
+``PassContext.capabilities``) and the legalization pipeline that makes a graph lowerable; it
+lowers a legal ``EdgeGraph`` to a TVM Relax module and reports per node what it built, builds that
+module into an artifact (files in a build directory), and runs an artifact on inputs (natively or
+under an emulator).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from edgec.errors import EdgecError
+from edgec.capabilities import Capabilities
+from edgec.errors import EdgecError, UnsupportedNodeError
 from edgec.ir import EdgeGraph
 
 RuntimeKind = Literal["tvm", "none"]
@@ -23,12 +27,43 @@ FLOAT16_COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 @dataclass(frozen=True)
 class Toolchain:
-    """A C toolchain: compiler, flags, the size tool, and the Debian package that provides them."""
+    """A C toolchain: the compiler driver and the Debian package that provides it."""
 
     cc: str
-    flags: tuple[str, ...] = ()
-    size_tool: str = "size"
     debian_package: str = ""
+
+
+@dataclass(frozen=True)
+class BuiltNode:
+    """What the lowering built for one node of the legal graph.
+
+    Attributes:
+        op: the node's op type in the model (``Conv``, ``MaxPool`` ...).
+        precision: the arithmetic it runs in: ``int8`` (an integer kernel or int8 data
+            movement), ``int8-dynamic``, ``float32`` or ``float16``.
+        weights: how its constant weights are stored in the artifact, when it has any: ``int8``,
+            ``int4``, ``int2``, ``binary``, ``float16``, ``float32``.
+        kernel: how it was built (the integer op kind, ``relax frontend`` ...).
+        reason: why it runs in float although its op has an integer kernel (from the
+            legalization's refusal), empty otherwise.
+    """
+
+    op: str
+    precision: str
+    weights: str = ""
+    kernel: str = ""
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A lowered graph: the TVM Relax module and, per node name, what was built."""
+
+    module: Any
+    nodes: dict[str, BuiltNode]
 
 
 @dataclass(frozen=True)
@@ -72,7 +107,17 @@ class Target:
     requantize_rounding: Literal["single", "double"] = "single"
     fp16_arithmetic: bool = False
 
-    kind: ClassVar[str] = "abstract"
+    def capabilities(self) -> Capabilities:
+        """What this target runs natively (read by passes through ``PassContext.capabilities``)."""
+        return Capabilities(
+            target=self.name,
+            fp16_arithmetic=self.has_fp16_arithmetic(),
+            requantize_rounding=self.requantize_rounding,
+        )
+
+    def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
+        """The nodes of a legal graph that ``lower`` cannot translate, each with its reason."""
+        return []
 
     def has_fp16_arithmetic(self) -> bool:
         """Whether the CPU computes natively in float16 (subclasses may detect the host CPU)."""
@@ -101,8 +146,9 @@ class Target:
         """The TVM target as a JSON-able dict (``tvm.target.Target(dict)``)."""
         raise NotImplementedError
 
-    def lower(self, graph: EdgeGraph):
-        """Lowers the graph to a TVM Relax ``IRModule``."""
+    def lower(self, graph: EdgeGraph) -> Lowered:
+        """Translates a legal graph (after ``capabilities().legalization``) to a TVM Relax
+        ``IRModule`` and reports what it built per node."""
         raise NotImplementedError
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:

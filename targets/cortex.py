@@ -27,13 +27,13 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from edgec.errors import EdgecError
+from edgec.errors import EdgecError, UnsupportedNodeError
 from edgec.ir import EdgeGraph
-from edgec.targets.base import Artifact, Target, Toolchain
+from edgec.targets.base import Artifact, Lowered, Target, Toolchain
 from edgec.targets.registry import register_target
 from edgec.targets.runners import exchange, qemu_system_command, run_emulator, write_harness_config
 from edgec.targets.toolchains import (
@@ -71,8 +71,6 @@ class RuntimeFreeTarget(Target):
     qemu_cpu: str = ""
     linker_script: str = "mps2.ld"
 
-    kind: ClassVar[str] = "runtime-free"
-
     # -- what the target is --------------------------------------------------------------------
     def tvm_target(self) -> dict[str, Any]:
         if not self.mtriple:
@@ -97,7 +95,12 @@ class RuntimeFreeTarget(Target):
         return self.runner == "qemu-system-arm"
 
     # -- lower, build, run -------------------------------------------------------------------
-    def lower(self, graph: EdgeGraph):
+    def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
+        from edgec.targets.tvm.frontend import unsupported
+
+        return unsupported(graph.to_onnx())
+
+    def lower(self, graph: EdgeGraph) -> Lowered:
         from edgec.ir import static_shape
         from edgec.targets.tvm.arm_dsp import relayout_constant_weights
         from edgec.targets.tvm.build import optimize_for_cpu
@@ -110,7 +113,7 @@ class RuntimeFreeTarget(Target):
         module = optimize_for_cpu(module, self.tvm_target())
         # SMLAD kernels (Cortex-M4/M7) read their weights input-channel-innermost: permute the
         # constants to match (a no-op when no kernel was scheduled that way).
-        return relayout_constant_weights(module)
+        return Lowered(relayout_constant_weights(module), {})
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:
         from edgec.targets.tvm import c_emitter, relax_program
@@ -307,10 +310,8 @@ class RuntimeFreeTarget(Target):
         return run_emulator([qemu, "-cpu", self.qemu_cpu or "max", str(image)], cwd, limit, "qemu-aarch64")
 
 
-_AARCH64 = Toolchain(
-    "aarch64-linux-gnu-gcc", size_tool="aarch64-linux-gnu-size", debian_package="gcc-aarch64-linux-gnu"
-)
-_ARM_EABI = Toolchain("arm-none-eabi-gcc", size_tool="arm-none-eabi-size", debian_package="gcc-arm-none-eabi")
+_AARCH64 = Toolchain("aarch64-linux-gnu-gcc", debian_package="gcc-aarch64-linux-gnu")
+_ARM_EABI = Toolchain("arm-none-eabi-gcc", debian_package="gcc-arm-none-eabi")
 
 
 def _cortex_a(
@@ -430,7 +431,7 @@ register_target(
         "built and run on this host with gcc",
         runtime="none",
         runner="host",
-        toolchain=Toolchain("gcc", size_tool="size", debian_package="gcc"),
+        toolchain=Toolchain("gcc", debian_package="gcc"),
         cflags=("-std=c99",),
     )
 )

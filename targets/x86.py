@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
+from edgec.errors import UnsupportedNodeError
 from edgec.ir import EdgeGraph
-from edgec.targets.base import Artifact, Target
+from edgec.targets.base import Artifact, Lowered, Target
 from edgec.targets.registry import register_target
 
 LIBRARY = "model.so"
@@ -49,8 +50,6 @@ class TvmLibraryTarget(Target):
     mcpu: str = ""
     mattr: tuple[str, ...] = ()
 
-    kind: ClassVar[str] = "tvm-library"
-
     def tvm_target(self) -> dict[str, Any]:
         target: dict[str, Any] = {"kind": "llvm", "mcpu": self.mcpu or host_cpu_name()}
         if self.mattr:
@@ -65,7 +64,12 @@ class TvmLibraryTarget(Target):
             return self.fp16_arithmetic
         return self.fp16_arithmetic or "avx512_fp16" in host_cpu_flags()
 
-    def lower(self, graph: EdgeGraph):
+    def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
+        from edgec.targets.tvm.frontend import unsupported
+
+        return unsupported(graph.to_onnx())
+
+    def lower(self, graph: EdgeGraph) -> Lowered:
         from edgec.ir import static_shape
         from edgec.targets.tvm.build import optimize_for_cpu
         from edgec.targets.tvm.integer import lower_onnx
@@ -74,7 +78,7 @@ class TvmLibraryTarget(Target):
         shapes = {t.name: static_shape(t) for t in graph.inputs}
         # A QDQ graph becomes integer kernels; a float graph goes through the ONNX frontend.
         module = lower_onnx(graph.to_onnx(), shapes, self.requantize_rounding)
-        return optimize_for_cpu(module, self.tvm_target())
+        return Lowered(optimize_for_cpu(module, self.tvm_target()), {})
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:
         from edgec.targets.tvm.build import build_shared_library

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgec.check import CheckReport, Problem, check_model
-from edgec.errors import UnsupportedNodeError
+from edgec.errors import Fix, UnsupportedNodeError
 from edgec.ir import EdgeGraph, freeze_inputs
 from tests.helpers import make_model
 from tests.passes.test_control_flow import loop_model
@@ -46,11 +46,12 @@ def test_lstm_with_sequence_lens_is_named_with_the_fix() -> None:
     report = check_model(_graph(recurrent_model("LSTM", extra_inputs={4: "lens"})))
     problem = _by_node(report)["lstm0"]
     assert problem.op == "LSTM"
-    assert problem.fix.startswith("LSTM with sequence_lens is not supported")
+    assert problem.fix == Fix(advice="export the model without sequence_lens on LSTM")
     with pytest.raises(UnsupportedNodeError) as info:
         report.raise_if_unsupported()
-    assert str(info.value).startswith("LSTM 'lstm0': ")
-    assert "fix: LSTM with sequence_lens is not supported" in str(info.value)
+    assert str(info.value).startswith("LSTM 'lstm0': LSTM with sequence_lens is not supported")
+    assert info.value.fix == problem.fix
+    assert str(info.value).endswith("; fix: export the model without sequence_lens on LSTM")
 
 
 def test_op_without_lowering() -> None:
@@ -58,13 +59,13 @@ def test_op_without_lowering() -> None:
         [helper.make_node("Det", ["x"], ["y"], name="det0")], {"x": (F, [3, 3])}, {"y": (F, [])}
     )
     problem = _by_node(check_model(_graph(model)))["det0"]
-    assert (problem.op, problem.fix) == ("Det", "edgec has no lowering for op Det")
+    assert (problem.op, problem.fix) == ("Det", Fix(advice="edgec has no lowering for op Det"))
 
 
 def test_symbolic_input_asks_for_a_shape() -> None:
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": (F, ["N", 3])}, {"y": (F, ["N", 3])})
     problem = _by_node(check_model(_graph(model)))["x"]
-    assert problem.fix == "fix the shape with --input-shape x=1x..."
+    assert (problem.fix.flag, problem.fix.value) == ("--input-shape", "x=1x...")
 
 
 def _rate_switched_lstm() -> onnx.ModelProto:
@@ -116,7 +117,8 @@ def test_op_in_a_branch_asks_to_freeze_the_input_it_branches_on() -> None:
     model = _rate_switched_lstm()
     problem = _by_node(check_model(_graph(model)))["lstm0"]
     assert problem.op == "LSTM"
-    assert problem.fix == "freeze input sr with --freeze-input sr=VALUE so that If 'rate_if' folds away"
+    assert (problem.fix.flag, problem.fix.value) == ("--freeze-input", "sr=VALUE")
+    assert "so that If 'rate_if' folds away" in problem.fix.advice
     frozen = _graph(model)
     freeze_inputs(frozen, {"sr": 16000})
     assert check_model(frozen).ok
@@ -141,11 +143,15 @@ def test_every_problem_is_reported_in_one_run() -> None:
     problems = _by_node(report)
     assert set(problems) == {"loop0", "det0", "reshape0"}
     assert "trip count 'n' is data-dependent" in problems["loop0"].reason
-    assert problems["loop0"].fix == "freeze input n with --freeze-input n=VALUE"
-    assert problems["reshape0"].fix == "freeze input shape_in with --freeze-input shape_in=VALUE"
+    assert (problems["loop0"].fix.flag, problems["loop0"].fix.value) == ("--freeze-input", "n=VALUE")
+    assert (problems["reshape0"].fix.flag, problems["reshape0"].fix.value) == (
+        "--freeze-input",
+        "shape_in=VALUE",
+    )
     lines = report.lines()
     assert len(lines) == 3 and all("fix: " in line for line in lines)
     as_json = json.loads(json.dumps(report.as_dict()))
     assert as_json["ok"] is False
     assert {p["node"] for p in as_json["problems"]} == {"loop0", "det0", "reshape0"}
     assert set(as_json["problems"][0]) == {"node", "op", "reason", "fix"}
+    assert set(as_json["problems"][0]["fix"]) == {"flag", "value", "advice"}

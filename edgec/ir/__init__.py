@@ -1,6 +1,15 @@
 """edgec's intermediate graph: ``EdgeGraph``, ONNX I/O, shapes, printing and cost analyses."""
 
-from edgec.ir.analysis import GraphCost, NodeCost, graph_cost, node_cost, peak_live_bytes, tensor_bytes
+from edgec.ir.analysis import (
+    GraphCost,
+    NodeCost,
+    dependency_fix,
+    graph_cost,
+    input_dependencies,
+    node_cost,
+    peak_live_bytes,
+    tensor_bytes,
+)
 from edgec.ir.freeze import freeze_inputs, parse_freeze
 from edgec.ir.graph import EdgeGraph, ModelInfo
 from edgec.ir.io import atomic_path, external_data_files, load, read_model, save, save_model
@@ -21,11 +30,13 @@ __all__ = [
     "ModelInfo",
     "NodeCost",
     "atomic_path",
+    "dependency_fix",
     "external_data_files",
     "fix_input_shapes",
     "freeze_inputs",
     "graph_cost",
     "infer_shapes",
+    "input_dependencies",
     "load",
     "node_cost",
     "op_sequence",

@@ -13,6 +13,7 @@ from math import prod
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from edgec.errors import Fix
 from edgec.ir.graph import EdgeGraph
 from edgec.ir.shapes import static_shape
 
@@ -46,7 +47,9 @@ class GraphCost:
 
 def _shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     if isinstance(tensor, gs.Constant):
-        return tuple(tensor.values.shape)
+        # The shape of the (possibly lazy) values: loading a packed INT4/INT2 initializer would
+        # turn it into one byte per element, which no longer exports as the packed type.
+        return tuple(int(d) for d in tensor.shape)
     return static_shape(tensor)
 
 
@@ -105,7 +108,7 @@ def node_cost(node: gs.Node) -> NodeCost:
         name=node.name,
         op=node.op,
         macs=int(_MACS.get(node.op, lambda n: 0)(node)),
-        params=sum(int(np.prod(t.values.shape)) for t in constants),
+        params=sum(int(np.prod(t.shape)) for t in constants),
         weight_bytes=sum(tensor_bytes(t) for t in constants),
         output_bytes=sum(tensor_bytes(t) for t in node.outputs),
     )
@@ -119,7 +122,7 @@ def graph_cost(graph: EdgeGraph) -> GraphCost:
     return GraphCost(
         nodes=nodes,
         macs=sum(n.macs for n in nodes),
-        params=sum(int(np.prod(t.values.shape)) for t in unique),
+        params=sum(int(np.prod(t.shape)) for t in unique),
         weight_bytes=sum(tensor_bytes(t) for t in unique),
     )
 
@@ -153,3 +156,46 @@ def peak_live_bytes(graph: EdgeGraph) -> int:
         for step in range(start, max(end, start) + 1):
             live[step] += size
     return max(live)
+
+
+def input_dependencies(tensor: gs.Tensor) -> tuple[set[str], set[str]]:
+    """The graph inputs ``tensor`` is computed from: those whose *values* it depends on, and those
+    it depends on only through their shapes (via ``Shape``/``Size``).
+
+    A refusal uses it to name its fix: freeze the value inputs (``--freeze-input``), or fix the
+    shape of the others (``--input-shape``).
+    """
+    values: set[str] = set()
+    shapes: set[str] = set()
+    seen: set[int] = set()
+    stack = [(tensor, False)]
+    while stack:
+        current, through_shape = stack.pop()
+        if id(current) in seen or isinstance(current, gs.Constant):
+            continue
+        seen.add(id(current))
+        if not current.inputs:
+            if current.name:
+                (shapes if through_shape else values).add(current.name)
+            continue
+        producer = current.inputs[0]
+        reads_shape = producer.op in ("Shape", "Size")
+        stack.extend((parent, through_shape or reads_shape) for parent in producer.inputs)
+    return values, shapes
+
+
+def dependency_fix(tensor: gs.Tensor) -> Fix | None:
+    """The fix for a value that is still computed at run time: freeze the inputs it depends on,
+    else fix the shapes of those it reads through ``Shape``; ``None`` when it depends on no input."""
+    values, shapes = input_dependencies(tensor)
+    if values:
+        names = sorted(values)
+        return Fix(
+            "--freeze-input", f"{names[0]}=VALUE", f"it depends on the value of input {', '.join(names)}"
+        )
+    if shapes:
+        names = sorted(shapes)
+        return Fix(
+            "--input-shape", f"{names[0]}=1x...", f"it depends on the shape of input {', '.join(names)}"
+        )
+    return None

@@ -167,13 +167,44 @@ class EdgeGraph:
         self.gs.cleanup(remove_unused_graph_inputs=False).toposort()
 
     # ----- analyses ---------------------------------------------------------------------------
-    def _structure_key(self) -> int:
+    def structure_key(self) -> int:
+        """A hash of which nodes exist and which tensor objects they read and write (and of the
+        graph's inputs and outputs): it changes whenever a node or a connection changes, or a
+        tensor is replaced by another object (attribute edits in place do not change it)."""
         return hash(
-            tuple(
-                (id(node), tuple(map(id, node.inputs)), tuple(map(id, node.outputs)))
-                for node in self.gs.nodes
+            (
+                tuple(
+                    (id(node), tuple(map(id, node.inputs)), tuple(map(id, node.outputs)))
+                    for node in self.gs.nodes
+                ),
+                tuple(map(id, self.gs.inputs)),
+                tuple(map(id, self.gs.outputs)),
             )
         )
+
+    def fingerprint(self) -> int:
+        """A hash of what the graph computes, cheap to take: its structure (``structure_key``),
+        every node's op and attributes, and the identity of every constant's values. Passes never
+        change constant values in place (copies share them), so equal fingerprints mean the same
+        graph; a pass that returns a new graph must leave its input's fingerprint unchanged."""
+
+        def token(value: object) -> object:
+            if isinstance(value, (gs.Graph, gs.Tensor, np.ndarray)):
+                return id(value)
+            if isinstance(value, (list, tuple)):
+                return tuple(token(v) for v in value)
+            return repr(value)
+
+        nodes = tuple(
+            (node.op, node.domain, tuple(sorted((k, token(v)) for k, v in node.attrs.items())))
+            for node in self.gs.nodes
+        )
+        constants = tuple(
+            (name, id(tensor._values))
+            for name, tensor in self.tensors().items()
+            if isinstance(tensor, gs.Constant)
+        )
+        return hash((self.structure_key(), nodes, constants))
 
     @property
     def nx(self) -> nx.DiGraph:
@@ -181,7 +212,7 @@ class EdgeGraph:
 
         Cached; rebuilt automatically when nodes or their connections changed since last use.
         """
-        key = self._structure_key()
+        key = self.structure_key()
         if self._nx_cache is None or self._nx_cache[0] != key:
             view = nx.DiGraph()
             for node in self.gs.nodes:

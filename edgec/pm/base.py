@@ -6,12 +6,16 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from edgec.errors import UnsupportedNodeError
 from edgec.ir import EdgeGraph
+from edgec.pm.analysis import AnalysisManager
+
+if TYPE_CHECKING:
+    from edgec.capabilities import Capabilities
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class PassContext:
 
     Attributes:
         target: name of the compilation target, if known (passes may adapt to it).
+        capabilities: what the target runs natively (integer kernels, fp16 arithmetic, packed
+            weight widths ...); ``None`` when no target constrains the passes.
         verify: check every lossless pass numerically against onnxruntime.
         seed: seed of every random choice (verification inputs, sampling).
         calibration: named arrays with a leading sample dimension, for calibrating passes.
@@ -42,9 +48,12 @@ class PassContext:
         options: free-form settings for plugin passes.
         refusals: when a list (``edgec check``), passes record the nodes they refuse here and
             leave them alone instead of raising, so that one run reports every refusal.
+        analyses: the cache of graph analyses (shapes, costs ...), invalidated by the pass
+            manager from what each pass declares it preserves.
     """
 
     target: str | None = None
+    capabilities: Capabilities | None = None
     verify: bool = False
     seed: int = 0
     calibration: dict[str, np.ndarray] | None = None
@@ -55,12 +64,26 @@ class PassContext:
     progress: Callable[[str, int], Callable[[int], None]] = lambda description, total: lambda done: None
     options: dict[str, Any] = field(default_factory=dict)
     refusals: list[UnsupportedNodeError] | None = None
+    analyses: AnalysisManager = field(default_factory=AnalysisManager)
+    # The manager running the current pipeline; passes that run other passes go through it.
+    runner: Callable[[Pass, EdgeGraph], PassResult] | None = field(default=None, repr=False)
 
     def refuse(self, error: UnsupportedNodeError) -> None:
         """Raises ``error``, or records it when collecting refusals (the pass then skips the node)."""
         if self.refusals is None:
             raise error
         self.refusals.append(error)
+
+    def run_pass(self, instance: Pass, graph: EdgeGraph) -> PassResult:
+        """Runs another pass from inside a pass, through the pass manager, so that it is recorded
+        (as a nested pass), verified and instrumented like any other."""
+        if self.runner is not None:
+            return self.runner(instance, graph)
+        from edgec.pm.manager import PassManager
+
+        run = PassManager([instance], self).run(graph)
+        record = run.records[-1]
+        return PassResult(run.graph, record.changed, record.stats)
 
 
 @dataclass(frozen=True)
@@ -69,10 +92,19 @@ class Pass:
 
     Subclasses set ``name`` (kebab-case, unique), ``lossless``, a one-sentence docstring, and
     implement ``run``. Register them with ``@register``.
+
+    Class attributes the pass manager enforces or uses:
+        in_place: ``True`` (the default) when the pass changes the graph it is given and returns
+            that same object; ``False`` when it returns a new graph and leaves its input untouched
+            (the manager checks both).
+        preserves: names of the analyses (``shapes``, ``cost`` ...) that stay valid when the pass
+            changes the graph; every other cached analysis of the graph is dropped.
     """
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = True
+    in_place: ClassVar[bool] = True
+    preserves: ClassVar[frozenset[str]] = frozenset()
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
         raise NotImplementedError(f"pass {type(self).__name__} does not implement run()")

@@ -1,154 +1,182 @@
-"""``PassManager``: runs a pipeline, times and records every pass, verifies lossless ones."""
+"""``PassManager``: runs a pipeline, enforces the pass contract, and records every pass.
+
+The run loop only sequences passes; what happens around each pass (timing, verification of
+lossless passes, dumps, cost deltas) is done by instruments (:mod:`edgec.pm.instruments`), and
+cached analyses are invalidated from what each pass declares it preserves.
+"""
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from edgec.errors import VerificationError
+from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
-from edgec.pm.base import Pass, PassContext
+from edgec.pm.base import Pass, PassContext, PassResult
+from edgec.pm.instruments import LOSSLESS_ATOL, LOSSLESS_RTOL, PassInstrument, default_instruments
 from edgec.pm.pipeline import FixedPoint, Step, parse_pipeline
+
+__all__ = ["LOSSLESS_ATOL", "LOSSLESS_RTOL", "PassContractError", "PassManager", "PassRecord", "PipelineRun"]
+
+
+class PassContractError(EdgecError):
+    """A pass broke the contract it declares (in place vs. functional): a bug in the pass."""
 
 
 @dataclass
 class PassRecord:
-    """One executed pass, as the manifest reports it."""
+    """One executed pass, as the manifest reports it.
+
+    ``parent`` names the pass that ran this one through ``ctx.run_pass`` (``None`` at top level);
+    ``cost`` holds ``[before, after]`` MACs, parameters and weight bytes when the pass changed them.
+    """
 
     name: str
     options: dict[str, Any]
-    seconds: float
     changed: bool
     stats: dict[str, Any]
     nodes_before: int
     nodes_after: int
+    seconds: float = 0.0
     max_abs_error: float | None = None
+    cost: dict[str, list[int]] | None = None
+    parent: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's form of the record (no wall-clock time: builds are byte-identical)."""
+        record: dict[str, Any] = {
+            "name": self.name,
+            "options": self.options,
+            "changed": self.changed,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "stats": self.stats,
+        }
+        if self.parent is not None:
+            record["parent"] = self.parent
+        if self.cost is not None:
+            record["cost"] = self.cost
+        if self.max_abs_error is not None:
+            record["max_abs_error"] = self.max_abs_error
+        return record
 
 
 @dataclass
 class PipelineRun:
+    """The result of a pipeline: the final graph, one record per pass run, and notes (e.g. a
+    fixed point that was not reached)."""
+
     graph: EdgeGraph
     records: list[PassRecord] = field(default_factory=list)
-
-
-# fp32 lossless tolerance (STYLE.md): |after - before| <= ATOL * max(1, max|before|) + RTOL*|before|
-LOSSLESS_ATOL = 1e-5
-LOSSLESS_RTOL = 1e-4
+    notes: list[str] = field(default_factory=list)
 
 
 class PassManager:
-    """Runs steps over a graph; with ``ctx.verify``, checks every lossless pass against ORT.
+    """Runs steps over a graph under a context, with instruments around every pass.
 
     Args:
         steps: parsed steps, or a pipeline string.
         ctx: the shared pass context.
-        on_pass: called before each pass with its name (progress display).
+        on_pass: called before each top-level pass with its name (progress display).
+        instruments: what runs around each pass; default: verification (when ``ctx.verify``),
+            dumps, cost deltas and timing.
     """
 
     def __init__(
         self,
-        steps: list[Step] | str,
+        steps: Sequence[Step] | str,
         ctx: PassContext | None = None,
         on_pass: Callable[[str], None] | None = None,
+        instruments: list[PassInstrument] | None = None,
     ) -> None:
         self.steps = parse_pipeline(steps) if isinstance(steps, str) else list(steps)
         self.ctx = ctx or PassContext()
         self.on_pass = on_pass or (lambda name: None)
-        self._reference: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        self.instruments = default_instruments() if instruments is None else instruments
+        self._parents: list[str] = []
+        self._run: PipelineRun | None = None
 
     def run(self, graph: EdgeGraph) -> PipelineRun:
         run = PipelineRun(graph)
-        for step in self.steps:
-            if isinstance(step, FixedPoint):
-                for _ in range(step.limit):
-                    changed = False
-                    for inner in step.passes:
-                        changed |= self._run_pass(inner, run)
-                    if not changed:
-                        break
-            else:
-                self._run_pass(step, run)
+        self._run = run
+        outer_runner = self.ctx.runner
+        self.ctx.runner = self._run_pass
+        try:
+            for step in self.steps:
+                if isinstance(step, FixedPoint):
+                    self._run_fixed_point(step, run)
+                else:
+                    run.graph = self._run_pass(step, run.graph).graph
+        finally:
+            self.ctx.runner = outer_runner
+            self._run = None
         return run
 
-    def _verification_inputs(self, graph: EdgeGraph) -> dict[str, np.ndarray]:
-        from edgec.verify import random_inputs, run_onnx
+    def _run_fixed_point(self, step: FixedPoint, run: PipelineRun) -> None:
+        for _ in range(step.limit):
+            changed = False
+            for inner in step.passes:
+                result = self._run_pass(inner, run.graph)
+                run.graph = result.graph
+                changed |= result.changed
+            if not changed:
+                return
+        note = (
+            f"pipeline '{step.name}' did not reach its fixed point within {step.limit} rounds "
+            "(its passes still changed the graph in the last round); the graph is valid, but "
+            "a pass may be undoing another"
+        )
+        self.ctx.warn(note)
+        run.notes.append(note)
 
-        if self._reference is None:
-            feeds = random_inputs(graph, seed=self.ctx.seed)
-            self._reference = (feeds, run_onnx(graph.to_onnx(), feeds))
-        return self._reference[0]
-
-    def _run_pass(self, instance: Pass, run: PipelineRun) -> bool:
-        from edgec.verify import run_onnx
-
-        self.on_pass(instance.name)
-        verify = self.ctx.verify and type(instance).lossless
-        if verify:
-            feeds = self._verification_inputs(run.graph)
-            before = self._reference[1]
-        nodes_before = len(run.graph.nodes)
-        start = time.perf_counter()
-        result = instance.run(run.graph, self.ctx)
-        seconds = time.perf_counter() - start
+    def _run_pass(self, instance: Pass, graph: EdgeGraph) -> PassResult:
+        assert self._run is not None
+        if not self._parents:
+            self.on_pass(instance.name)
+        states = [instrument.before(instance, graph, self.ctx) for instrument in self.instruments]
+        nodes_before = len(graph.nodes)
+        cls = type(instance)
+        fingerprint = None if cls.in_place else graph.fingerprint()
+        self._parents.append(instance.name)
+        try:
+            result = instance.run(graph, self.ctx)
+        finally:
+            self._parents.pop()
+        _check_contract(instance, graph, result, fingerprint)
         record = PassRecord(
             name=instance.name,
             options=instance.options(),
-            seconds=seconds,
             changed=result.changed,
             stats=dict(result.stats),
             nodes_before=nodes_before,
             nodes_after=len(result.graph.nodes),
+            parent=self._parents[-1] if self._parents else None,
         )
-        if verify and result.changed:
-            after = run_onnx(result.graph.to_onnx(), feeds)
-            record.max_abs_error = _check_lossless(instance.name, before, after)
-            self._reference = (feeds, after)
-        elif not type(instance).lossless and result.changed:
-            self._reference = None  # a lossy pass sets a new reference for the passes after it
-        run.graph = result.graph
-        run.records.append(record)
-        if instance.name in self.ctx.dump_after:
-            self._dump(instance.name, len(run.records), run.graph)
-        return result.changed
-
-    def _dump(self, name: str, index: int, graph: EdgeGraph) -> None:
-        text = graph.text()
-        if self.ctx.dump_dir is None:
-            sys.stderr.write(f"// ----- after {name} -----\n{text}")
-            return
-        self.ctx.dump_dir.mkdir(parents=True, exist_ok=True)
-        (self.ctx.dump_dir / f"{index:03d}-{name}.txt").write_text(text)
+        if result.changed:
+            self.ctx.analyses.invalidate(result.graph, cls.preserves)
+        for instrument, state in reversed(list(zip(self.instruments, states, strict=True))):
+            instrument.after(instance, state, result, record, self.ctx)
+        # Completion order: passes this one ran are listed before it.
+        self._run.records.append(record)
+        return result
 
 
-def _check_lossless(name: str, before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> float:
-    if set(before) != set(after):
-        raise VerificationError(
-            f"pass '{name}' changed the model's outputs from {sorted(before)} to {sorted(after)}"
+def _check_contract(instance: Pass, graph: EdgeGraph, result: PassResult, fingerprint: int | None) -> None:
+    name = instance.name
+    if not isinstance(result, PassResult):
+        raise PassContractError(f"pass '{name}' returned {type(result).__name__}, not a PassResult")
+    if type(instance).in_place:
+        if result.graph is not graph:
+            raise PassContractError(
+                f"pass '{name}' is declared in place but returned a new graph; declare "
+                "in_place = False (and leave the input untouched) or return the graph it was given"
+            )
+        return
+    if graph.fingerprint() != fingerprint:
+        raise PassContractError(
+            f"pass '{name}' is declared functional (in_place = False) but changed the graph it was "
+            "given; work on graph.copy() (copies share weights until written)"
         )
-    worst = 0.0
-    for key, reference in before.items():
-        got = after[key]
-        if got.shape != reference.shape:
-            raise VerificationError(
-                f"pass '{name}' changed output '{key}' from shape {reference.shape} to {got.shape}"
-            )
-        if reference.dtype.kind not in "fc":
-            if not np.array_equal(reference, got):
-                raise VerificationError(f"pass '{name}' changed integer output '{key}'")
-            continue
-        error = np.abs(got.astype(np.float64) - reference)
-        scale = max(1.0, float(np.max(np.abs(reference), initial=0.0)))
-        bound = LOSSLESS_ATOL * scale + LOSSLESS_RTOL * np.abs(reference)
-        if np.any(np.isnan(got) != np.isnan(reference)) or np.any(error > bound):
-            raise VerificationError(
-                f"pass '{name}' is marked lossless but changed output '{key}' by up to "
-                f"{float(np.nanmax(error)):.3g} (bound {LOSSLESS_ATOL:g}*max(1,|ref|max) + "
-                f"{LOSSLESS_RTOL:g}*|ref|); this is a bug in the pass"
-            )
-        worst = max(worst, float(np.nanmax(error, initial=0.0)))
-    return worst
+    if result.changed and result.graph is graph:
+        raise PassContractError(f"pass '{name}' is declared functional but changed its input graph in place")

@@ -1,8 +1,10 @@
 """The one registry of passes and named pipelines, with plugin discovery.
 
 Built-in passes live in ``edgec.passes`` (every module of it is imported on first use);
-third-party passes are found through the entry-point group ``edgec.passes``: each entry point
-names a module (or a callable) whose import registers its passes with ``@register``.
+other packages contribute passes through the entry-point group ``edgec.passes``: each entry point
+names a module (or a callable) whose import registers its passes with ``@register``. edgec's own
+targets use the same group for their legalization passes (``edgec.targets.legalize``); passes
+from the ``edgec`` distribution itself count as built-in, not as plugins.
 """
 
 from __future__ import annotations
@@ -68,8 +70,11 @@ def _load_builtin_and_plugins() -> None:
             raise EdgecError(f"pass plugin '{entry.name}' ({entry.value}) failed to import: {exc}") from None
         if callable(loaded) and not isinstance(loaded, type):
             loaded()
+        source = entry.dist.name if entry.dist else entry.value
+        if source == "edgec":
+            continue
         for name in set(_PASSES) - before:
-            _PLUGIN_SOURCES[name] = entry.dist.name if entry.dist else entry.value
+            _PLUGIN_SOURCES[name] = source
 
 
 def all_passes() -> dict[str, type[Pass]]:

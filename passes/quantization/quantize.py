@@ -28,6 +28,7 @@ from edgec.passes.quantization.static import (
 )
 from edgec.passes.quantization.weight_only import dynamic_int8, to_fp16, weight_only
 from edgec.pm import Pass, PassContext, PassResult, register
+from edgec.precision import record as record_precision
 from edgec.verify import random_inputs
 
 SCHEMES = ("int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "weight-binary", "fp16")
@@ -54,6 +55,7 @@ class Quantize(Pass):
 
     name: ClassVar[str] = "quantize"
     lossless: ClassVar[bool] = False
+    in_place: ClassVar[bool] = False
     scheme: Literal[
         "int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "weight-binary", "fp16"
     ] = "int8"
@@ -101,7 +103,7 @@ class Quantize(Pass):
         # Data is checked before the graph is touched: a bad --calib leaves nothing half-done.
         samples = self._samples(ctx, graph, required=self.scheme == "int8")
         before = weight_bytes(graph)
-        prepared, done = prepare(graph, ctx, _MINIMUM_OPSET[self.scheme], self.fold_batchnorm)
+        prepared, done = prepare(graph.copy(), ctx, _MINIMUM_OPSET[self.scheme], self.fold_batchnorm)
         if self.scheme == "int8":
             quantized, stats = self._static(prepared, ctx, samples)
         else:
@@ -116,6 +118,8 @@ class Quantize(Pass):
             "compression": round(before / max(after, 1), 3),
             "integer_weights": integer_weight_bytes(quantized),
         }
+        # The decisions travel with the graph: the target's build is checked against them.
+        record_precision(quantized, stats.get("precision", {}))
         return PassResult(quantized, changed=True, stats=stats)
 
     # ----- static int8 ---------------------------------------------------------------------------

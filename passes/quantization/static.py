@@ -85,7 +85,7 @@ def prepare(
     shapes; returns the prepared graph and what was done."""
     done: dict[str, Any] = {}
     if fold_batchnorm and any(node.op == "BatchNormalization" for node in graph.nodes):
-        result = get_pass("fuse-conv-bn")().run(graph, ctx)
+        result = ctx.run_pass(get_pass("fuse-conv-bn")(), graph)
         graph = result.graph
         done["folded_batchnorm"] = int(result.stats.get("fused", 0))
     done["sum_as_add"] = _sum_to_add(graph)
@@ -95,7 +95,7 @@ def prepare(
         # onnx's version converter writes some ops with run-time shape arithmetic (Softmax of
         # opset < 13 becomes Shape → Flatten → Softmax → Reshape): fold it again, the shapes are
         # static (only then: onnxslim takes seconds on a large model).
-        graph = get_pass("simplify")().run(graph, ctx).graph
+        graph = ctx.run_pass(get_pass("simplify")(), graph).graph
     with contextlib.suppress(EdgecError):
         # Unknown shapes only cost memory estimates in calibration; dtypes come from the importer.
         infer_shapes(graph)

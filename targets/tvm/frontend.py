@@ -21,7 +21,7 @@ from edgec.errors import EdgecError, UnsupportedNodeError
 if TYPE_CHECKING:
     import tvm
 
-__all__ = ["import_onnx", "unsupported_nodes"]
+__all__ = ["import_onnx", "unsupported", "unsupported_nodes"]
 
 # The frontend ignores a node's domain and looks up the bare op type, so a custom-domain op that
 # happens to share a name with an ONNX op would be silently converted as the wrong thing; only the
@@ -87,6 +87,11 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
             continue
         found.append((_node_label(node), node.op_type, reason))
     return found
+
+
+def unsupported(model: onnx.ModelProto) -> list[UnsupportedNodeError]:
+    """:func:`unsupported_nodes` as errors (what ``Target.unsupported`` returns)."""
+    return [UnsupportedNodeError(name, op, reason) for name, op, reason in unsupported_nodes(model)]
 
 
 def _replace_dropout(graph: onnx.GraphProto) -> None:

@@ -41,7 +41,7 @@ def build(target_name: str, model: onnx.ModelProto, out_dir: Path, name: str) ->
     target = get_target(target_name)
     graph = EdgeGraph.from_onnx(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    artifact = target.build(target.lower(graph), out_dir, name)
+    artifact = target.build(target.lower(graph).module, out_dir, name)
     return artifact, manifest_of(graph)
 
 

@@ -84,7 +84,7 @@ def odd_qdq(tmp_path_factory) -> onnx.ModelProto:
 
 def _dsp_kernels(model: onnx.ModelProto, target: str) -> dict[str, list[int]]:
     """Kernel name -> shape of the weight the SMLAD rule re-laid out, for the lowered module."""
-    module = get_target(target).lower(EdgeGraph.from_onnx(model))
+    module = get_target(target).lower(EdgeGraph.from_onnx(model)).module
     found = {}
     for gv, func in module.functions.items():
         if permutation := weight_permutation(func):
