@@ -176,9 +176,9 @@ def lower_to_calls(mod: Any, tvm_target: dict) -> Any:
         )(mod)
 
 
-# TVM's LowerTVMBuiltin keeps a CPU buffer of constant size up to this many bytes on the stack
-# (runtime::kMaxStackAlloca in tvm/runtime/device_api.h); larger ones go through
-# TVMBackendAllocWorkspace, i.e. into the arena.
+# TVM's LowerTVMBuiltin keeps a CPU buffer of constant size below this many bytes on the stack
+# (``constant_size * nbytes < runtime::kMaxStackAlloca``, tvm/runtime/device_api.h); one of 1024
+# bytes or more goes through TVMBackendAllocWorkspace, i.e. into the arena.
 MAX_STACK_ALLOCA_BYTES = 1024
 # Stack arrays are aligned to 64 bytes (TVM's kAllocAlignment): count that much slack per array.
 _STACK_ARRAY_SLACK = 64
@@ -237,7 +237,7 @@ def kernel_memory(mod: Any, tvm_target: dict) -> dict[str, KernelMemory]:
             if None in extents:
                 raise EdgecError(f"kernel '{gv.name_hint}' allocates a buffer of dynamic size {buffer.shape}")
             nbytes = int(np.prod(extents, dtype=np.int64)) * dtype.bits * dtype.lanes // 8
-            if nbytes <= MAX_STACK_ALLOCA_BYTES:
+            if nbytes < MAX_STACK_ALLOCA_BYTES:
                 stack += nbytes + _STACK_ARRAY_SLACK
             else:
                 workspace += align_up(nbytes, 16)
