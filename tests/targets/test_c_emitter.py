@@ -17,7 +17,8 @@ from tests.targets.cortex_helpers import DIGITS_ONNX, FP32_ATOL, build, max_erro
 def digits_program():
     target = get_target("c")
     lowered = relax_program.lower_to_calls(
-        target.lower(EdgeGraph.from_onnx(onnx.load(DIGITS_ONNX))).module, target.tvm_target()
+        target.lower(target.legalize(EdgeGraph.from_onnx(onnx.load(DIGITS_ONNX))).graph).module,
+        target.tvm_target(),
     )
     workspaces = relax_program.kernel_memory(lowered, target.tvm_target())
     return lowered, relax_program.read_program(lowered, workspaces)

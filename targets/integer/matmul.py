@@ -1,0 +1,107 @@
+"""Integer matrix product (``Gemm``, ``MatMul`` with a constant 2-D weight).
+
+``DQ(x_q), DQ(W_q) [, DQ(b_q)] → Gemm | MatMul [→ Relu | Clip] → Q`` becomes ``edgec.IntegerMatMul``::
+
+    acc[n] = Σ_k x_q[k] · W_q[k, n]  +  (b_q[n] - z_x · Σ_k W_q[k, n])
+    y_q    = clamp(z_y + requantize(acc[n], M[n]), lo, hi),   M[n] = s_x · s_w[n] / s_y
+
+(``W`` is ``[K, N]``: a Gemm's ``transB`` weight is transposed at planning time). A MatMul of two
+activations (attention's ``Q·K^T``) has no integer kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from edgec.ir import EdgeGraph
+from edgec.targets.integer import qdq
+from edgec.targets.integer.arith import check_int32
+from edgec.targets.integer.epilogue import emit_finish, finish
+from edgec.targets.integer.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier
+from edgec.targets.integer.kind import IntegerKind
+from edgec.targets.integer.qdq import Group, Refuse
+
+
+class IntegerMatMul(IntegerKind):
+    """int8 ``x @ W`` with a per-column requantization and a fused clamp."""
+
+    op_type: ClassVar[str] = "IntegerMatMul"
+    float_ops: ClassVar[tuple[str, ...]] = ("Gemm", "MatMul")
+    kernel: ClassVar[str] = "integer matmul"
+    constants: ClassVar[tuple[str, ...]] = ("weight", "bias", "multiplier", "shift")
+
+    def refusal(self, node: gs.Node, graph: EdgeGraph) -> str | None:
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        if not isinstance(weight, gs.Constant):
+            return (
+                f"{node.op} of two activations has no integer kernel "
+                "(its second operand is not a constant weight)"
+            )
+        if len(weight.shape) != 2:
+            return f"its constant operand is {len(weight.shape)}-D; only 2-D weights have an integer kernel"
+        if node.op == "Gemm" and node.attrs.get("transA", 0):
+            return "Gemm with transA=1 has no integer kernel"
+        return None
+
+    def plan(self, group: Group, graph: EdgeGraph) -> list[gs.Node]:
+        node = group.node
+        x = qdq.activation(node.inputs[0])
+        w, sw, axis = qdq.weight(node.inputs[1])
+        bias_tensor = None
+        if node.op == "Gemm":
+            attrs = node.attrs
+            if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+                raise Refuse(f"{qdq.label(node)} has alpha/beta != 1 or transA")
+            if attrs.get("transB", 0):
+                w = w.T
+                axis = {0: 1, 1: 0}.get(axis, axis)
+            bias_tensor = node.inputs[2] if len(node.inputs) > 2 else None
+        if w.ndim != 2:
+            raise Refuse(f"{qdq.label(node)} has a {w.ndim}-D constant operand; only 2-D weights are lowered")
+        if axis not in (1, -1):
+            raise Refuse(f"{qdq.label(node)} weights are quantized along axis {axis}, not the output column")
+        channels = w.shape[1]
+        acc_scale = np.float64(x.scale) * np.broadcast_to(sw, (channels,))
+        bias = qdq.bias(bias_tensor, acc_scale, channels) - x.zero_point * w.astype(np.int64).sum(axis=0)
+        if np.any(bias < INT32_MIN) or np.any(bias > INT32_MAX):
+            raise Refuse(f"{qdq.label(node)} bias does not fit int32")
+        lo, hi = qdq.clamp_bounds(group.act, group.scale, group.zero_point)
+        mult, shift = quantize_multiplier(acc_scale / group.scale)
+        attrs = {
+            "x_zero_point": x.zero_point,
+            "y_zero_point": group.zero_point,
+            "lo": lo,
+            "hi": hi,
+            "rounding": group.rounding,
+        }
+        constants = {
+            "weight": np.ascontiguousarray(w.astype(np.int8)),
+            "bias": bias.astype(np.int32),
+            "multiplier": mult.astype(np.int32),
+            "shift": shift.astype(np.int32),
+        }
+        return [self.make(graph, node.name, node.op, [x.tensor], group.output, attrs, constants)]
+
+    def weights(self, node: gs.Node) -> str:
+        return "int8"
+
+    def emit(self, bb: Any, node: gs.Node, args: list[Any]) -> Any:
+        from tvm import relax
+
+        x = bb.normalize(args[0])
+        rank = len(x.ty.shape)
+        acc = relax.op.matmul(x, relax.const(self.constant(node, "weight"), "int8"), out_dtype="int32")
+        acc = relax.op.add(acc, relax.const(self.constant(node, "bias").astype(np.int32), "int32"))
+        mult, shift = self.constant(node, "multiplier"), self.constant(node, "shift")
+        return emit_finish(bb, acc, node, rank, rank - 1, mult, shift)
+
+    def reference(self, node: gs.Node, args: list[np.ndarray]) -> np.ndarray:
+        weight = self.constant(node, "weight").astype(np.float64)
+        acc = np.rint(args[0].astype(np.float64) @ weight).astype(np.int64)
+        acc = acc + self.constant(node, "bias").astype(np.int64)
+        check_int32(acc, node.name)
+        mult, shift = self.constant(node, "multiplier"), self.constant(node, "shift")
+        return finish(acc, node, acc.ndim - 1, mult, shift)
