@@ -85,7 +85,7 @@ def weight_only(
     for node in list(graph.nodes):
         if node.op not in WEIGHT_ONLY_OPS:
             continue
-        reason = "excluded" if node.name in exclude else unpacked or _weight_refusal(node)
+        reason = "excluded" if node.name in exclude else _weight_refusal(node) or unpacked
         if reason:
             refused[node.name] = reason
             continue

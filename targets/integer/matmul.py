@@ -25,6 +25,10 @@ from edgec.targets.integer.kind import IntegerKind
 from edgec.targets.integer.qdq import Group, Refuse
 
 
+def _two_activations(op: str) -> str:
+    return f"{op} of two activations has no integer kernel (its second operand is not a constant weight)"
+
+
 class IntegerMatMul(IntegerKind):
     """int8 ``x @ W`` with a per-column requantization and a fused clamp."""
 
@@ -36,10 +40,7 @@ class IntegerMatMul(IntegerKind):
     def refusal(self, node: gs.Node, graph: EdgeGraph) -> str | None:
         weight = node.inputs[1] if len(node.inputs) > 1 else None
         if not isinstance(weight, gs.Constant):
-            return (
-                f"{node.op} of two activations has no integer kernel "
-                "(its second operand is not a constant weight)"
-            )
+            return _two_activations(node.op)
         if len(weight.shape) != 2:
             return f"its constant operand is {len(weight.shape)}-D; only 2-D weights have an integer kernel"
         if node.op == "Gemm" and node.attrs.get("transA", 0):
@@ -49,6 +50,9 @@ class IntegerMatMul(IntegerKind):
     def plan(self, group: Group, graph: EdgeGraph) -> list[gs.Node]:
         node = group.node
         x = qdq.activation(node.inputs[0])
+        weight = qdq.dequantize_of(node.inputs[1])
+        if weight is not None and not isinstance(weight.inputs[0], gs.Constant):
+            raise Refuse(_two_activations(node.op))
         w, sw, axis = qdq.weight(node.inputs[1])
         bias_tensor = None
         if node.op == "Gemm":

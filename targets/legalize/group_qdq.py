@@ -154,17 +154,13 @@ class GroupQdq(Pass):
     def _refuse_planned(graph: EdgeGraph, refused: dict[str, tuple[str, str]], ctx: PassContext) -> None:
         """A node the quantize pass planned as int8 that stays float would fail the build."""
         decisions = planned(graph)
-        target = ctx.target or "this target"
+        target = ctx.target or "the target"
         for name, (op, reason) in sorted(refused.items()):
             decision = decisions.get(name, "")
             if (expected(decision) or {}).get("precision") != "int8":
                 continue
-            fix = Fix(
-                "--target",
-                target,
-                f"quantize the float model for the target it runs on (edgec compile --quantize int8 "
-                f"--target {target}); the quantize pass then keeps this node in float",
-            )
+            advice = "quantize the float model for this target, which keeps this node in float"
+            fix = Fix("--target", ctx.target, advice) if ctx.target else Fix(advice=advice)
             ctx.refuse(
                 UnsupportedNodeError(
                     name,
