@@ -24,16 +24,21 @@ from edgec.targets.integer.qdq import Group, Refuse
 __all__ = ["IntegerDequantize", "IntegerQuantize"]
 
 
-def _boundary_params(node: gs.Node) -> tuple[float, int]:
-    params = qdq.qparams(node)
-    if not params.per_tensor:
-        raise Refuse(f"{qdq.label(node)} is per-channel; only per-tensor activations are lowered")
-    if params.dtype != np.int8:
-        raise Refuse(f"{qdq.label(node)} is {params.dtype}; only int8 activations are lowered")
-    return float(params.scale.reshape(())), int(params.zero_point.reshape(()))
+class _Boundary(IntegerKind):
+    """A Q or DQ of an activation, per tensor and int8: its scale and zero point as attributes."""
+
+    def plan(self, group: Group, graph: EdgeGraph) -> list[gs.Node]:
+        node = group.node
+        params = qdq.qparams(node)
+        if not params.per_tensor:
+            raise Refuse(f"{qdq.label(node)} is per-channel; only per-tensor activations are lowered")
+        if params.dtype != np.int8:
+            raise Refuse(f"{qdq.label(node)} is {params.dtype}; only int8 activations are lowered")
+        attrs = {"scale": float(params.scale.reshape(())), "zero_point": int(params.zero_point.reshape(()))}
+        return [self.make(graph, node.name, node.op, [node.inputs[0]], group.output, attrs)]
 
 
-class IntegerQuantize(IntegerKind):
+class IntegerQuantize(_Boundary):
     """float32 → int8 at the graph's boundary (or after a float remainder)."""
 
     op_type: ClassVar[str] = "IntegerQuantize"
@@ -42,12 +47,6 @@ class IntegerQuantize(IntegerKind):
     patterns: ClassVar[tuple[Op, ...]] = (
         Op("QuantizeLinear", Var("x"), Var("scale"), Optional(Var("zero_point")), name="f"),
     )
-
-    def plan(self, group: Group, graph: EdgeGraph) -> list[gs.Node]:
-        node = group.node
-        scale, zero = _boundary_params(node)
-        attrs = {"scale": scale, "zero_point": zero}
-        return [self.make(graph, node.name, node.op, [node.inputs[0]], group.output, attrs)]
 
     def emit(self, bb: Any, node: gs.Node, args: list[Any]) -> Any:
         from tvm import relax
@@ -64,7 +63,7 @@ class IntegerQuantize(IntegerKind):
         return np.clip(scaled + np.float32(attr_int(node, "zero_point")), INT8_MIN, INT8_MAX).astype(np.int8)
 
 
-class IntegerDequantize(IntegerKind):
+class IntegerDequantize(_Boundary):
     """int8 → float32 where a float consumer or a graph output needs the value."""
 
     op_type: ClassVar[str] = "IntegerDequantize"
@@ -75,12 +74,9 @@ class IntegerDequantize(IntegerKind):
     )
 
     def plan(self, group: Group, graph: EdgeGraph) -> list[gs.Node]:
-        node = group.node
-        if isinstance(node.inputs[0], gs.Constant):
-            raise Refuse(f"{qdq.label(node)} dequantizes a constant (a weight), not an activation")
-        scale, zero = _boundary_params(node)
-        attrs = {"scale": scale, "zero_point": zero}
-        return [self.make(graph, node.name, node.op, [node.inputs[0]], group.output, attrs)]
+        if isinstance(group.node.inputs[0], gs.Constant):
+            raise Refuse(f"{qdq.label(group.node)} dequantizes a constant (a weight), not an activation")
+        return super().plan(group, graph)
 
     def emit(self, bb: Any, node: gs.Node, args: list[Any]) -> Any:
         from tvm import relax

@@ -22,9 +22,9 @@ from edgec.ir import EdgeGraph
 from edgec.targets.integer import qdq
 from edgec.targets.integer.arith import check_int32, conv_sum, pad
 from edgec.targets.integer.epilogue import channel_const, emit_finish, finish
-from edgec.targets.integer.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier
-from edgec.targets.integer.kind import IntegerKind, attr_int
+from edgec.targets.integer.kind import attr_int
 from edgec.targets.integer.qdq import Group, Refuse
+from edgec.targets.integer.weighted import WeightedKind
 
 _AUTO_PAD_OK = ("NOTSET", "VALID", b"NOTSET", b"VALID")
 
@@ -40,13 +40,12 @@ def _layout_2d(node: gs.Node, rank: int) -> dict[str, list[int]]:
     return {"strides": strides, "pads": pads, "dilations": dilations}
 
 
-class IntegerConv(IntegerKind):
+class IntegerConv(WeightedKind):
     """int8 convolution with a per-channel requantization and a fused clamp."""
 
     op_type: ClassVar[str] = "IntegerConv"
     float_ops: ClassVar[tuple[str, ...]] = ("Conv",)
     kernel: ClassVar[str] = "integer conv2d"
-    constants: ClassVar[tuple[str, ...]] = ("weight", "bias", "multiplier", "shift")
 
     def refusal(self, node: gs.Node, graph: EdgeGraph) -> str | None:
         weight = node.inputs[1] if len(node.inputs) > 1 else None
@@ -68,37 +67,11 @@ class IntegerConv(IntegerKind):
             raise Refuse(f"{qdq.label(node)} is a {w.ndim - 2}-D convolution; only 1-D and 2-D are lowered")
         if axis not in (0, -1):
             raise Refuse(f"{qdq.label(node)} weights are quantized along axis {axis}, not the output channel")
-        layout = _layout_2d(node, w.ndim)
+        attrs = {**_layout_2d(node, w.ndim), "group": int(node.attrs.get("group", 1))}
         if w.ndim == 3:
             w = w[:, :, None, :]
-        channels = w.shape[0]
-        acc_scale = np.float64(x.scale) * np.broadcast_to(sw, (channels,))
-        wsum = w.astype(np.int64).reshape(channels, -1).sum(axis=1)
-        bias = qdq.bias(node.inputs[2] if len(node.inputs) > 2 else None, acc_scale, channels)
-        bias = bias - x.zero_point * wsum
-        if np.any(bias < INT32_MIN) or np.any(bias > INT32_MAX):
-            raise Refuse(f"{qdq.label(node)} bias does not fit int32")
-        lo, hi = qdq.clamp_bounds(group.act, group.scale, group.zero_point)
-        mult, shift = quantize_multiplier(acc_scale / group.scale)
-        attrs = {
-            **layout,
-            "group": int(node.attrs.get("group", 1)),
-            "x_zero_point": x.zero_point,
-            "y_zero_point": group.zero_point,
-            "lo": lo,
-            "hi": hi,
-            "rounding": group.rounding,
-        }
-        constants = {
-            "weight": np.ascontiguousarray(w.astype(np.int8)),
-            "bias": bias.astype(np.int32),
-            "multiplier": mult.astype(np.int32),
-            "shift": shift.astype(np.int32),
-        }
-        return [self.make(graph, node.name, node.op, [x.tensor], group.output, attrs, constants)]
-
-    def weights(self, node: gs.Node) -> str:
-        return "int8"
+        sums = w.astype(np.int64).reshape(w.shape[0], -1).sum(axis=1)
+        return [self.weighted_node(graph, group, x, w, sw, sums, attrs)]
 
     def emit(self, bb: Any, node: gs.Node, args: list[Any]) -> Any:
         from tvm import relax

@@ -20,22 +20,20 @@ from edgec.ir import EdgeGraph
 from edgec.targets.integer import qdq
 from edgec.targets.integer.arith import check_int32
 from edgec.targets.integer.epilogue import emit_finish, finish
-from edgec.targets.integer.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier
-from edgec.targets.integer.kind import IntegerKind
 from edgec.targets.integer.qdq import Group, Refuse
+from edgec.targets.integer.weighted import WeightedKind
 
 
 def _two_activations(op: str) -> str:
     return f"{op} of two activations has no integer kernel (its second operand is not a constant weight)"
 
 
-class IntegerMatMul(IntegerKind):
+class IntegerMatMul(WeightedKind):
     """int8 ``x @ W`` with a per-column requantization and a fused clamp."""
 
     op_type: ClassVar[str] = "IntegerMatMul"
     float_ops: ClassVar[tuple[str, ...]] = ("Gemm", "MatMul")
     kernel: ClassVar[str] = "integer matmul"
-    constants: ClassVar[tuple[str, ...]] = ("weight", "bias", "multiplier", "shift")
 
     def refusal(self, node: gs.Node, graph: EdgeGraph) -> str | None:
         weight = node.inputs[1] if len(node.inputs) > 1 else None
@@ -54,7 +52,6 @@ class IntegerMatMul(IntegerKind):
         if weight is not None and not isinstance(weight.inputs[0], gs.Constant):
             raise Refuse(_two_activations(node.op))
         w, sw, axis = qdq.weight(node.inputs[1])
-        bias_tensor = None
         if node.op == "Gemm":
             attrs = node.attrs
             if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
@@ -62,35 +59,11 @@ class IntegerMatMul(IntegerKind):
             if attrs.get("transB", 0):
                 w = w.T
                 axis = {0: 1, 1: 0}.get(axis, axis)
-            bias_tensor = node.inputs[2] if len(node.inputs) > 2 else None
         if w.ndim != 2:
             raise Refuse(f"{qdq.label(node)} has a {w.ndim}-D constant operand; only 2-D weights are lowered")
         if axis not in (1, -1):
             raise Refuse(f"{qdq.label(node)} weights are quantized along axis {axis}, not the output column")
-        channels = w.shape[1]
-        acc_scale = np.float64(x.scale) * np.broadcast_to(sw, (channels,))
-        bias = qdq.bias(bias_tensor, acc_scale, channels) - x.zero_point * w.astype(np.int64).sum(axis=0)
-        if np.any(bias < INT32_MIN) or np.any(bias > INT32_MAX):
-            raise Refuse(f"{qdq.label(node)} bias does not fit int32")
-        lo, hi = qdq.clamp_bounds(group.act, group.scale, group.zero_point)
-        mult, shift = quantize_multiplier(acc_scale / group.scale)
-        attrs = {
-            "x_zero_point": x.zero_point,
-            "y_zero_point": group.zero_point,
-            "lo": lo,
-            "hi": hi,
-            "rounding": group.rounding,
-        }
-        constants = {
-            "weight": np.ascontiguousarray(w.astype(np.int8)),
-            "bias": bias.astype(np.int32),
-            "multiplier": mult.astype(np.int32),
-            "shift": shift.astype(np.int32),
-        }
-        return [self.make(graph, node.name, node.op, [x.tensor], group.output, attrs, constants)]
-
-    def weights(self, node: gs.Node) -> str:
-        return "int8"
+        return [self.weighted_node(graph, group, x, w, sw, w.astype(np.int64).sum(axis=0), {})]
 
     def emit(self, bb: Any, node: gs.Node, args: list[Any]) -> Any:
         from tvm import relax

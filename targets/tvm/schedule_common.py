@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "DATA_PAR",
     "MIN_PARALLEL_ELEMENTS",
     "SCHEDULE_ERRORS",
+    "CpuRule",
     "CpuVectorInfo",
     "cpu_vector_info",
     "extent",
@@ -118,3 +120,26 @@ def vectorize_tail(sch: s_tir.Schedule, loop: s_tir.LoopRV, lanes: int) -> None:
         return
     _, inner = sch.split(loop, [None, lanes])
     sch.vectorize(inner)
+
+
+class CpuRule(ScheduleRule):
+    """A CPU schedule rule parameterised by the vector info: ``schedule`` returns the schedule or
+    ``None`` (declined); a schedule primitive that refuses also declines, so odd shapes fall
+    back to the next rule instead of failing the build."""
+
+    def __init__(self, info: CpuVectorInfo) -> None:
+        self.info = info
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self.schedule(s_tir.Schedule(func))
+        except SCHEDULE_ERRORS:
+            return None
+
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        raise NotImplementedError

@@ -38,6 +38,7 @@ from .schedule_common import (
     DATA_PAR,
     MIN_PARALLEL_ELEMENTS,
     SCHEDULE_ERRORS,
+    CpuRule,
     CpuVectorInfo,
     cpu_vector_info,
     extent,
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-class ParallelVectorize(ScheduleRule):
+class ParallelVectorize(CpuRule):
     """Fallback for everything else: parallel outer loops, vectorised inner spatial loop.
 
     Elementwise blocks are inlined first. For a block with reduction loops (pooling, means over
@@ -66,26 +67,14 @@ class ParallelVectorize(ScheduleRule):
     it can be vectorised.
     """
 
-    def __init__(self, info: CpuVectorInfo) -> None:
-        self.info = info
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
-
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        blocks = root_blocks(sch)
+        if not blocks:
             return None
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = root_blocks(sch)
-            if not blocks:
-                return None
-            inline_spatial_chain(sch, blocks[:-1])
-            changed = False
-            for block in root_blocks(sch):
-                changed |= self._schedule_block(sch, block)
-        except SCHEDULE_ERRORS:
-            return None
+        inline_spatial_chain(sch, blocks[:-1])
+        changed = False
+        for block in root_blocks(sch):
+            changed |= self._schedule_block(sch, block)
         return sch if changed else None
 
     def _schedule_block(self, sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import math
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target import Target
+from tvm import s_tir
 
 from .schedule_common import (
     COMM_REDUCE,
     DATA_PAR,
-    SCHEDULE_ERRORS,
-    CpuVectorInfo,
+    CpuRule,
     extent,
     is_spatial,
     iter_types,
@@ -25,14 +22,8 @@ from .schedule_common import (
 __all__ = ["Conv2dNHWC", "Matmul"]
 
 
-class Conv2dNHWC(ScheduleRule):
+class Conv2dNHWC(CpuRule):
     """Register-tiled NHWC/HWIO conv2d with its elementwise epilogue fused in."""
-
-    def __init__(self, info: CpuVectorInfo) -> None:
-        self.info = info
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
 
     def pick_tiles(self, width: int, out_channels: int) -> tuple[int, int]:
         """The (output columns, output channels) register tile for a conv layer.
@@ -73,16 +64,7 @@ class Conv2dNHWC(ScheduleRule):
             return 1, 1
         return best[1], best[2]
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        try:
-            return self._schedule(sch)
-        except SCHEDULE_ERRORS:
-            return None  # a primitive refused (odd shape or epilogue): leave it to later rules
-
-    def _schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = root_blocks(sch)
         names = [sch.get(b).name_hint for b in blocks]
         convs = [i for i, n in enumerate(names) if n.startswith("conv2d_nhwc")]
@@ -150,7 +132,7 @@ class Conv2dNHWC(ScheduleRule):
         return sch
 
 
-class Matmul(ScheduleRule):
+class Matmul(CpuRule):
     """``out[i, j] = sum_k x[i, k] * W[k, j]`` (+ epilogue), vectorised over ``j``.
 
     This is the form Gemm/MatMul layers with constant weights take after import (the frontend
@@ -158,22 +140,7 @@ class Matmul(ScheduleRule):
     given ``k`` is contiguous.
     """
 
-    def __init__(self, info: CpuVectorInfo) -> None:
-        self.info = info
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
-
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        try:
-            return self._schedule(sch)
-        except SCHEDULE_ERRORS:
-            return None
-
-    def _schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = root_blocks(sch)
         names = [sch.get(b).name_hint for b in blocks]
         if not names or not names[0].startswith("matmul"):
