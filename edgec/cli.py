@@ -408,8 +408,9 @@ def passes(as_json: bool) -> None:
 def targets(as_json: bool) -> None:
     """List the compilation targets."""
     from edgec.targets import all_targets
+    from edgec.targets.registry import plugin_source
 
-    entries = [t.describe() for t in all_targets().values()]
+    entries = [{**t.describe(), "plugin": plugin_source(name)} for name, t in all_targets().items()]
     if as_json:
         _echo_json({"targets": entries})
         return
@@ -417,7 +418,8 @@ def targets(as_json: bool) -> None:
         budgets = ""
         if entry["flash_bytes"]:
             budgets = f" (flash {entry['flash_bytes'] // 1024} KiB, RAM {entry['ram_bytes'] // 1024} KiB)"
-        click.echo(f"{entry['name']:<14} {entry['description']}{budgets}")
+        origin = f" [plugin: {entry['plugin']}]" if entry["plugin"] else ""
+        click.echo(f"{entry['name']:<14} {entry['description']}{budgets}{origin}")
 
 
 if __name__ == "__main__":
