@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from importlib.metadata import entry_points
 
 from edgec.errors import EdgecError
+from edgec.plugins import load_entry_points
 from edgec.targets.base import Target
 
 ENTRY_POINT_GROUP = "edgec.targets"
@@ -39,16 +39,7 @@ def _load() -> None:
     for module in pkgutil.iter_modules(package.__path__, prefix="edgec.targets."):
         if not module.ispkg and module.name.rsplit(".", 1)[1] not in ("base", "registry"):
             importlib.import_module(module.name)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        before = set(_TARGETS)
-        try:
-            loaded = entry.load()
-        except ImportError as exc:
-            raise EdgecError(f"target plugin '{entry.name}' ({entry.value}) failed to import: {exc}") from None
-        if callable(loaded) and not isinstance(loaded, type):
-            loaded()
-        for name in set(_TARGETS) - before:
-            _PLUGIN_SOURCES[name] = entry.dist.name if entry.dist else entry.value
+    _PLUGIN_SOURCES.update(load_entry_points(ENTRY_POINT_GROUP, lambda: set(_TARGETS), "target"))
 
 
 def all_targets() -> dict[str, Target]:
