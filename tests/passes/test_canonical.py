@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgec.ir import EdgeGraph, op_sequence
-from tests.helpers import assert_same_outputs, make_model, run_pipeline
+from tests.helpers import assert_same_outputs, covers, make_model, run_pipeline
 
 F = TensorProto.FLOAT
 
@@ -30,6 +30,7 @@ def _sum_model(count: int, domain: str = "") -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=opsets)
 
 
+@covers("split-sum", kind="structural")
 def test_split_sum_writes_an_add_chain_named_after_the_sum():
     graph, (record,) = run_pipeline("split-sum", _sum_model(3))
     assert op_sequence(graph) == ["Add", "Add", "Add", "Relu"]
@@ -39,6 +40,7 @@ def test_split_sum_writes_an_add_chain_named_after_the_sum():
     assert [n.name.startswith("total_partial") for n in graph.nodes[:2]] == [True, True]
 
 
+@covers("split-sum", kind="numeric")
 def test_split_sum_computes_the_same_values():
     model = _sum_model(4)
     graph, _ = run_pipeline("split-sum", model)  # verified (lossless) by the pass manager too
@@ -60,6 +62,7 @@ def test_a_one_input_sum_is_its_input():
     assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("split-sum", kind="negative")
 def test_a_sum_of_another_domain_is_refused_with_the_reason():
     model = _sum_model(2, domain="com.example")
     before = EdgeGraph.from_onnx(model).text()

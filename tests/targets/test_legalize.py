@@ -24,7 +24,7 @@ from edgec.ir import EdgeGraph, op_sequence
 from edgec.targets.integer.reference import run_reference
 from edgec.targets.legalize.group_qdq import refusals
 from edgec.verify import run_onnx
-from tests.helpers import legalize, run_pipeline
+from tests.helpers import covers, legalize, run_pipeline
 from tests.targets.kws_model import FEATURES, FRAMES, write_kws
 
 tvm = pytest.importorskip("tvm")
@@ -51,6 +51,7 @@ def _output_step(model: onnx.ModelProto) -> float:
     return float(dq.inputs[1].values)
 
 
+@covers("group-qdq", kind="structural")
 def test_group_qdq_writes_self_describing_integer_nodes(kws_qdq):
     graph, records = run_pipeline("group-qdq", kws_qdq, verify=False)
     text = graph.text()
@@ -73,6 +74,7 @@ def test_group_qdq_writes_self_describing_integer_nodes(kws_qdq):
     assert records[0].stats["groups"] == 9 and records[0].stats["boundary"] == 5
 
 
+@covers("group-qdq", kind="numeric")
 def test_legal_graph_computes_what_tvm_builds_and_onnxruntime_within_a_step(kws_qdq):
     from tvm import relax
 
@@ -113,6 +115,7 @@ def test_integer_mul_and_conv1d_kernels_match_their_reference_exactly(kws_qdq):
     assert min(int(want[t.name].min()) for t in cut.outputs) == -128  # the clamps bite
 
 
+@covers("group-qdq", kind="negative")
 def test_refused_groups_stay_float_with_their_reason(kws_qdq):
     graph = EdgeGraph.from_onnx(kws_qdq)
     # A group group-qdq must refuse: per-channel output quantization of the classifier.

@@ -33,7 +33,7 @@ from edgec.targets.tvm.packed_layout import (
 )
 from edgec.targets.tvm.packed_weights import constant_bytes
 from edgec.verify import run_onnx
-from tests.helpers import legalize, run_pipeline
+from tests.helpers import covers, legalize, run_pipeline
 
 ort = pytest.importorskip("onnxruntime")
 tvm = pytest.importorskip("tvm")
@@ -186,6 +186,8 @@ def test_pack_is_the_onnx_layout(elem_type: int) -> None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
+@covers("pack-weights", kind="structural")
+@covers("pack-weights", kind="numeric")
 def test_packed_weights_stay_packed_and_match_onnxruntime(name: str) -> None:
     model, q, bits = _case(name)
     fp32_bytes = q.size * 4
@@ -362,6 +364,7 @@ def test_dynamic_int8_weights_stay_uint8_and_match_onnxruntime() -> None:
     np.testing.assert_allclose(_run(mod, x), run_onnx(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
 
 
+@covers("pack-weights", kind="negative")
 def test_weights_that_cannot_keep_their_width_are_left_alone_with_the_reason() -> None:
     """Negative: an int8 weight that another op also reads must stay an initializer (the pass
     refuses, with the reason, and changes nothing); a float model has nothing to pack."""
