@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from edgec.errors import Fix, UnsupportedNodeError
@@ -99,6 +100,18 @@ def _float_node(q: gs.Node) -> gs.Node | None:
     return node
 
 
+def _error(qdq: EdgeGraph, legal: EdgeGraph, seed: int) -> float:
+    """Largest output difference between the integer nodes (numpy reference) and onnxruntime
+    running the QDQ graph, on seeded random inputs."""
+    from edgec.targets.integer.reference import run_reference
+    from edgec.verify import random_inputs, run_onnx
+
+    feeds = random_inputs(qdq, seed=seed)
+    expected = run_onnx(qdq.to_onnx(), feeds)
+    got = run_reference(legal, feeds)
+    return max(float(np.max(np.abs(got[name] - value), initial=0.0)) for name, value in expected.items())
+
+
 def refusals(graph: EdgeGraph) -> dict[str, str]:
     """Float node name → why ``group-qdq`` left its group in float (from the graph's metadata)."""
     text = graph.info.metadata.get(REFUSALS_KEY)
@@ -112,11 +125,13 @@ class GroupQdq(Pass):
 
     name: ClassVar[str] = "group-qdq"
     # The integer nodes are edgec's own ops (onnxruntime cannot run them) and requantize in fixed
-    # point; the numpy reference of the legal graph checks them (tests/targets/test_integer.py).
+    # point: with verification on, the pass measures its own error (the numpy reference of the
+    # legal graph against onnxruntime on the QDQ graph, ``max_abs_error_vs_qdq``).
     lossless: ClassVar[bool] = False
     rounding: Literal["single", "double"] = "single"
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
+        before = graph.copy() if ctx.verify else None
         pools = [n for n in graph.nodes if n.op in ("AveragePool", "GlobalAveragePool")]
         if any(static_shape(node.inputs[0]) is None for node in pools):
             ctx.analyses.get("shapes", graph)  # a pool's divisor needs its input shape
@@ -148,7 +163,10 @@ class GroupQdq(Pass):
             stats["refused"] = [
                 {"node": name, "op": op, "reason": reason} for name, (op, reason) in sorted(refused.items())
             ]
-        return PassResult(graph, changed=groups.total + boundary.total > 0, stats=stats)
+        changed = groups.total + boundary.total > 0
+        if before is not None and changed:
+            stats["max_abs_error_vs_qdq"] = _error(before, graph, ctx.seed)
+        return PassResult(graph, changed=changed, stats=stats)
 
     @staticmethod
     def _refuse_planned(graph: EdgeGraph, refused: dict[str, tuple[str, str]], ctx: PassContext) -> None:
