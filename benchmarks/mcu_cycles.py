@@ -174,7 +174,7 @@ def measure(
         os.environ["EDGEC_ARM_DSP"] = "0"
     try:
         start = time.perf_counter()
-        module = target.lower(graph)
+        module = target.lower(target.legalize(graph).graph).module
         artifact = target.build(module, out, "digits")
         build_seconds = time.perf_counter() - start
     finally:

@@ -26,7 +26,7 @@ DEFAULT_TARGET = "x86"
 DEFAULT_PIPELINE = "default"
 # ``--quantize`` sugar for float16 compute (targets with fp16 arithmetic).
 FP16_COMPUTE = "fp16-compute"
-# Requantization roundings of the integer kernels (edgec.targets.tvm.integer.requantize).
+# Requantization roundings of the integer kernels (edgec.targets.integer.fixed_point.requantize).
 ROUNDINGS = ("single", "double")
 
 

@@ -112,7 +112,7 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
     import tvm
     from tvm import relax
 
-    from . import x86_int8
+    from . import arm_dsp, x86_int8
     from .schedules import apply_default_cpu_schedules
     from .weight_fusion import zero_pipeline
 
@@ -125,9 +125,10 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
         # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
         mod = zero_pipeline()(mod)
         mod = apply_default_cpu_schedules(target)(mod)
-    # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights: re-lay out the constants (a
-    # no-op when no kernel was scheduled that way).
-    return x86_int8.relayout_constant_weights(mod)
+    # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights, SMLAD kernels (Cortex-M4/M7)
+    # input-channel-innermost ones: re-lay out the constants (a no-op when no kernel was
+    # scheduled that way).
+    return arm_dsp.relayout_constant_weights(x86_int8.relayout_constant_weights(mod))
 
 
 def _fcompile(cc: str | None, cc_options: list[str] | None) -> Any:

@@ -84,7 +84,8 @@ def odd_qdq(tmp_path_factory) -> onnx.ModelProto:
 
 def _dsp_kernels(model: onnx.ModelProto, target: str) -> dict[str, list[int]]:
     """Kernel name -> shape of the weight the SMLAD rule re-laid out, for the lowered module."""
-    module = get_target(target).lower(EdgeGraph.from_onnx(model)).module
+    chosen = get_target(target)
+    module = chosen.lower(chosen.legalize(EdgeGraph.from_onnx(model)).graph).module
     found = {}
     for gv, func in module.functions.items():
         if permutation := weight_permutation(func):
