@@ -98,12 +98,15 @@ def load_model(source: Path, options: CompileOptions) -> tuple[EdgeGraph, dict[s
 
 
 def target_of(options: CompileOptions) -> Any:
-    """The target the options name, with their requantization rounding when they set one."""
+    """The target the options name, with the code-generation choices the options make (its
+    requantization rounding, its int8 micro-kernels); the manifest records them."""
     from edgec.targets import get_target
 
     target = get_target(options.target)
     if options.rounding:
         target = dataclasses.replace(target, requantize_rounding=options.rounding)
+    if not options.micro_kernels:
+        target = dataclasses.replace(target, micro_kernels=False)
     return target
 
 

@@ -54,6 +54,7 @@ class CompileOptions:
             keeps sensitive layers in float and fails the build (exit 3) when still missed.
         rounding: requantization rounding of the integer kernels, ``single`` or ``double``
             (TFLite's; default: the target's, ``single``).
+        micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -75,6 +76,7 @@ class CompileOptions:
     calibration: str | None = None
     max_accuracy_drop: float | None = None
     rounding: str | None = None
+    micro_kernels: bool = True
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
@@ -136,7 +138,7 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify") and not isinstance(value, bool):
+        elif name in ("simplify", "verify", "micro_kernels") and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
         elif name in ("seed", "flash_budget", "ram_budget") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0

@@ -106,6 +106,9 @@ class Target:
             M-profile MVE with floating point, x86 AVX512-FP16). ``lower`` refuses a graph that
             computes in float16 on a target without it: LLVM would silently emulate every fp16
             operation through float32 conversions, slower and no smaller than float32 compute.
+        micro_kernels: use the target's hand-written int8 micro-kernels (x86 ``vpmaddwd``,
+            Cortex-M4/M7 ``SMLAD``) where it has them; off, its integer convolutions and matmuls
+            are TVM's vectorised loops (``edgec compile --no-micro-kernels``, for comparisons).
     """
 
     name: str
@@ -117,6 +120,7 @@ class Target:
     ram_bytes: int | None = None
     requantize_rounding: Literal["single", "double"] = "single"
     fp16_arithmetic: bool = False
+    micro_kernels: bool = True
 
     def capabilities(self) -> Capabilities:
         """What this target runs natively (read by passes through ``PassContext.capabilities``)."""
@@ -193,6 +197,7 @@ class Target:
             "ram_bytes": self.ram_bytes,
             "requantize_rounding": self.requantize_rounding,
             "fp16_arithmetic": self.has_fp16_arithmetic(),
+            "micro_kernels": self.micro_kernels,
         }
 
 

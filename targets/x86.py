@@ -71,8 +71,8 @@ class TvmLibraryTarget(TvmTarget):
         return 512 if "avx512f" in flags else 256 if "avx" in flags else 128
 
     def int8_micro_kernel(self) -> str | None:
-        if self.mcpu:
-            return self.micro_kernel
+        if self.mcpu or not self.micro_kernels:
+            return super().int8_micro_kernel()
         return "vpmaddwd" if "avx2" in host_cpu_flags() else None
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:

@@ -186,16 +186,17 @@ class _LanesByDtype(ScheduleRule):
         return self._rules[lanes].apply(func, target, tunable)
 
 
-def default_rules(target: Target) -> list[ScheduleRule]:
-    """The CPU rules in priority order for ``target``."""
+def default_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRule]:
+    """The CPU rules in priority order for ``target`` (with its int8 micro-kernel rule first, when
+    it has one and ``micro_kernels``)."""
     from .arm_dsp import Int8DspConv, has_dsp
     from .x86_int8 import Int8PmaddwdConv, has_avx2
 
     info = cpu_vector_info(target)
     # Cortex-M4/M7: int8 conv2d/matmul with SMLAD first; x86 with AVX2: with vpmaddwd (each
     # declines anything else).
-    dsp: list[ScheduleRule] = [Int8DspConv()] if has_dsp(target) else []
-    pmaddwd: list[ScheduleRule] = [Int8PmaddwdConv()] if has_avx2(target) else []
+    dsp: list[ScheduleRule] = [Int8DspConv()] if micro_kernels and has_dsp(target) else []
+    pmaddwd: list[ScheduleRule] = [Int8PmaddwdConv()] if micro_kernels and has_avx2(target) else []
     return [
         *dsp,
         *pmaddwd,
@@ -207,7 +208,7 @@ def default_rules(target: Target) -> list[ScheduleRule]:
     ]
 
 
-def apply_default_cpu_schedules(target: Target) -> tvm.transform.Pass:
+def apply_default_cpu_schedules(target: Target, micro_kernels: bool = True) -> tvm.transform.Pass:
     """A module pass that schedules every not-yet-scheduled PrimFunc with :func:`default_rules`.
 
     Run it inside ``with target:`` (or on functions carrying a ``target`` attribute), after the
@@ -216,6 +217,7 @@ def apply_default_cpu_schedules(target: Target) -> tvm.transform.Pass:
 
     Args:
         target: The CPU target the rules are parameterised for.
+        micro_kernels: include the int8 micro-kernel rule (see :func:`default_rules`).
 
     Returns:
         The pass; scheduled functions get the ``tirx.is_scheduled`` attribute.
@@ -223,5 +225,5 @@ def apply_default_cpu_schedules(target: Target) -> tvm.transform.Pass:
     from .weight_fusion import inline_weight_decode
 
     return tvm.transform.Sequential(
-        [inline_weight_decode(), dlight.ApplyDefaultSchedule(*default_rules(target))]
+        [inline_weight_decode(), dlight.ApplyDefaultSchedule(*default_rules(target, micro_kernels))]
     )

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The legalization passes these targets name register on import: a target is usable whatever the
+# state of the installed entry points (which list them for `edgec passes`).
+import edgec.targets.legalize  # noqa: F401
 from edgec.capabilities import Capabilities
 from edgec.errors import UnsupportedNodeError
 from edgec.ir import EdgeGraph
@@ -48,8 +51,9 @@ class TvmTarget(Target):
         return self.vector_bits
 
     def int8_micro_kernel(self) -> str | None:
-        """The int8 dot-product instruction (subclasses may detect the host's)."""
-        return self.micro_kernel
+        """The int8 dot-product instruction its kernels use; ``None`` when it has none or the
+        micro-kernels are switched off."""
+        return self.micro_kernel if self.micro_kernels else None
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -74,5 +78,5 @@ class TvmTarget(Target):
         from edgec.targets.tvm.translate import translate
 
         self.check_float16_compute(graph)
-        module = optimize_for_cpu(translate(graph), self.tvm_target())
+        module = optimize_for_cpu(translate(graph), self.tvm_target(), self.micro_kernels)
         return Lowered(module, built_nodes(graph, self.capabilities()))
