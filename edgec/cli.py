@@ -88,6 +88,7 @@ def _options(ctx_params: dict[str, Any]):
         "max_accuracy_drop",
         "name",
         "rounding",
+        "threads",
     ):
         if key in ctx_params and ctx_params[key] is not None:
             value = ctx_params.pop(key)
@@ -163,6 +164,11 @@ def main() -> None:
     "no_micro_kernels",
     is_flag=True,
     help="schedule int8 kernels without the target's micro-kernels (vpmaddwd, SMLAD), for comparisons",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="threads of the built library (x86); default: the physical cores of the machine it runs on",
 )
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")
@@ -271,22 +277,25 @@ def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: b
     """Run a built artifact on inputs from a .npz file."""
     import numpy as np
 
-    from edgec.compile import run_build
+    from edgec.compile import run_build, run_threads
     from edgec.ir import atomic_path
 
     outputs, times = run_build(build_dir, Path(inputs), repeat)
+    threads = run_threads(build_dir)
     if output:
         with atomic_path(Path(output)) as temporary, temporary.open("wb") as handle:
             np.savez(handle, **outputs)
     latency = {"min": 1e3 * min(times), "median": 1e3 * float(np.median(times))} if times else None
     if as_json:
-        _echo_json({"outputs": {k: list(v.shape) for k, v in outputs.items()}, "latency_ms": latency})
+        shapes = {k: list(v.shape) for k, v in outputs.items()}
+        _echo_json({"outputs": shapes, "latency_ms": latency, "threads": threads})
         return
     for name, value in outputs.items():
         click.echo(f"{name}: {value.dtype}{list(value.shape)}")
     if latency:
         click.echo(
-            f"latency over {repeat} runs: min {latency['min']:.3f} ms, median {latency['median']:.3f} ms"
+            f"latency over {repeat} runs on {threads} thread{'s' if threads > 1 else ''}: "
+            f"min {latency['min']:.3f} ms, median {latency['median']:.3f} ms"
         )
 
 

@@ -99,10 +99,17 @@ def load_model(source: Path, options: CompileOptions) -> tuple[EdgeGraph, dict[s
 
 def target_of(options: CompileOptions) -> Any:
     """The target the options name, with the code-generation choices the options make (its
-    requantization rounding, its int8 micro-kernels); the manifest records them."""
+    requantization rounding, its int8 micro-kernels, its threads); the manifest records them."""
     from edgec.targets import get_target
 
     target = get_target(options.target)
+    if options.threads:
+        if not any(f.name == "threads" for f in dataclasses.fields(target)):
+            raise EdgecError(
+                f"--threads sets the thread pool of a TVM runtime library; target '{target.name}' "
+                "builds runtime-free C, which runs on the caller's thread"
+            )
+        target = dataclasses.replace(target, threads=options.threads)
     if options.rounding:
         target = dataclasses.replace(target, requantize_rounding=options.rounding)
     if not options.micro_kernels:
@@ -320,7 +327,7 @@ def compile_model(
             artifact = target.build(module, build_dir, name)
         timings["build"] = time.perf_counter() - start
         save(prepared.graph, build_dir / "optimized.onnx")
-        manifest_stub = {**_signature(prepared), "target": {"name": target.name}}
+        manifest_stub = {**_signature(prepared), "target": target.describe()}
         start = time.perf_counter()
         with progress.step("measuring the artifact against onnxruntime"):
             error = _measure_error(
@@ -397,6 +404,18 @@ def optimize_model(
     prepared = prepare(source, options, progress)
     save(prepared.graph, output)
     return prepared
+
+
+def run_threads(build_dir: str | Path) -> int:
+    """The threads a built artifact runs with on this machine, in this environment."""
+    from edgec.manifest import read_manifest
+    from edgec.targets import get_target
+
+    manifest = read_manifest(Path(build_dir))
+    try:
+        return get_target(manifest["target"]["name"]).run_threads(manifest)
+    except ValueError as err:  # a malformed TVM_NUM_THREADS
+        raise EdgecError(str(err)) from err
 
 
 def run_build(

@@ -55,6 +55,8 @@ class CompileOptions:
         rounding: requantization rounding of the integer kernels, ``single`` or ``double``
             (TFLite's; default: the target's, ``single``).
         micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
+        threads: threads of a TVM runtime library (x86); 0 = the physical cores of the machine
+            it runs on (``TVM_NUM_THREADS`` at run time still wins).
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -77,6 +79,7 @@ class CompileOptions:
     max_accuracy_drop: float | None = None
     rounding: str | None = None
     micro_kernels: bool = True
+    threads: int = 0
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
@@ -140,7 +143,7 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
         elif name in ("simplify", "verify", "micro_kernels") and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
-        elif name in ("seed", "flash_budget", "ram_budget") and (
+        elif name in ("seed", "flash_budget", "ram_budget", "threads") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0
         ):
             raise EdgecError(f"{source}: '{key}' must be a non-negative integer")

@@ -186,6 +186,10 @@ class Target:
         """Runs a built artifact; returns outputs in order and, if ``repeat``, per-run seconds."""
         raise NotImplementedError
 
+    def run_threads(self, manifest: dict[str, Any]) -> int:
+        """The threads an artifact built with ``manifest`` runs with here (runtime-free C: one)."""
+        return 1
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

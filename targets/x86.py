@@ -45,10 +45,18 @@ def host_cpu_flags() -> frozenset[str]:
 
 @dataclass(frozen=True)
 class TvmLibraryTarget(TvmTarget):
-    """A Linux target whose artifact is a TVM shared library run by the TVM runtime."""
+    """A Linux target whose artifact is a TVM shared library run by the TVM runtime.
+
+    Attributes:
+        mcpu, mattr: the LLVM CPU and features (empty: this host's).
+        threads: the threads the library runs with (``edgec compile --threads N``); 0, the
+            default, is the physical cores of the machine it runs on. ``TVM_NUM_THREADS`` or
+            ``OMP_NUM_THREADS`` in the environment still win (:mod:`edgec.targets.tvm.threads`).
+    """
 
     mcpu: str = ""
     mattr: tuple[str, ...] = ()
+    threads: int = 0
 
     def tvm_target(self) -> dict[str, Any]:
         target: dict[str, Any] = {"kind": "llvm", "mcpu": self.mcpu or host_cpu_name()}
@@ -79,7 +87,7 @@ class TvmLibraryTarget(TvmTarget):
         from edgec.targets.tvm.build import build_shared_library
 
         library = out_dir / LIBRARY
-        build_shared_library(module, self.tvm_target(), library)
+        build_shared_library(module, self.tvm_target(), library, threads=self.threads)
         return Artifact(out_dir, (LIBRARY,), sizes={"library_bytes": library.stat().st_size})
 
     def run(
@@ -88,9 +96,19 @@ class TvmLibraryTarget(TvmTarget):
         from edgec.targets.tvm.build import run_shared_library, time_shared_library
 
         library = build_dir / LIBRARY
-        outputs = run_shared_library(library, inputs)
-        times = time_shared_library(library, inputs, repeat) if repeat else []
+        threads = int(manifest.get("target", {}).get("threads") or 0)
+        outputs = run_shared_library(library, inputs, threads)
+        times = time_shared_library(library, inputs, repeat, threads) if repeat else []
         return outputs, times
+
+    def run_threads(self, manifest: dict[str, Any]) -> int:
+        from edgec.targets.tvm.threads import requested_threads
+
+        return requested_threads(int(manifest.get("target", {}).get("threads") or 0))[0]
+
+    def describe(self) -> dict[str, Any]:
+        # 0 is recorded as 0: "the physical cores of the machine it runs on".
+        return {**super().describe(), "threads": self.threads}
 
 
 register_target(

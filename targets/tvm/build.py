@@ -133,21 +133,44 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = 
     return arm_dsp.relayout_constant_weights(x86_int8.relayout_constant_weights(mod))
 
 
-def _fcompile(cc: str | None, cc_options: list[str] | None) -> Any:
-    """The link step for ``export_library``: host gcc, or ``cc`` (a cross compiler)."""
+def _fcompile(cc: str | None, cc_options: list[str] | None, extra_objects: list[str]) -> Any:
+    """The link step for ``export_library``: host gcc, or ``cc`` (a cross compiler), with
+    ``extra_objects`` (edgec's own objects, such as the thread default) linked in."""
     from tvm.support import cc as tvm_cc
 
     options = list(cc_options or [])
-    if cc is None and not options:
-        return tvm_cc.create_shared
-
-    def create_shared(output: str, objects: list[str], options: list[str] | None = None) -> None:
-        # export_library adds its own options (include paths for C modules); keep ours first.
-        tvm_cc.create_shared(output, objects, options=extra + list(options or []), cc=compiler)
-
     compiler = cc or tvm_cc.get_cc() or "gcc"
-    extra = options
+
+    def create_shared(output: str, objects: list[str], options_: list[str] | None = None) -> None:
+        # export_library adds its own options (include paths for C modules); keep ours first.
+        tvm_cc.create_shared(
+            output, [*objects, *extra_objects], options=options + list(options_ or []), cc=compiler
+        )
+
     return create_shared
+
+
+def _thread_default_object(cc: str | None, threads: int, folder: pathlib.Path) -> str:
+    """``edgec_threads.c`` compiled for the library (see :mod:`.threads`)."""
+    import subprocess
+
+    from .c_emitter import runtime_dir
+
+    obj = folder / "edgec_threads.o"
+    command = [
+        cc or "gcc",
+        "-c",
+        "-O2",
+        "-fPIC",
+        f"-DEDGEC_THREADS={int(threads)}",
+        str(runtime_dir() / "edgec_threads.c"),
+        "-o",
+        str(obj),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ToolchainError(f"compiling edgec_threads.c failed: {done.stderr.strip()}")
+    return str(obj)
 
 
 def build_shared_library(
@@ -157,6 +180,7 @@ def build_shared_library(
     *,
     cc: str | None = None,
     cc_options: list[str] | None = None,
+    threads: int = 0,
 ) -> None:
     """Compile a (scheduled) Relax module and link it into a shared library for the Relax VM.
 
@@ -171,6 +195,9 @@ def build_shared_library(
         cc: The linker driver; ``None`` uses the host compiler (``$CXX`` or g++), a cross
             target needs e.g. ``"aarch64-linux-gnu-gcc"``.
         cc_options: Extra linker options.
+        threads: The thread count the library defaults to when loaded (0: the physical cores of
+            the machine it runs on); ``TVM_NUM_THREADS``/``OMP_NUM_THREADS`` still win
+            (:mod:`.threads`).
 
     Raises:
         ToolchainError: If the compiler driver is missing or the link fails.
@@ -201,9 +228,10 @@ def build_shared_library(
         with tempfile.TemporaryDirectory(prefix="edgec-link-") as scratch:
             workspace = pathlib.Path(scratch) / "ws"
             workspace.mkdir()
+            extra = [_thread_default_object(cc, threads, pathlib.Path(scratch))]
             try:
                 executable.export_library(
-                    tmp_name, fcompile=_fcompile(cc, cc_options), workspace_dir=str(workspace)
+                    tmp_name, fcompile=_fcompile(cc, cc_options, extra), workspace_dir=str(workspace)
                 )
             except RuntimeError as err:
                 raise ToolchainError(f"linking {out_path.name} failed: {err}") from err
@@ -214,14 +242,20 @@ def build_shared_library(
             os.unlink(tmp_name)
 
 
-def _load_vm(lib_path: pathlib.Path) -> Any:
+def _load_vm(lib_path: pathlib.Path, threads: int = 0) -> Any:
     import tvm
     from tvm import relax
+
+    from .threads import configure_thread_pool
 
     lib_path = pathlib.Path(lib_path)
     if not lib_path.is_file():
         raise EdgecError(f"no compiled library at {lib_path}; build the model first")
     lib = tvm.runtime.load_module(str(lib_path))
+    try:
+        configure_thread_pool(threads)
+    except ValueError as err:
+        raise EdgecError(str(err)) from err
     return relax.VirtualMachine(lib, tvm.cpu())
 
 
@@ -252,22 +286,28 @@ def _to_device(inputs: list[np.ndarray]) -> list[Any]:
     return [tvm.runtime.tensor(np.asarray(x, order="C"), dev) for x in inputs]
 
 
-def run_shared_library(lib_path: pathlib.Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+def run_shared_library(
+    lib_path: pathlib.Path, inputs: list[np.ndarray], threads: int = 0
+) -> list[np.ndarray]:
     """Run a library built by :func:`build_shared_library` on the host CPU.
 
     Args:
         lib_path: The ``.so``.
         inputs: One array per model input, in the model's input order.
+        threads: The thread count it was compiled with (0: the physical cores; see
+            :func:`.threads.requested_threads`).
 
     Returns:
         The outputs as numpy arrays, tuple outputs flattened in order.
     """
-    vm = _load_vm(lib_path)
+    vm = _load_vm(lib_path, threads)
     result = vm["main"](*_to_device(inputs))
     return _flatten(result, [])
 
 
-def time_shared_library(lib_path: pathlib.Path, inputs: list[np.ndarray], repeat: int) -> list[float]:
+def time_shared_library(
+    lib_path: pathlib.Path, inputs: list[np.ndarray], repeat: int, threads: int = 0
+) -> list[float]:
     """Time ``repeat`` runs of a library (after one warm-up run).
 
     Inputs are copied to the device once; each timing covers one call of ``main`` including
@@ -277,13 +317,14 @@ def time_shared_library(lib_path: pathlib.Path, inputs: list[np.ndarray], repeat
         lib_path: The ``.so``.
         inputs: One array per model input.
         repeat: How many timed runs (at least 1).
+        threads: As for :func:`run_shared_library`.
 
     Returns:
         Seconds per run, in run order.
     """
     if repeat < 1:
         raise EdgecError(f"repeat must be at least 1, got {repeat}")
-    vm = _load_vm(lib_path)
+    vm = _load_vm(lib_path, threads)
     main = vm["main"]
     args = _to_device(inputs)
     main(*args)
