@@ -93,6 +93,38 @@ def _fold_constants_with_numpy() -> tvm.transform.Pass:
     return fold
 
 
+def _clip_as_min_max() -> tvm.transform.Pass:
+    """``clip(x, lo, hi)`` as ``minimum(maximum(x, lo), hi)``, which layout conversion can see through.
+
+    ``ConvertLayout`` knows no layout for ``relax.clip`` (the frontend's Clip, Relu6, HardSwish,
+    HardSigmoid), so in an NHWC graph it wraps every clip in two transposes to NCHW and back: two
+    extra passes over the tensor, and a kernel the conv epilogue cannot absorb. Broadcast
+    ``maximum``/``minimum`` follow any layout.
+    """
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, op: Any) -> Any:
+            call = self.visit_expr_post_order(op)
+            if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.clip":
+                return call
+            x, low, high = call.args
+            dtype = x.ty.dtype
+            bounded = self.builder_.emit(relax.op.maximum(x, relax.const(float(low.value), dtype)))
+            return relax.op.minimum(bounded, relax.const(float(high.value), dtype))
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecClipAsMinMax")
+    def rewrite(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = Rewriter(mod).visit_expr(func)
+        return mod
+
+    return rewrite
+
+
 def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True) -> tvm.IRModule:
     """Lower a Relax module to scheduled TIR for a CPU, ready for ``tvm.compile``.
 
@@ -122,6 +154,7 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = 
     with target:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = _fold_constants_with_numpy()(mod)
+        mod = _clip_as_min_max()(mod)
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = _fold_constants_with_numpy()(mod)
         # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.

@@ -47,11 +47,12 @@ from .schedule_common import (
     root_blocks,
     vectorize_tail,
 )
-from .tiled_schedules import Conv2dNHWC, Matmul
+from .tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, Matmul
 
 __all__ = [
     "Conv2dNHWC",
     "CpuVectorInfo",
+    "DepthwiseConv2dNHWC",
     "Matmul",
     "ParallelVectorize",
     "apply_default_cpu_schedules",
@@ -201,6 +202,7 @@ def default_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRu
         *dsp,
         *pmaddwd,
         _LanesByDtype(Conv2dNHWC, info),
+        _LanesByDtype(DepthwiseConv2dNHWC, info),
         _LanesByDtype(Matmul, info),
         dlight.cpu.GEMV(),
         _Reduction(),
