@@ -89,10 +89,12 @@ def _options(ctx_params: dict[str, Any]):
         "name",
         "rounding",
         "threads",
+        "db",
+        "tune",
     ):
         if key in ctx_params and ctx_params[key] is not None:
             value = ctx_params.pop(key)
-            overrides[key] = Path(value) if key in ("inputs", "eval", "calib") else value
+            overrides[key] = Path(value) if key in ("inputs", "eval", "calib", "db") else value
     return base.merged(overrides)
 
 
@@ -170,6 +172,10 @@ def main() -> None:
     type=click.IntRange(min=1),
     help="threads of the built library (x86); default: the physical cores of the machine it runs on",
 )
+@click.option("--db", type=click.Path(), help="tuning database folder (edgec tune): apply its best schedules")
+@click.option(
+    "--tune", type=click.IntRange(min=1), metavar="N", help="tune N MetaSchedule trials into --db first"
+)
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
@@ -196,6 +202,27 @@ def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) 
     if depfile:
         write_depfile(Path(depfile), Path(output), Path(model), options)
     print_manifest(manifest, as_json)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--target", "-t", help="compilation target (see 'edgec targets'); default x86")
+@click.option("--trials", type=click.IntRange(min=1), required=True, help="MetaSchedule trials for the model")
+@click.option("--db", required=True, type=click.Path(), help="tuning database folder (created, resumable)")
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="threads the kernels are tuned for (default: cores)"
+)
+@_import_options
+@_pipeline_options
+@click.option("--json", "as_json", is_flag=True, help="print the tuning report as JSON")
+@click.option("--quiet", "-q", is_flag=True, help="no progress output")
+def tune(model: str, trials: int, as_json: bool, quiet: bool, **params: Any) -> None:
+    """Tune MODEL's kernels for a target with MetaSchedule into a database (edgec compile --db)."""
+    from edgec.progress import Progress
+    from edgec.report import print_tune_report
+    from edgec.tune import tune_model
+
+    print_tune_report(tune_model(model, _options(params), trials, Progress(quiet=quiet or as_json)), as_json)
 
 
 @main.command()

@@ -110,6 +110,12 @@ def target_of(options: CompileOptions) -> Any:
                 "builds runtime-free C, which runs on the caller's thread"
             )
         target = dataclasses.replace(target, threads=options.threads)
+    if options.tune and not options.db:
+        raise EdgecError("--tune N keeps what it learns in a database: add --db DIR")
+    if options.db:
+        if not any(f.name == "tuning_database" for f in dataclasses.fields(target)):
+            raise EdgecError(f"target '{target.name}' is not built through TVM; --db has nothing to tune")
+        target = dataclasses.replace(target, tuning_database=str(options.db))
     if options.rounding:
         target = dataclasses.replace(target, requantize_rounding=options.rounding)
     if not options.micro_kernels:
@@ -307,6 +313,11 @@ def compile_model(
     # The import path and the legalization already ran on this graph: check what is left, as it is.
     check_model(graph, target.name, pipeline="", legalize=False).raise_if_unsupported()
     name = options.name or _c_identifier(source.stem)
+    tuning = None
+    if options.tune:
+        start = time.perf_counter()
+        tuning = target.tune(graph, options.tune, seed=options.seed, progress=progress).as_dict()
+        timings["tune"] = time.perf_counter() - start
     with atomic_path(out_dir, directory=True) as build_dir:
         start = time.perf_counter()
         with progress.step(f"lowering to TVM Relax for {target.name}"):
@@ -366,6 +377,7 @@ def compile_model(
             },
             "sizes": sizes,
             "error": error,
+            "tuning": {**lowered.details.get("tuning", {}), **(tuning or {})} or None,
             "artifact": artifact.details,
             "files": file_hashes(build_dir),
             "status": {"ok": not failures, "failed_gates": failures},

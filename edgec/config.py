@@ -57,6 +57,9 @@ class CompileOptions:
         micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
         threads: threads of a TVM runtime library (x86); 0 = the physical cores of the machine
             it runs on (``TVM_NUM_THREADS`` at run time still wins).
+        db: a tuning database folder; its best records for the target, CPU and threads replace
+            the default schedules of the kernels they cover.
+        tune: MetaSchedule trials to run into ``db`` before building (0: none).
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -80,6 +83,8 @@ class CompileOptions:
     rounding: str | None = None
     micro_kernels: bool = True
     threads: int = 0
+    db: Path | None = None
+    tune: int = 0
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
@@ -116,7 +121,7 @@ class CompileOptions:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(CompileOptions)} - {"config_file"}
-_PATH_FIELDS = {"inputs", "eval", "calib"}
+_PATH_FIELDS = {"inputs", "eval", "calib", "db"}
 
 
 def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> dict[str, Any]:
@@ -143,7 +148,7 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
         elif name in ("simplify", "verify", "micro_kernels") and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
-        elif name in ("seed", "flash_budget", "ram_budget", "threads") and (
+        elif name in ("seed", "flash_budget", "ram_budget", "threads", "tune") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0
         ):
             raise EdgecError(f"{source}: '{key}' must be a non-negative integer")

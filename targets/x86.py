@@ -101,6 +101,11 @@ class TvmLibraryTarget(TvmTarget):
         times = time_shared_library(library, inputs, repeat, threads) if repeat else []
         return outputs, times
 
+    def tuning_threads(self) -> int:
+        from edgec.targets.tvm.threads import physical_cores
+
+        return self.threads or physical_cores()
+
     def run_threads(self, manifest: dict[str, Any]) -> int:
         from edgec.targets.tvm.threads import requested_threads
 

@@ -23,122 +23,82 @@ if TYPE_CHECKING:
 
 __all__ = [
     "build_shared_library",
+    "lower_for_cpu",
     "optimize_for_cpu",
     "run_shared_library",
     "time_shared_library",
+    "tuning_module",
 ]
 
 
-def _fold_constants_with_numpy() -> tvm.transform.Pass:
-    """Fold the weight arithmetic that layout conversion and BatchNorm decomposition create.
-
-    Relax's ``FoldConstant`` compiles and runs one LLVM kernel per folded op (about 0.4 s each):
-    40 of ResNet-50's 46 s compile went there, for HWIO transposes and BN scale/shift math that
-    numpy does in microseconds. Ops not in the table are left for ``FoldConstant``.
-    """
-    import tvm
-    from tvm import relax
-
-    def axes(call: Any, name: str) -> list[int] | None:
-        value = getattr(call.attrs, name, None)
-        return None if value is None else [int(a) for a in value]
-
-    def expand_dims(call: Any, x: np.ndarray) -> np.ndarray:
-        return np.expand_dims(x, tuple(axes(call, "axis") or ()))
-
-    table = {
-        "relax.permute_dims": lambda call, x: np.transpose(x, axes(call, "axes")),
-        "relax.expand_dims": expand_dims,
-        "relax.add": lambda call, a, b: np.add(a, b),
-        "relax.subtract": lambda call, a, b: np.subtract(a, b),
-        "relax.multiply": lambda call, a, b: np.multiply(a, b),
-        "relax.divide": lambda call, a, b: np.divide(a, b),
-        "relax.sqrt": lambda call, x: np.sqrt(x),
-        "relax.reshape": lambda call, x: x.reshape([int(d) for d in call.ty.shape]),
-    }
-
-    @relax.expr_functor.mutator
-    class Folder(relax.PyExprMutator):
-        def constant_value(self, expr: Any) -> np.ndarray | None:
-            if isinstance(expr, relax.Var):
-                expr = self.lookup_binding(expr)
-            data = getattr(expr, "value", None)  # relax.const is an ir.GenericConst in 0.27
-            return data.numpy() if isinstance(data, tvm.runtime.Tensor) else None
-
-        def visit_call_(self, op: Any) -> Any:
-            call = self.visit_expr_post_order(op)
-            if not isinstance(call.op, tvm.ir.Op) or call.op.name not in table:
-                return call
-            # reshape's second argument is a static ShapeExpr: the result type has the shape.
-            args = call.args[:1] if call.op.name == "relax.reshape" else call.args
-            values = [self.constant_value(arg) for arg in args]
-            if any(v is None for v in values):
-                return call
-            expected = call.ty
-            result = np.ascontiguousarray(table[call.op.name](call, *values))
-            if str(result.dtype) != str(expected.dtype) or list(result.shape) != [
-                int(d) for d in expected.shape
-            ]:
-                return call  # numpy promoted or broadcast differently: let TVM fold it
-            # Without the dtype, relax.const narrows int64 to int32 (requantization constants).
-            return relax.const(result, str(result.dtype))
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgecNumpyFoldConstant")
-    def fold(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = Folder(mod).visit_expr(func)
-        return relax.transform.RemoveUnusedOutputs()(relax.transform.DeadCodeElimination()(mod))
-
-    return fold
-
-
-def _clip_as_min_max() -> tvm.transform.Pass:
-    """``clip(x, lo, hi)`` as ``minimum(maximum(x, lo), hi)``, which layout conversion can see through.
-
-    ``ConvertLayout`` knows no layout for ``relax.clip`` (the frontend's Clip, Relu6, HardSwish,
-    HardSigmoid), so in an NHWC graph it wraps every clip in two transposes to NCHW and back: two
-    extra passes over the tensor, and a kernel the conv epilogue cannot absorb. Broadcast
-    ``maximum``/``minimum`` follow any layout.
-    """
-    import tvm
-    from tvm import relax
-
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, op: Any) -> Any:
-            call = self.visit_expr_post_order(op)
-            if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.clip":
-                return call
-            x, low, high = call.args
-            dtype = x.ty.dtype
-            bounded = self.builder_.emit(relax.op.maximum(x, relax.const(float(low.value), dtype)))
-            return relax.op.minimum(bounded, relax.const(float(high.value), dtype))
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgecClipAsMinMax")
-    def rewrite(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = Rewriter(mod).visit_expr(func)
-        return mod
-
-    return rewrite
-
-
-def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True) -> tvm.IRModule:
-    """Lower a Relax module to scheduled TIR for a CPU, ready for ``tvm.compile``.
+def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
+    """Lower a Relax module to unscheduled TIR kernels for a CPU.
 
     Steps: decompose inference-only ops (BatchNorm becomes a scale and shift that fold into the
-    conv epilogue), convert conv2d to NHWC/HWIO (the layout the conv schedule is written for;
+    conv epilogue), convert conv2d to NHWC/HWIO (the layout the conv schedules are written for;
     the weight transposes constant-fold), run the Relax ``zero`` pipeline (legalize, fold, fuse;
     each packed weight's unpack joins the kernel of its conv2d/matmul, :mod:`.weight_fusion`)
-    under the target, then apply :mod:`.schedules`.
+    under the target.
+    """
+    import tvm
+    from tvm import relax
+
+    from .relax_rewrites import clip_as_min_max, fold_constants_with_numpy
+    from .weight_fusion import zero_pipeline
+
+    with tvm.target.Target(tvm_target):
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = fold_constants_with_numpy()(mod)
+        mod = clip_as_min_max()(mod)
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+        mod = fold_constants_with_numpy()(mod)
+        # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
+        return zero_pipeline()(mod)
+
+
+def tuning_module(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True) -> tvm.IRModule:
+    """What MetaSchedule tunes: :func:`lower_for_cpu`'s kernels with only the int8 micro-kernel
+    rules applied (their hand-written kernels are not tuned; the float kernels stay unscheduled)."""
+    import tvm
+    from tvm.s_tir import dlight
+
+    from .schedules import micro_kernel_rules
+    from .weight_fusion import inline_weight_decode
+
+    target = tvm.target.Target(tvm_target)
+    with target:
+        mod = inline_weight_decode()(lower_for_cpu(mod, tvm_target))
+        rules = micro_kernel_rules(target, micro_kernels)
+        return dlight.ApplyDefaultSchedule(*rules)(mod) if rules else mod
+
+
+def _scheduled_kernels(mod: tvm.IRModule) -> set[str]:
+    import tvm
+
+    return {
+        gv.name_hint
+        for gv, func in mod.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+        and func.attrs is not None
+        and func.attrs.get("tirx.is_scheduled")
+    }
+
+
+def optimize_for_cpu(
+    mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True, database: Any = None
+) -> tvm.IRModule:
+    """Lower a Relax module to scheduled TIR for a CPU, ready for ``tvm.compile``.
+
+    :func:`lower_for_cpu`, then the int8 micro-kernel rules, the tuning database's best records
+    (when ``database``, a MetaSchedule database, is given) and :mod:`.schedules`' default rules
+    for the rest.
 
     Args:
         mod: A Relax module, e.g. from :func:`edgec.targets.tvm.frontend.import_onnx`.
         tvm_target: The TVM target as a JSON dict, e.g. ``{"kind": "llvm", "mcpu": "znver4"}``.
         micro_kernels: schedule int8 convolutions and matmuls with the CPU's micro-kernel
             (vpmaddwd, SMLAD) where it has one (``Target.micro_kernels``).
+        database: tuning records to apply first (:mod:`.tuning`).
 
     Returns:
         The module with every PrimFunc the rules match marked ``tirx.is_scheduled``.
@@ -148,17 +108,16 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = 
 
     from . import arm_dsp, x86_int8
     from .schedules import apply_default_cpu_schedules
-    from .weight_fusion import zero_pipeline
 
     target = tvm.target.Target(tvm_target)
+    mod = tuning_module(mod, tvm_target, micro_kernels)
+    if database is not None:
+        before = _scheduled_kernels(mod)
+        with target, database:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        # How many kernels the database scheduled, for the manifest.
+        mod = mod.with_attr("edgec.tuned_kernels", len(_scheduled_kernels(mod) - before))
     with target:
-        mod = relax.transform.DecomposeOpsForInference()(mod)
-        mod = _fold_constants_with_numpy()(mod)
-        mod = _clip_as_min_max()(mod)
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
-        mod = _fold_constants_with_numpy()(mod)
-        # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
-        mod = zero_pipeline()(mod)
         mod = apply_default_cpu_schedules(target, micro_kernels)(mod)
     # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights, SMLAD kernels (Cortex-M4/M7)
     # input-channel-innermost ones: re-lay out the constants (a no-op when no kernel was

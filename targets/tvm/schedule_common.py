@@ -15,6 +15,7 @@ __all__ = [
     "COMM_REDUCE",
     "DATA_PAR",
     "MIN_PARALLEL_ELEMENTS",
+    "MIN_PARALLEL_MACS",
     "SCHEDULE_ERRORS",
     "CpuRule",
     "CpuVectorInfo",
@@ -30,6 +31,10 @@ __all__ = [
 # A parallel loop costs a thread-pool launch (a few microseconds); below this many output
 # elements a kernel is faster on one core.
 MIN_PARALLEL_ELEMENTS = 4096
+# The same for multiply-accumulates: below this many (a few microseconds of one core's FMAs) a
+# conv or matmul spends more on waking the pool than it saves (the digits classifier: 23 us
+# parallel, under 1 us serial).
+MIN_PARALLEL_MACS = 1 << 17
 
 # TVM 0.27 has no tvm.TVMError: FFI errors arrive as RuntimeError subclasses (ScheduleError,
 # InternalError) or as ValueError/TypeError/IndexError.

@@ -57,6 +57,9 @@ __all__ = [
     "ParallelVectorize",
     "apply_default_cpu_schedules",
     "cpu_vector_info",
+    "default_rules",
+    "float_rules",
+    "micro_kernel_rules",
 ]
 
 
@@ -112,10 +115,11 @@ class ParallelVectorize(CpuRule):
         if work >= MIN_PARALLEL_ELEMENTS:
             sch.parallel(outer)
         if vectorize:
-            if reduce:
-                # The reduction init cannot share a vectorised loop with the update.
-                sch.decompose_reduction(block, reduce[0])
             vectorize_tail(sch, inner, lanes)
+            if reduce:
+                # After vectorize: the other order fails ("not compact dataflow"), and the pool
+                # was left unscheduled.
+                sch.decompose_reduction(block, reduce[0])
         return True
 
 
@@ -187,20 +191,21 @@ class _LanesByDtype(ScheduleRule):
         return self._rules[lanes].apply(func, target, tunable)
 
 
-def default_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRule]:
-    """The CPU rules in priority order for ``target`` (with its int8 micro-kernel rule first, when
-    it has one and ``micro_kernels``)."""
+def micro_kernel_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRule]:
+    """The target's int8 micro-kernel rules (SMLAD on Cortex-M4/M7, vpmaddwd on x86 AVX2), if
+    ``micro_kernels``; each declines anything but an int8 conv2d/matmul it can take."""
     from .arm_dsp import Int8DspConv, has_dsp
     from .x86_int8 import Int8PmaddwdConv, has_avx2
 
+    if not micro_kernels:
+        return []
+    return [*([Int8DspConv()] if has_dsp(target) else []), *([Int8PmaddwdConv()] if has_avx2(target) else [])]
+
+
+def float_rules(target: Target) -> list[ScheduleRule]:
+    """The register-tiled and fallback CPU rules, in priority order."""
     info = cpu_vector_info(target)
-    # Cortex-M4/M7: int8 conv2d/matmul with SMLAD first; x86 with AVX2: with vpmaddwd (each
-    # declines anything else).
-    dsp: list[ScheduleRule] = [Int8DspConv()] if micro_kernels and has_dsp(target) else []
-    pmaddwd: list[ScheduleRule] = [Int8PmaddwdConv()] if micro_kernels and has_avx2(target) else []
     return [
-        *dsp,
-        *pmaddwd,
         _LanesByDtype(Conv2dNHWC, info),
         _LanesByDtype(DepthwiseConv2dNHWC, info),
         _LanesByDtype(Matmul, info),
@@ -208,6 +213,11 @@ def default_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRu
         _Reduction(),
         _LanesByDtype(ParallelVectorize, info),
     ]
+
+
+def default_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRule]:
+    """The CPU rules in priority order for ``target`` (its int8 micro-kernel rules first)."""
+    return [*micro_kernel_rules(target, micro_kernels), *float_rules(target)]
 
 
 def apply_default_cpu_schedules(target: Target, micro_kernels: bool = True) -> tvm.transform.Pass:

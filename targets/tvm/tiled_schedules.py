@@ -5,11 +5,14 @@
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir
 
 from .schedule_common import (
     COMM_REDUCE,
     DATA_PAR,
+    MIN_PARALLEL_MACS,
     CpuRule,
     extent,
     is_spatial,
@@ -104,7 +107,8 @@ class Conv2dNHWC(CpuRule):
         else:
             sch.reorder(n, h, coo, wo, rh, rw, rc, wi_loop, cov, coi)
             outer = sch.fuse(n, h, coo)
-        sch.parallel(outer)
+        if weight_elems * rows * width >= MIN_PARALLEL_MACS:
+            sch.parallel(outer)
         if epilogue:
             last = epilogue[-1]
             sch.reverse_compute_at(last, wo)
@@ -173,7 +177,11 @@ class DepthwiseConv2dNHWC(Conv2dNHWC):
         co, cv, ci = sch.split(c, [None, vectors, lanes])
         sch.reorder(n, h, co, wo, ry, rx, rc, wi, cv, ci)
         outer = sch.fuse(n, h, co)
-        sch.parallel(outer)
+        if (
+            channels * width * (extent(sch, h) or 1) * (extent(sch, ry) or 1) * (extent(sch, rx) or 1)
+            >= MIN_PARALLEL_MACS
+        ):
+            sch.parallel(outer)
         if epilogue:
             sch.reverse_compute_at(epilogue[-1], wo)
             vectorize_tail(sch, sch.get_loops(epilogue[-1])[-1], lanes)
@@ -235,7 +243,10 @@ class Matmul(CpuRule):
         jo, jv, ji = sch.split(j, [None, vectors, lanes])
         sch.reorder(*batch, jo, io, k, ii, jv, ji)
         # Column blocks outermost: a thread's weight slice stays in cache across its rows.
-        sch.parallel(sch.fuse(*batch, jo, io))
+        outer = sch.fuse(*batch, jo, io)
+        batches = math.prod(extent(sch, b) or 1 for b in batch)
+        if batches * rows * cols * (extent(sch, k) or 1) >= MIN_PARALLEL_MACS:
+            sch.parallel(outer)
         if epilogue:
             last = epilogue[-1]
             sch.reverse_compute_at(last, sch.get_loops(mm)[0])
