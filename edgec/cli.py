@@ -165,7 +165,7 @@ def main() -> None:
     "--no-micro-kernels",
     "no_micro_kernels",
     is_flag=True,
-    help="schedule int8 kernels without the target's micro-kernels (vpmaddwd, SMLAD), for comparisons",
+    help="schedule int8 kernels without the target's micro-kernels (vpdpbusd, vpmaddwd, SMLAD), to compare",
 )
 @click.option(
     "--threads",

@@ -369,6 +369,8 @@ def compile_model(
             if prepared.context.capabilities
             else None,
             "precision": {node: built.as_dict() for node, built in sorted(lowered.nodes.items())},
+            # kernels per int8 micro-kernel instruction (what the capability promised, as built)
+            "micro_kernels": lowered.details.get("micro_kernels"),
             "graph": {
                 "nodes_original": len(prepared.original.nodes),
                 "nodes_optimized": len(prepared.graph.nodes),

@@ -2,7 +2,7 @@
 
 Both lower like every TVM target (:class:`edgec.targets.tvm.target.TvmTarget`) and build a shared
 library that the TVM runtime loads; the default CPU schedule rules of ``edgec.targets.tvm.schedules``
-give the kernels their speed (``vpmaddwd`` int8 kernels with AVX2).
+give the kernels their speed (``vpdpbusd`` int8 kernels with VNNI, ``vpmaddwd`` with AVX2).
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ class TvmLibraryTarget(TvmTarget):
     def int8_micro_kernel(self) -> str | None:
         if self.mcpu or not self.micro_kernels:
             return super().int8_micro_kernel()
-        return "vpmaddwd" if "avx2" in host_cpu_flags() else None
+        flags = host_cpu_flags()
+        if flags & {"avx512_vnni", "avx_vnni"}:
+            return "vpdpbusd"
+        return "vpmaddwd" if "avx2" in flags else None
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:
         from edgec.targets.tvm.build import build_shared_library

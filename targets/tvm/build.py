@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "build_shared_library",
     "lower_for_cpu",
+    "micro_kernels_built",
     "optimize_for_cpu",
     "run_shared_library",
     "time_shared_library",
@@ -123,6 +124,25 @@ def optimize_for_cpu(
     # input-channel-innermost ones: re-lay out the constants (a no-op when no kernel was
     # scheduled that way).
     return arm_dsp.relayout_constant_weights(x86_int8.relayout_constant_weights(mod))
+
+
+def micro_kernels_built(mod: tvm.IRModule) -> dict[str, int]:
+    """How many kernels of a scheduled module each int8 micro-kernel computes (``{"vpdpbusd": 2}``),
+    read from the weight layouts the rules recorded, so the manifest shows what the CPU got and
+    which kernels a rule declined (those are absent from the count)."""
+    from . import arm_dsp, x86_int8
+
+    counts: dict[str, int] = {}
+    for func in mod.functions.values():
+        layout = x86_int8.weight_layout(func)
+        if layout:
+            name = x86_int8.MICRO_KERNEL_BY_GROUP[next(iter(layout.values()))[0]]
+        elif arm_dsp.weight_permutation(func):
+            name = "smlad"
+        else:
+            continue
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _fcompile(cc: str | None, cc_options: list[str] | None, extra_objects: list[str]) -> Any:

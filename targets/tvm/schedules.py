@@ -192,14 +192,22 @@ class _LanesByDtype(ScheduleRule):
 
 
 def micro_kernel_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRule]:
-    """The target's int8 micro-kernel rules (SMLAD on Cortex-M4/M7, vpmaddwd on x86 AVX2), if
-    ``micro_kernels``; each declines anything but an int8 conv2d/matmul it can take."""
+    """The target's int8 micro-kernel rules (SMLAD on Cortex-M4/M7, vpdpbusd on x86 with VNNI,
+    vpmaddwd on x86 AVX2), if ``micro_kernels``; each declines anything but an int8 conv2d/matmul
+    it can take."""
     from .arm_dsp import Int8DspConv, has_dsp
     from .x86_int8 import Int8PmaddwdConv, has_avx2
+    from .x86_vnni import Int8VnniConv, vnni_lanes
 
     if not micro_kernels:
         return []
-    return [*([Int8DspConv()] if has_dsp(target) else []), *([Int8PmaddwdConv()] if has_avx2(target) else [])]
+    lanes = vnni_lanes(target)
+    return [
+        *([Int8DspConv()] if has_dsp(target) else []),
+        # VNNI first; what it declines (reductions not a multiple of 4) still gets vpmaddwd.
+        *([Int8VnniConv(lanes)] if lanes else []),
+        *([Int8PmaddwdConv()] if has_avx2(target) else []),
+    ]
 
 
 def float_rules(target: Target) -> list[ScheduleRule]:

@@ -46,7 +46,8 @@ class TvmTarget(Target):
     Attributes:
         vector_bits: the SIMD register width its kernels use (0: scalar).
         micro_kernel: the int8 dot-product instruction of its integer conv/matmul kernels
-            (``vpmaddwd`` on x86 AVX2, ``smlad`` on Cortex-M4/M7), ``None`` for plain code.
+            (``vpdpbusd`` on x86 VNNI, ``vpmaddwd`` on x86 AVX2, ``smlad`` on Cortex-M4/M7),
+            ``None`` for plain code.
         tuning_database: a tuning database root (``--db``): ``lower`` applies its best records
             for this target, CPU and thread count (:meth:`tuning_key`) before the default rules.
     """
@@ -123,7 +124,7 @@ class TvmTarget(Target):
         )
 
     def lower(self, graph: EdgeGraph) -> Lowered:
-        from edgec.targets.tvm.build import optimize_for_cpu
+        from edgec.targets.tvm.build import micro_kernels_built, optimize_for_cpu
         from edgec.targets.tvm.report import built_nodes
         from edgec.targets.tvm.translate import translate
 
@@ -138,9 +139,7 @@ class TvmTarget(Target):
         tuned = (
             int(module.attrs["edgec.tuned_kernels"]) if "edgec.tuned_kernels" in (module.attrs or {}) else 0
         )
-        details = (
-            {"tuning": {**asdict(self.tuning_key()), "kernels_from_database": tuned}}
-            if self.tuning_database
-            else {}
-        )
+        details: dict = {"micro_kernels": micro_kernels_built(module)}
+        if self.tuning_database:
+            details["tuning"] = {**asdict(self.tuning_key()), "kernels_from_database": tuned}
         return Lowered(module, built_nodes(graph, self.capabilities()), details)
