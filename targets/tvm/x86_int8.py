@@ -54,6 +54,7 @@ __all__ = [
     "PMADDWD_INTRIN",
     "WEIGHT_LAYOUT_ATTR",
     "Int8PmaddwdConv",
+    "dot_product_desc",
     "has_avx2",
     "pair_interleave",
     "relayout_constant_weights",
@@ -90,18 +91,24 @@ def has_avx2(target: Target | dict) -> bool:
         return bool(codegen.target_has_features("avx2", target))
 
 
-@T.prim_func(s_tir=True)
-def _pmaddwd_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (2,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (8, 2), "int8", offset_factor=1)
-    C = T.match_buffer(c, (8,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for j, k in T.grid(8, 2):
-            with T.sblock("update"):
-                vj, vk = T.axis.remap("SR", [j, k])
-                C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
+def dot_product_desc(lanes: int, group: int) -> tirx.PrimFunc:
+    """What an int8 dot-product micro-kernel computes, as the tensorize pattern: ``lanes`` int32
+    accumulators, each adding ``group`` int8 products, ``C[j] += Σ_k A[k] · B[j, k]``."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (group,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for j, k in T.grid(lanes, group):
+                with T.sblock("update"):
+                    vj, vk = T.axis.remap("SR", [j, k])
+                    C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
+
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -123,7 +130,7 @@ def _pmaddwd_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         )
 
 
-s_tir.TensorIntrin.register(PMADDWD_INTRIN, _pmaddwd_desc, _pmaddwd_impl, override=True)
+s_tir.TensorIntrin.register(PMADDWD_INTRIN, dot_product_desc(_LANES, _PAIR), _pmaddwd_impl, override=True)
 
 
 def pair_interleave(weight: np.ndarray, layout: list[int]) -> np.ndarray:

@@ -24,7 +24,7 @@ from tvm.script import tirx as T
 from tvm.target import Target
 
 from .int8_rules import Int8Reduction
-from .x86_int8 import WEIGHT_LAYOUT_ATTR, Int8PmaddwdConv
+from .x86_int8 import WEIGHT_LAYOUT_ATTR, Int8PmaddwdConv, dot_product_desc
 
 __all__ = ["SHIFT_ATTR", "VNNI_INTRINSICS", "Int8VnniConv", "vnni_lanes"]
 
@@ -55,19 +55,6 @@ def _intrinsic(lanes: int) -> str:
     name = f"edgec_x86_vpdpbusd_{lanes}x4_i8i8i32"
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            for j, k in T.grid(lanes, 4):
-                with T.sblock("update"):
-                    vj, vk = T.axis.remap("SR", [j, k])
-                    C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
-
-    @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "int8", offset_factor=1)
         B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
@@ -91,7 +78,7 @@ def _intrinsic(lanes: int) -> str:
                 w,
             )
 
-    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    s_tir.TensorIntrin.register(name, dot_product_desc(lanes, 4), impl, override=True)
     return name
 
 

@@ -4,8 +4,6 @@ the instructions and say so when it does not."""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
@@ -13,26 +11,12 @@ from edgec.targets.integer.reference import run_reference
 from edgec.targets.tvm.x86_int8 import relayout_constant_weights, weight_layout
 from edgec.targets.tvm.x86_vnni import vnni_lanes
 from edgec.targets.x86 import host_cpu_flags
-from tests.helpers import DIGITS, legalize
+from tests.helpers import DIGITS, instructions_per_kernel, legalize
 
 tvm = pytest.importorskip("tvm")
 
 AVX512_VNNI = {"kind": "llvm", "mcpu": "znver4"}
 AVX_VNNI = {"kind": "llvm", "mcpu": "alderlake"}  # AVX-VNNI (VEX, ymm) without AVX-512
-
-
-def _vnni_kernels(module, target: dict) -> dict[str, int]:
-    """Kernel name -> number of vpdpbusd in its machine code."""
-    asm = tvm.compile(module, tvm.target.Target(target)).mod.imports[0].inspect_source("asm")
-    counts: dict[str, int] = {}
-    symbol = ""
-    for line in asm.splitlines():
-        label = re.match(r"^([A-Za-z_][\w.]*):", line)
-        if label:
-            symbol = label.group(1).removeprefix("__tvm_ffi_").removesuffix("_compute_")
-        elif re.search(r"\bvpdpbusd\b", line):
-            counts[symbol] = counts.get(symbol, 0) + 1
-    return counts
 
 
 def test_vnni_lanes_follow_the_cpu() -> None:
@@ -58,7 +42,7 @@ def test_digits_convolutions_run_vpdpbusd_bit_exactly(edgec_digits_qdq, tmp_path
     assert len(laid_out) == 2 and all(
         v == [4, lanes] for layout in laid_out.values() for v in layout.values()
     )
-    counts = _vnni_kernels(module, target)
+    counts = instructions_per_kernel(module, target, "vpdpbusd")
     assert set(counts) == set(laid_out) and all(n >= 4 for n in counts.values()), counts
     assert relayout_constant_weights(module) is module  # weights and biases are not shifted twice
     if flag not in host_cpu_flags():
