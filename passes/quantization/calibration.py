@@ -17,7 +17,7 @@ import onnx
 
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, static_shape
-from edgec.verify import onnx_session, run_session_batch
+from edgec.verify import onnx_session
 
 CalibrationMethod = Literal["minmax", "percentile", "entropy", "mse"]
 METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
@@ -112,12 +112,14 @@ def iterate_outputs(
     ``advance`` is told how many samples each chunk ran (a progress bar)."""
     # One session for every chunk: building one serializes the model and plans its kernels, which
     # cost more than running resnet50 on a sample (8.5 of 37 s of its quantization).
-    session = onnx_session(_instrumented(model, names))
+    session = onnx_session(
+        _instrumented(model, names), "the float model with its tensors as outputs (calibration)"
+    )
     count = len(next(iter(samples.values())))
     chunk = max(1, min(count, CHUNK_BYTES // max(bytes_per_sample, 1)))
     for start in range(0, count, chunk):
         part = {k: v[start : start + chunk] for k, v in samples.items()}
-        outputs = run_session_batch(session, part)
+        outputs = session.run_batch(part)
         advance(len(next(iter(part.values()))))
         yield {name: outputs[name] for name in names}
 
