@@ -51,7 +51,7 @@ import edgec
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, graph_cost, infer_shapes
 from edgec.targets import get_target
-from edgec.targets.runners import default_timeout, qemu_system_command
+from edgec.targets.runners import build_harness, default_timeout, qemu_system_command
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "examples" / "digits"
@@ -182,7 +182,7 @@ def measure(
             os.environ.pop("EDGEC_ARM_DSP", None)
         else:
             os.environ["EDGEC_ARM_DSP"] = dsp_setting
-    image = target.build_harness([out], [("digits", len(graph.inputs), len(graph.outputs))], work)
+    image = build_harness(target, [out], [("digits", len(graph.inputs), len(graph.outputs))], work)
     sample = np.load(DIGITS / "digits_test.npz")["input"][:1, None].astype(np.float32)
     (work / "in0.bin").write_bytes(sample.tobytes())
     command = qemu_system_command(target.machine, target.qemu_cpu, image)

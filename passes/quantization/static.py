@@ -15,9 +15,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, version_converter
 
+from edgec.data import Dataset, as_dataset
 from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, infer_shapes, static_shape
-from edgec.passes.quantization.calibration import as_samples, collect_ranges
+from edgec.ir import EdgeGraph, infer_shapes
+from edgec.passes.quantization.calibration import collect_ranges
 from edgec.passes.quantization.numerics import packed_bytes
 from edgec.passes.quantization.qdq import Plan, apply_plan, make_plan
 from edgec.pm import PassContext, get_pass
@@ -145,7 +146,7 @@ class Evaluator:
 
     reference: EdgeGraph
     samples: dict[str, np.ndarray]
-    evaluation: dict[str, np.ndarray] | None = None
+    evaluation: Dataset | dict[str, np.ndarray] | None = None
     _float_outputs: dict[str, np.ndarray] = field(default_factory=dict)
     _float_accuracy: float | None = None
 
@@ -153,24 +154,21 @@ class Evaluator:
         count = len(next(iter(self.samples.values())))
         self.samples = {k: v[: min(count, ERROR_SAMPLES)] for k, v in self.samples.items()}
         model = self.reference.to_onnx()
-        self._float_outputs = run_onnx_batch(model, self.samples)
+        self._float_outputs = run_onnx_batch(model, self.samples, "the float model")
         if self.evaluation is not None:
             self._float_accuracy = self._accuracy(model)
 
     def _accuracy(self, model: onnx.ModelProto) -> float:
-        inputs = {
-            t.name: as_samples(np.asarray(self.evaluation[t.name]), static_shape(t) or ())
-            for t in self.reference.inputs
-        }
-        outputs = run_onnx_batch(model, inputs)
+        data = as_dataset(self.evaluation, self.reference, where="evaluation data", labelled=True)
         first = model.graph.output[0].name
-        return accuracy(outputs[first], self.evaluation["label"])
+        outputs = run_onnx_batch(model, data.runs, "the model under quantization")[first]
+        return accuracy(data.rows(outputs, f"output '{first}'"), data.labels)
 
     def measure(self, graph: EdgeGraph) -> dict[str, Any]:
         """``error`` (max/mean abs, cosine, and ``relative`` = mean|y_q - y| / mean|y|) and, with
         evaluation data, ``accuracy`` (float, quantized, drop in points of fraction)."""
         model = graph.to_onnx()
-        outputs = run_onnx_batch(model, self.samples)
+        outputs = run_onnx_batch(model, self.samples, "the model under quantization")
         metrics = error_metrics(self._float_outputs, outputs, samples=len(next(iter(self.samples.values()))))
         scale = float(np.mean([np.abs(v).mean() for v in self._float_outputs.values()]))
         report: dict[str, Any] = {

@@ -2,7 +2,7 @@
 
 The flow: :func:`optimize_for_cpu` (inference decompositions, NHWC layout, the Relax zero pipeline
 and edgec's default schedules), :func:`build_shared_library` (``tvm.compile`` + link), and the
-runners :func:`run_shared_library` / :func:`time_shared_library` used by ``edgec run``.
+runner :func:`run_shared_library` used by ``edgec run`` (through the x86 target's worker process).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ __all__ = [
     "build_shared_library",
     "optimize_for_cpu",
     "run_shared_library",
-    "time_shared_library",
 ]
 
 
@@ -213,13 +212,13 @@ def build_shared_library(
 
 def _load_vm(lib_path: pathlib.Path) -> Any:
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine  # in TVM's runtime-only mode too (no tvm.relax)
 
     lib_path = pathlib.Path(lib_path)
     if not lib_path.is_file():
         raise EdgecError(f"no compiled library at {lib_path}; build the model first")
     lib = tvm.runtime.load_module(str(lib_path))
-    return relax.VirtualMachine(lib, tvm.cpu())
+    return VirtualMachine(lib, tvm.cpu())
 
 
 def _flatten(value: Any, out: list[np.ndarray]) -> list[np.ndarray]:
@@ -249,44 +248,38 @@ def _to_device(inputs: list[np.ndarray]) -> list[Any]:
     return [tvm.runtime.tensor(np.asarray(x, order="C"), dev) for x in inputs]
 
 
-def run_shared_library(lib_path: pathlib.Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """Run a library built by :func:`build_shared_library` on the host CPU.
+def run_shared_library(
+    lib_path: pathlib.Path, inputs: list[np.ndarray], repeat: int = 0
+) -> tuple[list[np.ndarray], list[float]]:
+    """Run a library built by :func:`build_shared_library` on a batch of samples, on the host CPU.
+
+    The library is loaded once for the whole batch. ``edgec`` calls this in its ``artifact``
+    worker process (:mod:`edgec.isolation`), where a crash of the native code cannot take edgec
+    down.
 
     Args:
         lib_path: The ``.so``.
-        inputs: One array per model input, in the model's input order.
+        inputs: One array per model input, in the model's input order, each with a leading
+            sample axis (``[N, *input shape]``).
+        repeat: How many timed runs of the first sample (after one warm-up run), 0 for none. Its
+            inputs are copied to the device once; each timing covers one call of ``main``
+            including its output allocation, as a user of the library would see it.
 
     Returns:
-        The outputs as numpy arrays, tuple outputs flattened in order.
+        The outputs as numpy arrays with the same leading sample axis (tuple outputs flattened
+        in order), and the seconds of each timed run.
     """
-    vm = _load_vm(lib_path)
-    result = vm["main"](*_to_device(inputs))
-    return _flatten(result, [])
-
-
-def time_shared_library(lib_path: pathlib.Path, inputs: list[np.ndarray], repeat: int) -> list[float]:
-    """Time ``repeat`` runs of a library (after one warm-up run).
-
-    Inputs are copied to the device once; each timing covers one call of ``main`` including
-    its output allocation, as a user of the library would see it.
-
-    Args:
-        lib_path: The ``.so``.
-        inputs: One array per model input.
-        repeat: How many timed runs (at least 1).
-
-    Returns:
-        Seconds per run, in run order.
-    """
-    if repeat < 1:
-        raise EdgecError(f"repeat must be at least 1, got {repeat}")
     vm = _load_vm(lib_path)
     main = vm["main"]
-    args = _to_device(inputs)
-    main(*args)
+    count = len(inputs[0]) if inputs else 1
+    per_sample = [_flatten(main(*_to_device([x[index] for x in inputs])), []) for index in range(count)]
+    outputs = [np.stack(values) for values in zip(*per_sample, strict=True)]
     times: list[float] = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+    if repeat:
+        args = _to_device([x[0] for x in inputs])
         main(*args)
-        times.append(time.perf_counter() - start)
-    return times
+        for _ in range(repeat):
+            start = time.perf_counter()
+            main(*args)
+            times.append(time.perf_counter() - start)
+    return outputs, times
