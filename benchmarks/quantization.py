@@ -137,7 +137,7 @@ def _edgec_x86(
     sample, minimum latency in ms), or ``(None, None)`` when it does not build."""
     from edgec.errors import EdgecError
     from edgec.targets import get_target
-    from edgec.targets.tvm.build import run_shared_library
+    from edgec.targets.tvm.library_runner import run_shared_library
 
     target = get_target("x86")
     graph = EdgeGraph.from_onnx(model)

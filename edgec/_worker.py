@@ -10,12 +10,15 @@ Requests:
         ``("missing",)`` unless the session is cached); returns the output names.
     ``("run", key, feeds, stacked)``: runs the session; with ``stacked`` the feeds hold a leading
         sample axis, the model runs once per sample and the outputs are stacked.
-    ``("call", "module:function", args)``: calls a function (an artifact runner) and returns its result.
+    ``("call", "module:function", args)``: calls a function (an artifact runner) and returns its
+        result; ``module`` is a module name, or the path of a ``.py`` file to load without its
+        package (preloaded modules are named the same way).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import pickle
 import signal
@@ -29,6 +32,8 @@ MAX_SESSIONS = 8
 MAX_SESSION_BYTES = 512 << 20
 # Per model digest: (session, output names, model bytes).
 _sessions: OrderedDict[str, tuple[Any, tuple[str, ...], int]] = OrderedDict()
+# Modules loaded from their files, by path.
+_files: dict[str, Any] = {}
 
 
 class UserError(Exception):
@@ -111,10 +116,22 @@ def _run(key: str, feeds: dict[str, Any], stacked: bool) -> dict[str, Any] | Non
     return {name: np.stack(values) for name, values in outputs.items()}
 
 
+def _module(name: str) -> Any:
+    """A module by name, or loaded from a ``.py`` file (once) without importing its package."""
+    if not name.endswith(".py"):
+        return importlib.import_module(name)
+    if name not in _files:
+        spec = importlib.util.spec_from_file_location(f"_edgec_worker_module_{len(_files)}", name)
+        assert spec is not None and spec.loader is not None, name
+        _files[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_files[name])
+    return _files[name]
+
+
 def _call(target: str, args: tuple) -> Any:
-    module_name, _, function = target.partition(":")
+    module_name, _, function = target.rpartition(":")
     try:
-        return getattr(importlib.import_module(module_name), function)(*args)
+        return getattr(_module(module_name), function)(*args)
     except Exception as error:
         # The edgec errors a runner raises (missing library, bad inputs) are the user's to read.
         if type(error).__module__ == "edgec.errors":
@@ -150,8 +167,10 @@ def main() -> None:
     requests = sys.stdin.buffer
     hello = pickle.load(requests)
     sys.path[:] = [entry for entry in hello["path"] if entry != os.path.dirname(__file__)]
+    for module in hello["without"]:
+        sys.modules[module] = None  # a None entry makes importing it raise ImportError
     for module in hello["preload"]:
-        importlib.import_module(module)
+        _module(module)
     while True:
         try:
             request = pickle.load(requests)

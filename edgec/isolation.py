@@ -58,16 +58,20 @@ class Worker:
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
 
-    def start(self, preload: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+    def start(
+        self, preload: tuple[str, ...] = (), env: dict[str, str] | None = None, without: tuple[str, ...] = ()
+    ) -> None:
         """Spawns the process unless it runs; it imports ``preload`` modules before serving.
 
         Args:
-            preload: modules to import before the first request (its startup overlaps the caller's
-                work in the meantime).
+            preload: modules (names, or paths of ``.py`` files) to import before the first
+                request: the startup overlaps the caller's work in the meantime.
             env: environment variables the process starts with (besides the caller's).
+            without: optional dependencies the process must not import (their importers fall
+                back as when they are not installed).
         """
         with self._lock:
-            self._running(preload, env)
+            self._running(preload, env, without)
 
     def request(self, message: tuple, activity: str, component: str | None = None) -> Any:
         """Sends ``message`` and returns the worker's answer.
@@ -83,7 +87,7 @@ class Worker:
             EdgecError: the worker reported a user error.
         """
         with self._lock:
-            process = self._running((), None)
+            process = self._running((), None, ())
             try:
                 pickle.dump(message, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
                 process.stdin.flush()
@@ -119,7 +123,9 @@ class Worker:
                 process.kill()
                 process.wait()
 
-    def _running(self, preload: tuple[str, ...], env: dict[str, str] | None) -> subprocess.Popen:
+    def _running(
+        self, preload: tuple[str, ...], env: dict[str, str] | None, without: tuple[str, ...]
+    ) -> subprocess.Popen:
         process = self._process
         if process is not None and self._owner == os.getpid() and process.poll() is None:
             return process
@@ -134,7 +140,7 @@ class Worker:
             # stderr is shared: onnxruntime's and TVM's own messages reach the user as before.
             env={**os.environ, **env} if env else None,
         )
-        hello = {"path": list(sys.path), "preload": list(preload)}
+        hello = {"path": list(sys.path), "preload": list(preload), "without": list(without)}
         pickle.dump(hello, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         process.stdin.flush()
         self._process, self._owner = process, os.getpid()

@@ -2,7 +2,7 @@
 
 The flow: :func:`optimize_for_cpu` (inference decompositions, NHWC layout, the Relax zero pipeline
 and edgec's default schedules), :func:`build_shared_library` (``tvm.compile`` + link), and the
-runner :func:`run_shared_library` used by ``edgec run`` (through the x86 target's worker process).
+runner in :mod:`.library_runner` (``edgec run``, in the x86 target's worker process).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import os
 import pathlib
 import tempfile
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = [
     "build_shared_library",
     "optimize_for_cpu",
-    "run_shared_library",
 ]
 
 
@@ -208,78 +206,3 @@ def build_shared_library(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-
-
-def _load_vm(lib_path: pathlib.Path) -> Any:
-    import tvm
-    from tvm.runtime.vm import VirtualMachine  # in TVM's runtime-only mode too (no tvm.relax)
-
-    lib_path = pathlib.Path(lib_path)
-    if not lib_path.is_file():
-        raise EdgecError(f"no compiled library at {lib_path}; build the model first")
-    lib = tvm.runtime.load_module(str(lib_path))
-    return VirtualMachine(lib, tvm.cpu())
-
-
-def _flatten(value: Any, out: list[np.ndarray]) -> list[np.ndarray]:
-    """Relax outputs (a tensor or nested tuples of tensors) as numpy arrays, in order."""
-    if hasattr(value, "numpy"):
-        out.append(value.numpy())
-    elif isinstance(value, list | tuple) or type(value).__name__ in ("Array", "Tuple"):
-        for item in value:
-            _flatten(item, out)
-    else:
-        # tvm_ffi containers (Array) are sequences without numpy(); anything else is a bug.
-        try:
-            items = list(value)
-        except TypeError as err:
-            raise EdgecError(f"unexpected output of type {type(value).__name__}") from err
-        for item in items:
-            _flatten(item, out)
-    return out
-
-
-def _to_device(inputs: list[np.ndarray]) -> list[Any]:
-    import tvm
-
-    dev = tvm.cpu()
-    # np.asarray keeps 0-d arrays 0-d; np.ascontiguousarray would make a scalar input 1-d, which
-    # the VM refuses ("expect Tensor with ndim 0 but get 1").
-    return [tvm.runtime.tensor(np.asarray(x, order="C"), dev) for x in inputs]
-
-
-def run_shared_library(
-    lib_path: pathlib.Path, inputs: list[np.ndarray], repeat: int = 0
-) -> tuple[list[np.ndarray], list[float]]:
-    """Run a library built by :func:`build_shared_library` on a batch of samples, on the host CPU.
-
-    The library is loaded once for the whole batch. ``edgec`` calls this in its ``artifact``
-    worker process (:mod:`edgec.isolation`), where a crash of the native code cannot take edgec
-    down.
-
-    Args:
-        lib_path: The ``.so``.
-        inputs: One array per model input, in the model's input order, each with a leading
-            sample axis (``[N, *input shape]``).
-        repeat: How many timed runs of the first sample (after one warm-up run), 0 for none. Its
-            inputs are copied to the device once; each timing covers one call of ``main``
-            including its output allocation, as a user of the library would see it.
-
-    Returns:
-        The outputs as numpy arrays with the same leading sample axis (tuple outputs flattened
-        in order), and the seconds of each timed run.
-    """
-    vm = _load_vm(lib_path)
-    main = vm["main"]
-    count = len(inputs[0]) if inputs else 1
-    per_sample = [_flatten(main(*_to_device([x[index] for x in inputs])), []) for index in range(count)]
-    outputs = [np.stack(values) for values in zip(*per_sample, strict=True)]
-    times: list[float] = []
-    if repeat:
-        args = _to_device([x[0] for x in inputs])
-        main(*args)
-        for _ in range(repeat):
-            start = time.perf_counter()
-            main(*args)
-            times.append(time.perf_counter() - start)
-    return outputs, times

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.errors import EdgecError, UnsupportedNodeError
-from edgec.targets.tvm import build, frontend, schedules
+from edgec.targets.tvm import build, frontend, library_runner, schedules
 
 tvm = pytest.importorskip("tvm")
 
@@ -85,7 +85,7 @@ def _check(model: onnx.ModelProto, tmp_path: pathlib.Path) -> None:
     lib = tmp_path / "model.so"
     _compile(model, lib)
     inputs = _inputs(model)
-    got, _ = build.run_shared_library(lib, [x[None] for x in inputs])
+    got, _ = library_runner.run_shared_library(lib, [x[None] for x in inputs])
     got = [g[0] for g in got]
     want = _ort(model, inputs)
     assert len(got) == len(want)
@@ -283,10 +283,10 @@ def test_run_shared_library_runs_a_batch_and_times_the_first_sample(tmp_path):
     _compile(model, lib)
     samples = [_inputs(model, seed) for seed in range(3)]
     batch = [np.stack(values) for values in zip(*samples, strict=True)]
-    outputs, times = build.run_shared_library(lib, batch, repeat=3)
+    outputs, times = library_runner.run_shared_library(lib, batch, repeat=3)
     assert len(times) == 3 and all(t > 0 for t in times)
     for index, sample in enumerate(samples):
-        (alone,), _ = build.run_shared_library(lib, [x[None] for x in sample])
+        (alone,), _ = library_runner.run_shared_library(lib, [x[None] for x in sample])
         np.testing.assert_array_equal(outputs[0][index], alone[0])
         np.testing.assert_allclose(alone[0], _ort(model, sample)[0], atol=1e-4, rtol=1e-4)
 
