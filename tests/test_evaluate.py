@@ -141,6 +141,9 @@ def test_datasets_follow_the_declared_batch(tmp_path: Path) -> None:
         "calib": {"file": "calib.npz", "samples": 200, "batch": 2000, "runs": 1, "repeated": 1800},
         "eval": {"file": "test.npz", "samples": 2100, "batch": 2000, "runs": 2, "repeated": 1900},
     }
+    quantize = next(record for record in manifest["passes"] if record["name"] == "quantize")
+    assert quantize["stats"]["calibration_samples"] == 200
+    assert quantize["stats"]["calibration_runs"] == {"batch": 2000, "runs": 1, "repeated": 1800}
     accuracy = manifest["error"]["accuracy"]
     assert accuracy["samples"] == 2100 and accuracy["original"] == pytest.approx(2000 / 2100)
     assert accuracy["artifact"] >= accuracy["original"] - 0.05  # int8 of a random CNN: close, not equal
