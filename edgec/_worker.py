@@ -178,7 +178,11 @@ def main() -> None:
             # The parent is done (or gone): nothing is left to flush, and tearing down TVM and
             # onnxruntime costs a noticeable fraction of a second.
             os._exit(0)
-        pickle.dump(_serve(request), replies, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            reply = pickle.dumps(_serve(request), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # a result that does not pickle is a bug of the caller, not a crash
+            reply = pickle.dumps(("bug", traceback.format_exc()))
+        replies.write(reply)
         replies.flush()
 
 
