@@ -211,8 +211,9 @@ def follow_reshape(
 
 def _shuffle(node: gs.Node, space: Space, linker: Linker) -> bool:
     """Links a channel shuffle: Reshape ``[.., C, ..] → [.., p, q, ..]``, Transpose of those two
-    axes, Reshape back. Input channel ``i*q + j`` becomes output channel ``j*p + i``; the ``p``
-    parts of the input are balanced, so that the shuffle keeps its shape."""
+    axes, Reshape back. Input channel ``i*q + j`` becomes output channel ``j*p + i``. Channel ``j``
+    of every one of the ``p`` parts goes together: the shuffle then keeps its shape and the kept
+    channels their order (removing different ``j`` per part would reorder the output)."""
     shape, axis = static_shape(node.inputs[0]), space.axis
     parted = static_shape(node.outputs[0])
     if space.block != 1 or parted is None or len(parted) != len(shape) + 1:
@@ -231,7 +232,8 @@ def _shuffle(node: gs.Node, space: Space, linker: Linker) -> bool:
     out = linker.create(back.outputs[0], axis, space.channels, origin=False)
     part, index = np.divmod(np.arange(space.channels), q)
     linker.link(space, np.arange(space.channels), out, index * p + part)
-    linker.balance(space, p)
+    for other in range(1, p):
+        linker.link(space, np.arange(q), space, other * q + np.arange(q))
     linker.use(node, space, COUNTS)
     linker.use(back, out, COUNTS)
     return True
