@@ -55,7 +55,10 @@ def error_samples(graph: EdgeGraph, ctx: PassContext) -> tuple[dict[str, np.ndar
     """Samples (leading sample axis) for measuring a lossy pass's error, and where they come from:
     the calibration data if given, else ``RANDOM_SAMPLES`` seeded random inputs."""
     if ctx.calibration is not None:
-        return ctx.calibration, "calibration"
+        shapes = {t.name: static_shape(t) or () for t in graph.inputs}
+        return {
+            k: as_samples(np.asarray(v), shapes.get(k, ())) for k, v in ctx.calibration.items()
+        }, "calibration"
     draws = [random_inputs(graph, seed=ctx.seed + i) for i in range(RANDOM_SAMPLES)]
     return {name: np.stack([d[name] for d in draws]) for name in draws[0]}, "random"
 

@@ -11,7 +11,6 @@ sensitivity table instead (:mod:`edgec.passes.pruning.sensitivity`).
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -20,44 +19,21 @@ import numpy as np
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, graph_cost, static_shape
 from edgec.passes.common import Evaluator, error_samples
+from edgec.passes.pruning.compensation import channel_means, pruned_copy
 from edgec.passes.pruning.groups import ChannelGroups
-from edgec.passes.pruning.rules import cut_graph
 from edgec.passes.pruning.selection import (
     CRITERIA,
     choose,
     default_round_to,
     global_ratios,
     removal_counts,
+    skipped_units,
     unit_scores,
 )
+from edgec.passes.pruning.sensitivity import Variants, search_budget
 from edgec.pm import Pass, PassContext, PassResult, register
 
 DEFAULT_RATIO = 0.3
-
-
-def prune(graph: EdgeGraph, groups: ChannelGroups, removed: np.ndarray) -> EdgeGraph:
-    """A copy of ``graph`` without the channels of the units marked in ``removed``."""
-    pruned = graph.copy()
-    cut_graph(pruned, groups, removed)
-    return pruned
-
-
-def skipped_units(graph: EdgeGraph, groups: ChannelGroups, patterns: tuple[str, ...]) -> np.ndarray:
-    """Units of every space read or written by the nodes ``patterns`` name (``fnmatch``).
-
-    Raises:
-        EdgecError: for a pattern that names no node.
-    """
-    locked = np.zeros(groups.unit_count, bool)
-    for pattern in patterns:
-        nodes = [n for n in graph.nodes if fnmatch.fnmatchcase(n.name, pattern)]
-        if not nodes:
-            raise EdgecError(f"skip pattern '{pattern}' names no node of the model")
-        for node in nodes:
-            for tensor in (*node.inputs, *node.outputs):
-                if tensor.name in groups.spaces:
-                    locked[groups.units(tensor.name)] = True
-    return locked
 
 
 def left_alone(
@@ -144,6 +120,7 @@ class PruneChannels(Pass):
     target_macs: float | None = None
     target_bytes: float | None = None
     max_ratio: float = 0.9
+    compensate: bool = True
 
     @property
     def budgeted(self) -> bool:
@@ -185,17 +162,19 @@ class PruneChannels(Pass):
         available = ~groups.unit_fixed & ~locked & scored
         samples, error_data = error_samples(graph, ctx)
         evaluator = Evaluator(graph, samples, ctx.evaluation, labels=("original", "pruned"))
+        # Means of random inputs' activations say nothing of real data's: compensate on real data only.
+        compensating = self.compensate and error_data == "calibration"
+        means = channel_means(graph, groups, samples) if compensating else None
         stats: dict[str, Any] = {
             "criterion": self.criterion,
             "scope": self.scope,
             "round_to": round_to,
             "round_to_from": source,
             "groups": len(groups.groups),
+            "compensation": "calibration data" if compensating else "off",
         }
         if self.budgeted:
-            from edgec.passes.pruning.sensitivity import Variants, search_budget
-
-            variants = Variants(graph, groups, scores, available, round_to, evaluator)
+            variants = Variants(graph, groups, scores, available, round_to, evaluator, means)
             ratios, stats["budget"] = search_budget(variants, self, ctx)
         elif self.scope == "global":
             ratios = global_ratios(groups, scores, available, self._ratio())
@@ -207,7 +186,7 @@ class PruneChannels(Pass):
         stats["channels_removed"] = int(removed.sum())
         if not removed.any():
             return PassResult(graph, changed=False, stats=stats)
-        pruned = prune(graph, groups, removed)
+        pruned = pruned_copy(graph, groups, removed, means)
         stats["pruned_groups"] = len({int(g.index) for g in groups.groups if removed[g.units].any()})
         stats.update(summary(graph, pruned))
         stats["layers"] = layer_changes(graph, pruned, groups)

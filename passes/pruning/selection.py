@@ -4,6 +4,7 @@ balanced space balanced and every space at least one channel wide."""
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgec.capabilities import Capabilities
+from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
 from edgec.passes.pruning.groups import NORMALIZES, PRODUCES, ChannelGroups, Group
 from edgec.passes.pruning.rules import RULES, weight_rows
@@ -244,3 +246,23 @@ def choose(
 def _candidates(group: Group, scores: np.ndarray, available: np.ndarray) -> np.ndarray:
     free = group.units[available[group.units]]
     return free[np.argsort(scores[free], kind="stable")]
+
+
+def skipped_units(graph: EdgeGraph, groups: ChannelGroups, patterns: tuple[str, ...]) -> np.ndarray:
+    """Units of the outputs of the nodes ``patterns`` name (``fnmatch``): a skipped layer keeps
+    its output channels (the groups it creates), and loses input channels only if the layers
+    before it are pruned.
+
+    Raises:
+        EdgecError: for a pattern that names no node.
+    """
+    locked = np.zeros(groups.unit_count, bool)
+    for pattern in patterns:
+        nodes = [n for n in graph.nodes if fnmatch.fnmatchcase(n.name, pattern)]
+        if not nodes:
+            raise EdgecError(f"skip pattern '{pattern}' names no node of the model")
+        for node in nodes:
+            for tensor in node.outputs:
+                if tensor.name in groups.spaces:
+                    locked[groups.units(tensor.name)] = True
+    return locked
