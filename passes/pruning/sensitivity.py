@@ -63,6 +63,15 @@ class Variants:
         """Groups with at least one channel that can go."""
         return [g.index for g in self.groups.groups if self.available[g.units].any()]
 
+    def removed_fractions(self, ratios: dict[int, float]) -> dict[str, float]:
+        """What each group loses at ``ratios``, by its origins (ratios that round to the same
+        channel count are the same)."""
+        counts, _ = removal_counts(self.groups, self.available, ratios, self.round_to)
+        groups = self.groups.groups
+        return {
+            ",".join(groups[g].origins): round(n / len(groups[g].units), 4) for g, n in sorted(counts.items())
+        }
+
     def measure(self, ratios: dict[int, float], kind: str) -> dict[str, Any]:
         """``metric``, ``macs`` and ``weight_bytes`` of the variant pruned at ``ratios``."""
         counts, _ = removal_counts(self.groups, self.available, ratios, self.round_to)
@@ -174,7 +183,7 @@ def search_budget(
         "value": measured["metric"],
         "macs": [variants.macs, measured["macs"]],
         "weight_bytes": [variants.weight_bytes, measured["weight_bytes"]],
-        "ratios": {",".join(variants.groups.groups[g].origins): r for g, r in sorted(ratios.items())},
+        "ratios": variants.removed_fractions(ratios),
         "table": format_table(rows, grid, kind),
     }
     if options.budget is not None:
