@@ -95,6 +95,8 @@ class Target:
             M-profile MVE with floating point, x86 AVX512-FP16). ``lower`` refuses a graph that
             computes in float16 on a target without it: LLVM would silently emulate every fp16
             operation through float32 conversions, slower and no smaller than float32 compute.
+        vector_bits: the SIMD register width the float kernels are written for (0: scalar);
+            channel pruning keeps channel counts at multiples of its float lanes.
     """
 
     name: str
@@ -106,6 +108,7 @@ class Target:
     ram_bytes: int | None = None
     requantize_rounding: Literal["single", "double"] = "single"
     fp16_arithmetic: bool = False
+    vector_bits: int = 0
 
     def capabilities(self) -> Capabilities:
         """What this target runs natively (read by passes through ``PassContext.capabilities``)."""
@@ -113,7 +116,12 @@ class Target:
             target=self.name,
             fp16_arithmetic=self.has_fp16_arithmetic(),
             requantize_rounding=self.requantize_rounding,
+            vector_bits=self.simd_bits(),
         )
+
+    def simd_bits(self) -> int:
+        """The SIMD register width of the CPU (subclasses may detect the host CPU)."""
+        return self.vector_bits
 
     def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
         """The nodes of a legal graph that ``lower`` cannot translate, each with its reason."""

@@ -325,6 +325,7 @@ def _cortex_a(
         runner="qemu-aarch64",
         toolchain=_AARCH64,
         fp16_arithmetic=fp16,
+        vector_bits=128,
         mtriple="aarch64-linux-gnu",
         mcpu=core,
         mattr=mattr,
@@ -414,6 +415,7 @@ register_target(
         ram_bytes=1 * MIB,
         # mcpu=cortex-m55 gives LLVM +mve.fp and +fullfp16 (checked in tests/targets/test_fp16_compute.py).
         fp16_arithmetic=True,
+        vector_bits=128,
         mtriple="thumbv8.1m.main-none-eabihf",
         mcpu="cortex-m55",
         float_abi="hard",

@@ -64,6 +64,13 @@ class TvmLibraryTarget(Target):
             return self.fp16_arithmetic
         return self.fp16_arithmetic or "avx512_fp16" in host_cpu_flags()
 
+    def simd_bits(self) -> int:
+        # The host target's schedules use AVX-512 when the CPU has it (schedules.cpu_vector_info).
+        if self.mcpu:
+            return self.vector_bits
+        flags = host_cpu_flags()
+        return 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
+
     def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
         from edgec.targets.tvm.frontend import unsupported
 
@@ -113,5 +120,6 @@ register_target(
         runtime="tvm",
         runner="host",
         mcpu="haswell",
+        vector_bits=256,
     )
 )

@@ -260,17 +260,6 @@ class ChannelGroups:
             "prunable": int(sum(g.prunable for g in self.groups)),
         }
 
-    def lines(self) -> list[str]:
-        """The groups as text, one paragraph per group (``edgec inspect --groups``)."""
-        lines = []
-        for group in self.groups:
-            head = f"group {group.index}: {len(group.units)} units, {group.prunable} prunable"
-            lines.append(f"{head}; origins: {', '.join(group.origins) or '-'}")
-            for use, count in group.members:
-                lines.append(f"  {use.role:<10} {use.op:<20} {use.node}  ({count} of {use.tensor})")
-            lines.extend(f"  left alone: {reason}" for reason in group.reasons)
-        return lines
-
 
 def build_groups(linker: Linker) -> ChannelGroups:
     """Units and groups from what the rules declared."""

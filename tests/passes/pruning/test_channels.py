@@ -176,3 +176,15 @@ def test_light_models_lose_at_least_35_percent_of_macs_at_30_percent_channels(na
     model = graph.to_onnx()
     _, stats = prune(model, "prune-channels{ratio=0.3}")
     assert stats["mac_reduction"] >= 0.35 and stats["param_reduction"] >= 0.35
+
+
+@pytest.mark.parametrize(
+    ("target", "lanes"), [("cortex-a53", 4), ("cortex-m55", 4), ("cortex-m4", 1), ("x86-64-v3", 8)]
+)
+def test_targets_declare_the_vector_width_round_to_follows(target, lanes):
+    from edgec.targets import get_target
+
+    _, stats = prune(
+        _two_layers(channels=16), "prune-channels{ratio=0.3}", capabilities=get_target(target).capabilities()
+    )
+    assert stats["round_to"] == lanes
