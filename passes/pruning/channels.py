@@ -181,7 +181,7 @@ class PruneChannels(Pass):
         else:
             ratios = {group.index: self._ratio() for group in groups.groups}
         counts, notes = removal_counts(groups, available, ratios, round_to)
-        removed = choose(groups, scores, available, counts)
+        removed = choose(groups, scores, available, counts, round_to)
         stats["left_alone"] = left_alone(groups, scored, locked, self.criterion) + notes
         stats["channels_removed"] = int(removed.sum())
         if not removed.any():

@@ -130,12 +130,13 @@ def global_ratios(
 
 
 class _Parts:
-    """Every space as parts whose channels can go up to a limit (one less than their size), and
-    the parts of balanced spaces, which must lose as many channels each."""
+    """Every space as parts whose channels can go up to a limit (one less than their size), the
+    parts of balanced spaces, which must lose as many channels each, and the parts of each space."""
 
     def __init__(self, groups: ChannelGroups) -> None:
         balanced = dict(groups.balances)
         unit_list, part_list, limits, self.balanced = [], [], [], []
+        self.spaces: list[tuple[np.ndarray, int]] = []
         for tensor, space in groups.spaces.items():
             parts = balanced.get(tensor, 1)
             size = space.channels // parts
@@ -143,6 +144,7 @@ class _Parts:
             unit_list.append(groups.units(tensor))
             part_list.append(first + np.arange(space.channels) // max(size, 1))
             limits.extend([size - 1] * parts)
+            self.spaces.append((first + np.arange(parts), space.channels))
             if parts > 1:
                 self.balanced.append(first + np.arange(parts))
         units = np.concatenate(unit_list) if unit_list else np.zeros(0, np.int64)
@@ -218,11 +220,34 @@ def _rebalance(parts: _Parts, chosen: list[int], scores: np.ndarray) -> list[int
         chosen.remove(unit)
 
 
+def _round_spaces(parts: _Parts, chosen: list[int], scores: np.ndarray, round_to: int) -> list[int]:
+    """Puts back the most important chosen units until every space that loses channels keeps a
+    multiple of ``round_to`` (the halves of a Split, the inputs of a Concat, not just the group)."""
+    chosen = sorted(chosen, key=lambda u: scores[u])
+    while True:
+        short = None
+        for ids, channels in parts.spaces:
+            removed = int(parts.used[ids].sum())
+            if removed and (channels - removed) % round_to:
+                short = set(ids.tolist())
+                break
+        if short is None:
+            return chosen
+        unit = next(u for u in reversed(chosen) if short & set(parts.of(u)[0].tolist()))
+        parts.take(unit, -1)
+        chosen.remove(unit)
+
+
 def choose(
-    groups: ChannelGroups, scores: np.ndarray, available: np.ndarray, counts: dict[int, int]
+    groups: ChannelGroups,
+    scores: np.ndarray,
+    available: np.ndarray,
+    counts: dict[int, int],
+    round_to: int = 1,
 ) -> np.ndarray:
     """The units to remove: per group, the ``counts`` least important available units that fit the
-    parts' limits (balanced spaces evenly); returns a boolean per unit."""
+    parts' limits (balanced spaces evenly, every space at a multiple of ``round_to``); returns a
+    boolean per unit."""
     parts = _Parts(groups)
     removed = np.zeros(groups.unit_count, bool)
     for group in groups.groups:
@@ -239,7 +264,14 @@ def choose(
                 parts.take(unit)
                 chosen.append(int(unit))
         _fill(parts, chosen, candidates, parts.limit)
-        removed[_rebalance(parts, chosen, scores)] = True
+        chosen = _rebalance(parts, chosen, scores)
+        while round_to > 1:
+            # Both only put units back, so this ends.
+            kept = len(chosen)
+            chosen = _rebalance(parts, _round_spaces(parts, chosen, scores, round_to), scores)
+            if len(chosen) == kept:
+                break
+        removed[chosen] = True
     return removed
 
 

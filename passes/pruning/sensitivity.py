@@ -75,7 +75,7 @@ class Variants:
     def measure(self, ratios: dict[int, float], kind: str) -> dict[str, Any]:
         """``metric``, ``macs`` and ``weight_bytes`` of the variant pruned at ``ratios``."""
         counts, _ = removal_counts(self.groups, self.available, ratios, self.round_to)
-        removed = choose(self.groups, self.scores, self.available, counts)
+        removed = choose(self.groups, self.scores, self.available, counts, self.round_to)
         key = removed.tobytes()
         if key not in self._measured:
             if not removed.any():
