@@ -12,6 +12,7 @@ from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
 from edgec.pm import PassContext, PassManager, parse_pipeline
 from edgec.zoo import light_model
+from tests.helpers import covers
 from tests.passes.pruning.models import Net, outputs_equal, prune, weight
 
 X = {"x": [1, 4, 8, 8]}
@@ -24,6 +25,7 @@ def _two_layers(channels: int = 8, dead=()) -> onnx.ModelProto:
     return net.model(X, {"conv2": [1, 3, 8, 8]})
 
 
+@covers("prune-channels", kind="structural")
 def test_printed_graph_shows_the_smaller_weights_and_the_same_ops():
     model = _two_layers(dead=(0, 3))
     before = EdgeGraph.from_onnx(model).text()
@@ -40,6 +42,7 @@ def test_printed_graph_shows_the_smaller_weights_and_the_same_ops():
     assert stats["mac_reduction"] == pytest.approx(0.25)
 
 
+@covers("prune-channels", kind="numeric")
 def test_outputs_do_not_move_when_dead_channels_go_and_the_error_is_reported():
     model = _two_layers(dead=(2, 5))
     graph, stats = prune(model, "prune-channels{ratio=0.25}")
@@ -47,6 +50,7 @@ def test_outputs_do_not_move_when_dead_channels_go_and_the_error_is_reported():
     assert stats["error"]["max_abs"] < 1e-5 and stats["error_data"] == "random"
 
 
+@covers("prune-channels", kind="numeric")
 def test_compensation_moves_a_constant_channel_into_the_next_bias():
     # conv1's channel 2 has zero weights but bias 0.7: after ReLU it is the constant 0.7, and the
     # 1x1 conv2 reads it everywhere. Removing it without compensation shifts conv2's outputs.
@@ -76,6 +80,7 @@ def test_bn_gamma_ranks_channels_by_their_batchnorm_scale():
     assert list(weight(graph, "bn1")) == [1.0] * 6
 
 
+@covers("prune-channels", kind="negative")
 def test_bn_gamma_without_batchnorm_leaves_every_group_alone():
     graph = EdgeGraph.from_onnx(_two_layers())
     run = PassManager("prune-channels{criterion=bn-gamma}", PassContext()).run(graph)
@@ -124,6 +129,7 @@ def test_global_scope_ranks_every_group_together():
         ("prune-channels{target_macs=1.5}", "target_macs is the fraction"),
     ],
 )
+@covers("prune-channels", kind="negative")
 def test_bad_options_are_clear_errors(pipeline, message):
     with pytest.raises(EdgecError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         parse_pipeline(pipeline)
@@ -135,6 +141,7 @@ def test_a_skip_pattern_that_names_no_node_is_an_error():
         PassManager("prune-channels{skip=conv9}", PassContext()).run(graph)
 
 
+@covers("prune-channels", kind="negative")
 def test_a_ratio_that_would_remove_every_channel_keeps_one():
     net = Net()
     single = net.conv(net.op("Relu", [net.conv("x", 4, 8, "conv1")], "relu"), 8, 1, "conv2")
@@ -147,6 +154,7 @@ def test_a_ratio_that_would_remove_every_channel_keeps_one():
     ]
 
 
+@covers("prune-channels", kind="negative")
 def test_layers_the_analysis_cannot_see_through_are_listed_and_the_graph_stays_valid():
     net = Net()
     c = net.conv("x", 4, 8, "conv1")

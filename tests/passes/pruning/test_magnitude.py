@@ -10,21 +10,31 @@ import pytest
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
 from edgec.pm import PassContext, PassManager, parse_pipeline
-from tests.passes.pruning.models import Net, prune, weight
+from edgec.verify import random_inputs, run_onnx
+from tests.helpers import covers
+from tests.passes.pruning.models import Net, outputs_equal, prune, weight
 
 X = {"x": [1, 8, 6, 6]}
 
 
-def _layers(conv_in: int = 8) -> onnx.ModelProto:
+def _net(conv_in: int = 8) -> Net:
     """Conv(8→8) → Relu → Conv(8→4) → Flatten → Gemm(144→4, transB) → MatMul(4→8)."""
     net = Net()
     c = net.op("Relu", [net.conv("x", conv_in, 8, "conv1")], "relu")
     flat = net.op("Flatten", [net.conv(c, 8, 4, "conv2")], "flatten")
     g = net.gemm(flat, 144, 4, "fc")
     net.op("MatMul", [g, net.const("proj", net.rng.normal(0, 1, (4, 8)).astype(np.float32))], "mm")
-    return net.model({"x": [1, conv_in, 6, 6]}, {"mm": [1, 8]})
+    return net
 
 
+def _layers(conv_in: int = 8) -> onnx.ModelProto:
+    return _net(conv_in).model({"x": [1, conv_in, 6, 6]}, {"mm": [1, 8]})
+
+
+WEIGHTS = {"conv1": "conv1.w", "conv2": "conv2.w", "fc": "fc.w", "mm": "proj"}
+
+
+@covers("prune-magnitude", kind="structural")
 def test_magnitude_zeros_the_smallest_weights_of_each_layer_and_keeps_shapes():
     model = _layers()
     before = EdgeGraph.from_onnx(model)
@@ -58,6 +68,7 @@ def _blocks_of(weights: np.ndarray, axis: int, m: int) -> np.ndarray:
     return np.moveaxis(weights, axis, -1).reshape(-1, m)
 
 
+@covers("prune-nm", kind="structural")
 def test_nm_keeps_the_largest_n_of_every_m_along_the_reduction_axis():
     model = _layers()
     before = EdgeGraph.from_onnx(model)
@@ -74,6 +85,7 @@ def test_nm_keeps_the_largest_n_of_every_m_along_the_reduction_axis():
     assert stats["sparsity"][1] == pytest.approx(0.5)
 
 
+@covers("prune-nm", kind="negative")
 def test_nm_leaves_a_layer_whose_reduction_axis_is_not_a_multiple_of_m():
     graph, stats = prune(_layers(conv_in=3), "prune-nm{n=1,m=4}")
     assert {
@@ -85,6 +97,7 @@ def test_nm_leaves_a_layer_whose_reduction_axis_is_not_a_multiple_of_m():
     assert np.mean(weight(graph, "conv2") == 0) == pytest.approx(0.75)
 
 
+@covers("prune-magnitude", kind="negative")
 def test_computed_and_skipped_weights_are_left_alone_with_the_reason():
     net = Net()
     c = net.op("Relu", [net.conv("x", 8, 8, "conv1")], "relu")
@@ -116,6 +129,8 @@ def test_a_shared_weight_is_pruned_once_for_every_reader():
         ("prune-nm{n=0}", "needs 0 < n < m"),
     ],
 )
+@covers("prune-magnitude", kind="negative")
+@covers("prune-nm", kind="negative")
 def test_bad_options_are_clear_errors(pipeline, message):
     with pytest.raises(EdgecError, match=message):
         parse_pipeline(pipeline)
@@ -125,3 +140,36 @@ def test_zero_sparsity_changes_nothing():
     graph = EdgeGraph.from_onnx(_layers())
     run = PassManager("prune-magnitude{sparsity=0}", PassContext()).run(graph)
     assert not run.records[-1].changed and run.graph is graph
+
+
+@covers("prune-magnitude", kind="numeric")
+def test_magnitude_reports_the_error_onnxruntime_measures_and_keeps_sparse_enough_layers():
+    net = _net()
+    for name in WEIGHTS.values():
+        values = net.inits[name]
+        values.ravel()[net.rng.permutation(values.size)[: values.size // 2]] = 0
+    model = net.model({"x": [1, 8, 6, 6]}, {"mm": [1, 8]})
+    already = EdgeGraph.from_onnx(model)
+    run = PassManager("prune-magnitude{sparsity=0.5}", PassContext()).run(already)
+    assert not run.records[-1].changed and run.graph is already
+    graph, stats = prune(model, "prune-magnitude{sparsity=0.7}")
+    # The reported error: the pruned against the original model on the pass's 8 seeded inputs.
+    feeds = [random_inputs(EdgeGraph.from_onnx(model), seed=i) for i in range(8)]
+    worst = max(
+        float(np.abs(run_onnx(graph.to_onnx(), f)["mm"] - run_onnx(model, f)["mm"]).max()) for f in feeds
+    )
+    assert stats["error"]["max_abs"] == pytest.approx(worst, rel=1e-5)
+
+
+@covers("prune-nm", kind="numeric")
+def test_nm_is_exact_on_weights_already_two_in_four():
+    net = _net()
+    for layer, name in WEIGHTS.items():
+        axis = {"conv1": 1, "conv2": 1, "fc": 1, "mm": 0}[layer]
+        blocks = np.moveaxis(net.inits[name], axis, -1)
+        blocks[..., 1::4] = 0
+        blocks[..., 2::4] = 0
+    model = net.model({"x": [1, 8, 6, 6]}, {"mm": [1, 8]})
+    graph, stats = prune(model, "prune-nm{n=2,m=4}")
+    outputs_equal(model, graph)
+    assert stats["sparsity"] == [0.5, 0.5]

@@ -10,7 +10,7 @@ import pytest
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
 from edgec.pm import PassContext, PassManager, parse_pipeline
-from tests.helpers import DIGITS
+from tests.helpers import DIGITS, covers
 from tests.passes.pruning.models import Net
 
 X = {"x": [1, 4, 8, 8]}
@@ -25,6 +25,7 @@ def _model() -> onnx.ModelProto:
     return net.model(X, {"conv3": [1, 3, 8, 8]})
 
 
+@covers("prune-sensitivity", kind="structural")
 def test_sensitivity_table_has_every_group_and_ratio_and_leaves_the_graph_alone():
     graph = EdgeGraph.from_onnx(_model())
     text = graph.text()
@@ -41,6 +42,16 @@ def test_sensitivity_table_has_every_group_and_ratio_and_leaves_the_graph_alone(
     assert record.stats["metric"] == "error" and "conv1" in record.stats["text"]
 
 
+@covers("prune-sensitivity", kind="numeric")
+def test_a_groups_sensitivity_is_the_error_of_pruning_that_group_alone():
+    graph = EdgeGraph.from_onnx(_model())
+    run = PassManager("prune-sensitivity{ratios=0.25}", PassContext()).run(graph)
+    rows = {row["origins"][0]: row for row in run.records[-1].stats["table"]}
+    alone = PassManager("prune-channels{ratio=0.25,skip=conv1}", PassContext()).run(graph).records[-1].stats
+    assert rows["conv2"]["metric"]["0.25"] == pytest.approx(alone["error"]["relative"])
+    assert rows["conv2"]["macs"]["0.25"] == alone["macs"][1]
+
+
 @pytest.mark.parametrize(
     ("pipeline", "message"),
     [
@@ -48,11 +59,13 @@ def test_sensitivity_table_has_every_group_and_ratio_and_leaves_the_graph_alone(
         ("prune-sensitivity{ratios=0.5:1.2}", "ratios must be in"),
     ],
 )
+@covers("prune-sensitivity", kind="negative")
 def test_bad_ratios_are_clear_errors(pipeline, message):
     with pytest.raises(EdgecError, match=message):
         parse_pipeline(pipeline)
 
 
+@covers("prune-sensitivity", kind="negative")
 def test_an_accuracy_metric_needs_labelled_data():
     graph = EdgeGraph.from_onnx(_model())
     with pytest.raises(EdgecError, match="needs labelled evaluation data"):
