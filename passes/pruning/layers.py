@@ -183,7 +183,11 @@ class GemmRule(ChannelRule):
         space = linker.create(node.outputs[0], 1, shape[1])
         linker.use(node, space, PRODUCES)
         a_space = linker.space(node.inputs[0])
-        if a_space is not None:
+        if a_space is None:
+            return
+        if a_space.axis != 1:
+            linker.fix(a_space, f"Gemm '{node.name}' keeps these channels on its row axis")
+        else:
             linker.use(node, a_space, CONSUMES)
 
     def cut(self, node: gs.Node, cuts: Cuts, graph: EdgeGraph) -> None:

@@ -335,3 +335,11 @@ def test_the_analysis_is_cached_until_the_graph_changes():
     ctx = PassContext(analyses=analyses)
     PassManager("prune-channels{ratio=0.25}", ctx).run(graph)
     assert analyses.computed["channel-groups"] == 1  # the pass asked the manager, not recomputed
+
+
+def test_a_gemm_that_reads_the_channels_as_rows_keeps_them():
+    net = Net()
+    features = net.op("Transpose", [net.gemm("x", 6, 4, "fc1")], "rows", perm=[1, 0])
+    net.gemm(features, 2, 3, "fc2")
+    group = group_with(groups_of(net.model({"x": [2, 6]}, {"fc2": [4, 3]})), "fc1")
+    assert group.prunable == 0 and group.reasons == ["Gemm 'fc2' keeps these channels on its row axis"]
