@@ -62,6 +62,22 @@ def left_alone(
     return entries
 
 
+def shortfalls(
+    groups: ChannelGroups, counts: dict[int, int], removed: np.ndarray, round_to: int
+) -> list[dict[str, Any]]:
+    """Groups that lost fewer channels than their ratio asked, and why."""
+    notes = []
+    for group in groups.groups:
+        asked, done = counts.get(group.index, 0), int(removed[group.units].sum())
+        if done < asked:
+            reason = (
+                f"removes {done} of the {asked} channels asked: the spaces it shares must stay even "
+                f"(grouped Conv, shuffle) and at multiples of {round_to}, and allow no more"
+            )
+            notes.append({"group": group.index, "origins": group.origins, "reason": reason})
+    return notes
+
+
 def layer_changes(before: EdgeGraph, after: EdgeGraph, groups: ChannelGroups) -> list[dict[str, Any]]:
     """Per node whose weights or MACs changed: channels, MACs, parameters and weight bytes
     before and after (``[before, after]`` pairs)."""
@@ -182,6 +198,7 @@ class PruneChannels(Pass):
             ratios = {group.index: self._ratio() for group in groups.groups}
         counts, notes = removal_counts(groups, available, ratios, round_to)
         removed = choose(groups, scores, available, counts, round_to)
+        notes += shortfalls(groups, counts, removed, round_to)
         stats["left_alone"] = left_alone(groups, scored, locked, self.criterion) + notes
         stats["channels_removed"] = int(removed.sum())
         if not removed.any():

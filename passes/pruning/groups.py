@@ -191,6 +191,9 @@ class Group:
         members: ``(use, channels)``: every node that changes with the group, and how many of the
             channels it reads belong to this group.
         reasons: why blocked units must stay (empty when every unit can go).
+        blocked: per unit of ``units``, whether it must stay.
+        channels_per_unit: channels of the origin each unit holds (more than one where a channel
+            shuffle ties channels together).
     """
 
     index: int
@@ -199,6 +202,7 @@ class Group:
     members: list[tuple[Use, int]]
     reasons: list[str]
     blocked: np.ndarray
+    channels_per_unit: int = 1
 
     @property
     def prunable(self) -> int:
@@ -311,6 +315,13 @@ def _groups(result: ChannelGroups, group_root: np.ndarray) -> list[Group]:
             members[index].append((use, int(count)))
             if use.role == PRODUCES and result.spaces[use.tensor].origin and use.node not in origins[index]:
                 origins[index].append(use.node)
+    per_unit: dict[int, int] = {}
+    for space in spaces:
+        if space.origin and space.channels and space.tensor not in result.fixed:
+            units = result.units(space.tensor)
+            index = order[int(group_root[units[0]])]
+            share = space.channels // len(np.unique(units))
+            per_unit[index] = min(per_unit.get(index, share), share)
     reasons: dict[int, list[str]] = defaultdict(list)
     for tensor, why in result.fixed.items():
         for root in np.unique(space_groups[tensor]):
@@ -320,9 +331,9 @@ def _groups(result: ChannelGroups, group_root: np.ndarray) -> list[Group]:
     groups = []
     for index in range(len(order)):
         units = np.asarray(units_by_group[index], dtype=np.int64)
-        groups.append(
-            Group(index, units, origins[index], members[index], reasons[index], result.unit_fixed[units])
-        )
+        group = Group(index, units, origins[index], members[index], reasons[index], result.unit_fixed[units])
+        group.channels_per_unit = per_unit.get(index, 1)
+        groups.append(group)
     return groups
 
 

@@ -89,7 +89,8 @@ def removal_counts(
         if ratio <= 0:
             continue
         size, free = len(group.units), int(available[group.units].sum())
-        kept = _kept(size, ratio, round_to)
+        # Units that hold several channels each (a shuffle) need fewer of them per multiple.
+        kept = _kept(size, ratio, round_to // math.gcd(round_to, group.channels_per_unit))
         reason = None
         if free == 0:
             continue  # listed with its reasons by the caller
@@ -255,24 +256,43 @@ def choose(
         if count == 0:
             continue
         candidates = _candidates(group, scores, available)
-        limit = _balanced_limit(parts, count / len(group.units))
-        chosen: list[int] = []
-        for unit in candidates:
-            if len(chosen) == count:
+        start = parts.used.copy()
+        best: tuple[list[int], np.ndarray] = ([], start)
+        # Evening out nested balanced spaces can put every unit back; a smaller count may fit.
+        for attempt in dict.fromkeys(max(1, count * k // 4) for k in (4, 3, 2, 1)):
+            parts.used = start.copy()
+            chosen = _attempt(parts, group, candidates, scores, attempt, round_to)
+            if len(chosen) > len(best[0]):
+                best = (chosen, parts.used.copy())
+            if len(chosen) == attempt:
                 break
-            if parts.fits(unit, limit):
-                parts.take(unit)
-                chosen.append(int(unit))
-        _fill(parts, chosen, candidates, parts.limit)
-        chosen = _rebalance(parts, chosen, scores)
-        while round_to > 1:
-            # Both only put units back, so this ends.
-            kept = len(chosen)
-            chosen = _rebalance(parts, _round_spaces(parts, chosen, scores, round_to), scores)
-            if len(chosen) == kept:
-                break
-        removed[chosen] = True
+        parts.used = best[1]
+        removed[best[0]] = True
     return removed
+
+
+def _attempt(
+    parts: _Parts, group: Group, candidates: np.ndarray, scores: np.ndarray, count: int, round_to: int
+) -> list[int]:
+    """Takes up to ``count`` candidates within the limits, then evens out balanced spaces and
+    rounds every space (both by putting units back)."""
+    limit = _balanced_limit(parts, count / len(group.units))
+    chosen: list[int] = []
+    for unit in candidates:
+        if len(chosen) == count:
+            break
+        if parts.fits(unit, limit):
+            parts.take(unit)
+            chosen.append(int(unit))
+    _fill(parts, chosen, candidates, parts.limit)
+    chosen = _rebalance(parts, chosen, scores)
+    while round_to > 1:
+        # Both only put units back, so this ends.
+        kept = len(chosen)
+        chosen = _rebalance(parts, _round_spaces(parts, chosen, scores, round_to), scores)
+        if len(chosen) == kept:
+            break
+    return chosen
 
 
 def _candidates(group: Group, scores: np.ndarray, available: np.ndarray) -> np.ndarray:
