@@ -38,6 +38,20 @@ def _refuse_layer(node: gs.Node, linker: Linker, reason: str, out_axis: int) -> 
         linker.fix(space, f"{node.op} '{node.name}' {reason}")
 
 
+def _consume(
+    node: gs.Node, linker: Linker, tensor: gs.Tensor, axis: int, refusal: str, whole: bool = False
+) -> None:
+    """The layer reads ``tensor``'s channels as its reduction axis ``axis`` (``whole``: one element
+    per channel, no Flatten block); a space on another axis stays, for ``refusal``."""
+    space = linker.space(tensor)
+    if space is None:
+        return
+    if space.axis != axis or (whole and space.block != 1):
+        linker.fix(space, f"{node.op} '{node.name}' {refusal}")
+    else:
+        linker.use(node, space, CONSUMES)
+
+
 def _delete_bias(node: gs.Node, index: int, channels: np.ndarray, graph: EdgeGraph) -> None:
     if len(node.inputs) > index and node.inputs[index].name:
         delete_elements(node, index, channels, -1, graph)
@@ -134,12 +148,7 @@ class ConvTransposeRule(ChannelRule):
             return
         space = linker.create(node.outputs[0], 1, weights.shape[1])
         linker.use(node, space, PRODUCES)
-        x_space = linker.space(node.inputs[0])
-        if x_space is not None:
-            if x_space.axis != 1 or x_space.block != 1:
-                linker.fix(x_space, f"ConvTranspose '{node.name}' reads these channels on another axis")
-            else:
-                linker.use(node, x_space, CONSUMES)
+        _consume(node, linker, node.inputs[0], 1, "reads these channels on another axis", whole=True)
 
     def cut(self, node: gs.Node, cuts: Cuts, graph: EdgeGraph) -> None:
         weights = constant(node.inputs[1])
@@ -182,13 +191,7 @@ class GemmRule(ChannelRule):
             return
         space = linker.create(node.outputs[0], 1, shape[1])
         linker.use(node, space, PRODUCES)
-        a_space = linker.space(node.inputs[0])
-        if a_space is None:
-            return
-        if a_space.axis != 1:
-            linker.fix(a_space, f"Gemm '{node.name}' keeps these channels on its row axis")
-        else:
-            linker.use(node, a_space, CONSUMES)
+        _consume(node, linker, node.inputs[0], 1, "keeps these channels on its row axis")
 
     def cut(self, node: gs.Node, cuts: Cuts, graph: EdgeGraph) -> None:
         weights = constant(node.inputs[1])
@@ -232,13 +235,8 @@ class MatMulRule(ChannelRule):
             return
         space = linker.create(node.outputs[0], len(shape) - 1, shape[-1])
         linker.use(node, space, PRODUCES)
-        a_space = linker.space(a)
-        if a_space is None:
-            return
-        if a_space.axis != rank(a) - 1:
-            linker.fix(a_space, f"MatMul '{node.name}' keeps these channels on a row axis")
-        else:
-            linker.use(node, a_space, CONSUMES)
+        if linker.space(a) is not None:
+            _consume(node, linker, a, rank(a) - 1, "keeps these channels on a row axis")
 
     def cut(self, node: gs.Node, cuts: Cuts, graph: EdgeGraph) -> None:
         new = constant(node.inputs[1])
