@@ -26,7 +26,7 @@ DEFAULT_TARGET = "x86"
 DEFAULT_PIPELINE = "default"
 # ``--quantize`` sugar for float16 compute (targets with fp16 arithmetic).
 FP16_COMPUTE = "fp16-compute"
-# Requantization roundings of the integer kernels (edgec.targets.tvm.integer.requantize).
+# Requantization roundings of the integer kernels (edgec.targets.integer.fixed_point.requantize).
 ROUNDINGS = ("single", "double")
 
 
@@ -57,6 +57,7 @@ class CompileOptions:
         prune: unstructured sparsity appended to the pipeline (``prune-magnitude``), 0.5 = 50%.
         prune_channels: channel ratio appended to the pipeline (``prune-channels``), 0.3 = 30%.
         prune_nm: N:M sparsity appended to the pipeline (``prune-nm``), e.g. ``2:4``.
+        micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -81,6 +82,7 @@ class CompileOptions:
     prune: float | None = None
     prune_channels: float | None = None
     prune_nm: str | None = None
+    micro_kernels: bool = True
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
@@ -158,7 +160,7 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify") and not isinstance(value, bool):
+        elif name in ("simplify", "verify", "micro_kernels") and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
         elif name in ("seed", "flash_budget", "ram_budget") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0
