@@ -143,7 +143,7 @@ def _edgec_x86(
     graph = EdgeGraph.from_onnx(model)
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as folder:
         try:
-            target.build(target.lower(graph).module, Path(folder), "model")
+            target.build(target.lower(target.legalize(graph.copy()).graph).module, Path(folder), "model")
         except EdgecError as error:
             print(f"  (edgec x86 build failed: {str(error).splitlines()[0]})")
             return None, None
