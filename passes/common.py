@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import ClassVar
 
-from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, infer_shapes
+from edgec.ir import EdgeGraph
 from edgec.pm import Pass, PassContext, PassResult
 from edgec.rewrite import RuleSet
 
 
-def refresh_shapes(graph: EdgeGraph, ops: frozenset[str] | set[str]) -> None:
-    """Runs shape inference when a node of ``ops`` is present; on failure shapes stay as they were,
-    so the checks that need them refuse instead of guessing."""
+def refresh_shapes(graph: EdgeGraph, ctx: PassContext, ops: frozenset[str] | set[str]) -> None:
+    """Brings the inferred shapes up to date (the cached ``shapes`` analysis) when a node of
+    ``ops`` is present; when inference fails, shapes stay as they were, so the checks that need
+    them refuse instead of guessing."""
     if any(node.op in ops for node in graph.nodes):
-        with contextlib.suppress(EdgecError):
-            infer_shapes(graph)
+        ctx.analyses.get("shapes", graph)
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class RewritePass(Pass):
     needs_shapes: ClassVar[frozenset[str]] = frozenset()
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        refresh_shapes(graph, self.needs_shapes)
+        refresh_shapes(graph, ctx, self.needs_shapes)
         report = self.rules.apply(graph)
         return PassResult(
             graph, changed=report.total > 0, stats={self.counter: report.total, **report.stats()}

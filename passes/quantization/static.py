@@ -7,7 +7,6 @@ QDQ, shapes inferred), calibrated once, and every variant is built from a copy o
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ import onnx
 from onnx import numpy_helper, version_converter
 
 from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, infer_shapes, static_shape
+from edgec.ir import EdgeGraph, static_shape
 from edgec.passes.quantization.calibration import as_samples, collect_ranges
 from edgec.passes.quantization.numerics import packed_bytes
 from edgec.passes.quantization.qdq import Plan, apply_plan, make_plan
@@ -96,9 +95,9 @@ def prepare(
         # opset < 13 becomes Shape → Flatten → Softmax → Reshape): fold it again, the shapes are
         # static (only then: onnxslim takes seconds on a large model).
         graph = ctx.run_pass(get_pass("simplify")(), graph).graph
-    with contextlib.suppress(EdgecError):
-        # Unknown shapes only cost memory estimates in calibration; dtypes come from the importer.
-        infer_shapes(graph)
+    # Unknown shapes (inference failed) only cost memory estimates in calibration; dtypes come
+    # from the importer.
+    ctx.analyses.get("shapes", graph)
     done["opset"] = graph.opset
     return graph, done
 
