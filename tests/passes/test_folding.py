@@ -7,7 +7,15 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgec.ir import op_sequence
-from tests.helpers import assert_same_outputs, make_model, pass_stats, refusal_reasons, rng, run_pipeline
+from tests.helpers import (
+    assert_same_outputs,
+    covers,
+    make_model,
+    pass_stats,
+    refusal_reasons,
+    rng,
+    run_pipeline,
+)
 
 F = TensorProto.FLOAT
 
@@ -28,6 +36,7 @@ def _constant_subgraph_model() -> onnx.ModelProto:
     )
 
 
+@covers("fold-constants", kind="structural")
 def test_fold_constants_structure():
     graph, records = run_pipeline("fold-constants", _constant_subgraph_model())
     assert op_sequence(graph) == ["Add", "Reshape"]
@@ -35,12 +44,14 @@ def test_fold_constants_structure():
     assert pass_stats(records, "fold-constants")["folded"] == 3
 
 
+@covers("fold-constants", kind="numeric")
 def test_fold_constants_numeric():
     model = _constant_subgraph_model()
     graph, _ = run_pipeline("fold-constants", model)
     assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("fold-constants", kind="negative")
 def test_fold_constants_refuses_a_result_over_the_size_cap():
     model = make_model(
         [
