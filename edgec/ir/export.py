@@ -16,13 +16,13 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onn
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 
-def constant_nbytes(tensor: gs.Constant) -> int:
+def _nbytes(tensor: gs.Constant) -> int:
     """Bytes of a constant's values, without loading lazy ones."""
     # ``_values``: gs offers no public way to ask without loading (``values`` loads).
     return int(tensor._values.nbytes)
 
 
-def constant_onnx_dtype(tensor: gs.Constant) -> int:
+def _onnx_dtype(tensor: gs.Constant) -> int:
     """The ONNX element type a constant exports as, without loading lazy ones (loading a packed
     INT4 initializer would turn it into one byte per element)."""
     if isinstance(tensor._values, LazyValues):
@@ -32,7 +32,7 @@ def constant_onnx_dtype(tensor: gs.Constant) -> int:
 
 def _typed_input(name: str, tensor: gs.Constant) -> onnx.ValueInfoProto:
     shape = [int(d) for d in tensor.shape]
-    return onnx.helper.make_tensor_value_info(name, constant_onnx_dtype(tensor), shape)
+    return onnx.helper.make_tensor_value_info(name, _onnx_dtype(tensor), shape)
 
 
 def _append_constant(initializers, tensor: gs.Constant) -> None:
@@ -42,11 +42,10 @@ def _append_constant(initializers, tensor: gs.Constant) -> None:
         # Renamed on the appended copy, not on the source proto that graph copies share.
         initializers[-1].name = tensor.name
         return
-    onnx_dtype = dtype_to_onnx(values.dtype)
-    if values.dtype.kind in "biufc" and onnx_dtype == dtype_to_onnx(tensor.export_dtype):
+    if values.dtype.kind in "biufc" and dtype_to_onnx(values.dtype) == dtype_to_onnx(tensor.export_dtype):
         proto = initializers.add()
         proto.name = tensor.name
-        proto.data_type = onnx_dtype
+        proto.data_type = dtype_to_onnx(values.dtype)
         proto.dims.extend(values.shape)
         proto.raw_data = values.tobytes()
         if tensor.data_location is not None:
@@ -61,7 +60,7 @@ def _large_constant_node(node: gs.Node, weight_limit: int | None) -> gs.Constant
     value = node.attrs.get("value") if node.op == "Constant" else None
     if weight_limit is None or not isinstance(value, gs.Constant):
         return None
-    return value if constant_nbytes(value) > weight_limit else None
+    return value if _nbytes(value) > weight_limit else None
 
 
 def fill_graph(proto: onnx.GraphProto, graph: gs.Graph, weight_limit: int | None = None) -> None:
@@ -90,7 +89,7 @@ def fill_graph(proto: onnx.GraphProto, graph: gs.Graph, weight_limit: int | None
         if isinstance(tensor, gs.Constant):
             if isinstance(tensor._values, SparseValues):
                 proto.sparse_initializer.append(OnnxExporter.export_sparse_tensor_proto(tensor))
-            elif weight_limit is not None and constant_nbytes(tensor) > weight_limit:
+            elif weight_limit is not None and _nbytes(tensor) > weight_limit:
                 moved.append(_typed_input(tensor.name, tensor))
             else:
                 _append_constant(proto.initializer, tensor)
