@@ -72,7 +72,7 @@ def _stage_of() -> dict[str, str]:
     return stages
 
 
-STAGES = ("load", "simplify", "other import", "default", "around passes")
+STAGES = ("setup", "load", "simplify", "other import", "default", "around passes")
 
 
 def _edgec_import(path: Path) -> tuple[float, dict[str, float], dict[str, float]]:
@@ -84,6 +84,8 @@ def _edgec_import(path: Path) -> tuple[float, dict[str, float], dict[str, float]
     stage_of = _stage_of()
     stages: dict[str, float] = dict.fromkeys(STAGES, 0.0)
     per_pass: dict[str, float] = defaultdict(float)
+    # Pipeline parsing (the first one imports every pass module and plugin), the target registry.
+    stages["setup"] = total - prepared.seconds["load"] - prepared.seconds["passes"]
     stages["load"] = prepared.seconds["load"]
     top_level = [record for record in prepared.run.records if record.parent is None]
     for record in top_level:
