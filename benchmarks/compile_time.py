@@ -106,6 +106,7 @@ def _import_table(models: list[str], weights: str, repeat: int, folder: Path) ->
         *STAGES,
         "(import onnxslim)",
         "(onnx.load)",
+        "ratio to all three",
         box=None,
     )
     detail = Table("model", "pass", "seconds", box=None)
@@ -126,6 +127,7 @@ def _import_table(models: list[str], weights: str, repeat: int, folder: Path) ->
             *(f"{stages[stage]:.2f}" for stage in STAGES),
             f"{imported:.2f}",
             f"{loaded:.2f}",
+            f"{total / (slim + imported + loaded):.1f}x",
         )
         for pass_name, seconds in sorted(per_pass.items(), key=lambda item: -item[1])[:5]:
             detail.add_row(name, pass_name, f"{seconds:.2f}")
