@@ -143,7 +143,8 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
     start = time.perf_counter()
     with progress.step(f"running the pipeline {format_pipeline(steps)}"):
         run = PassManager(steps, ctx).run(graph)
-        infer_shapes(run.graph)
+        if not ctx.analyses.get("shapes", run.graph):
+            infer_shapes(run.graph)  # inference fails: raise its error
     seconds["passes"] = time.perf_counter() - start
     return Prepared(source, original, run, format_pipeline(steps), ctx, frozen, seconds)
 

@@ -19,15 +19,14 @@ sequence length.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from edgec.errors import EdgecError, Fix, UnsupportedNodeError
-from edgec.ir import EdgeGraph, dependency_fix, infer_shapes, static_shape
+from edgec.errors import Fix, UnsupportedNodeError
+from edgec.ir import EdgeGraph, dependency_fix, static_shape
 from edgec.pm import Pass, PassContext, PassResult, register
 
 _DEFAULT_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"], "RNN": ["tanh"]}
@@ -362,8 +361,7 @@ def _decompose_all(graph: EdgeGraph, ctx: PassContext, op: str) -> PassResult:
         return PassResult(graph, changed=False, stats={"decomposed": 0})
     if any(static_shape(node.inputs[0]) is None for node in targets):
         # Nodes whose input shape stays unknown are refused below, by name.
-        with contextlib.suppress(EdgecError):
-            infer_shapes(graph)
+        ctx.analyses.get("shapes", graph)
     decomposed = []
     for node in targets:
         try:
