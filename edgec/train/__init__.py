@@ -1,0 +1,1 @@
+"""Training on TVM Relax (``relax.training``): distillation and quantization-aware fine-tuning."""
