@@ -1,4 +1,4 @@
-"""The ``edgec`` command line: compile, optimize, inspect, check, run, passes, targets.
+"""The ``edgec`` command line: compile, optimize, inspect, check, run, passes, targets, distill.
 
 Exit codes: 0 ok; 1 user error (``edgec: error: ...``, no traceback); 2 usage; 3 a budget or
 accuracy gate failed (the artifact is still written and its manifest says why).
@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from edgec.cli_distill import distill as _distill_command
 from edgec.errors import BudgetError, EdgecError
 
 _SHAPE_HELP = "fix an input's shape, e.g. input=1x3x224x224 (repeatable)"
@@ -86,10 +87,14 @@ def _options(ctx_params: dict[str, Any]):
         "max_accuracy_drop",
         "name",
         "rounding",
+        "train",
+        "epochs",
     ):
         if key in ctx_params and ctx_params[key] is not None:
             value = ctx_params.pop(key)
-            overrides[key] = Path(value) if key in ("inputs", "eval", "calib") else value
+            overrides[key] = Path(value) if key in ("inputs", "eval", "calib", "train") else value
+    if ctx_params.pop("qat", False):
+        overrides["qat"] = True
     return base.merged(overrides)
 
 
@@ -126,6 +131,9 @@ def _pipeline_options(function):
         click.option(
             "--calibration", metavar="METHOD", help="int8 calibration: minmax, percentile, entropy, mse"
         ),
+        click.option("--qat", is_flag=True, help="fine-tune --quantize with quantization-aware training"),
+        click.option("--train", type=click.Path(), help=".npz training dataset (--qat, distill passes)"),
+        click.option("--epochs", type=click.IntRange(min=1), help="training epochs of --qat (default 10)"),
     ]
     for decorator in reversed(decorators):
         function = decorator(function)
@@ -188,7 +196,8 @@ def write_depfile(depfile: Path, out_dir: Path, model: Path, options) -> None:
     from edgec.ir import atomic_path, external_data_files
 
     inputs = [model.resolve(), *external_data_files(model)]
-    inputs += [p.resolve() for p in (options.calib, options.eval, options.inputs, options.config_file) if p]
+    data = (options.calib, options.eval, options.inputs, options.config_file, options.train)
+    inputs += [p.resolve() for p in data if p]
     inputs += [Path(v).resolve() for v in options.freeze_inputs.values() if v.endswith((".npy", ".npz"))]
 
     def escape(path: Path) -> str:
@@ -418,6 +427,10 @@ def targets(as_json: bool) -> None:
         if entry["flash_bytes"]:
             budgets = f" (flash {entry['flash_bytes'] // 1024} KiB, RAM {entry['ram_bytes'] // 1024} KiB)"
         click.echo(f"{entry['name']:<14} {entry['description']}{budgets}")
+
+
+# The distillation command lives in its own module (edgec/cli_distill.py).
+main.add_command(_distill_command)
 
 
 if __name__ == "__main__":

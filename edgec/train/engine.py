@@ -112,6 +112,7 @@ class TrainResult:
     history: list[EpochRecord]
     best_epoch: int
     accuracy: float | None
+    initial_accuracy: float | None
     stopped: str
     steps: int
     seconds_per_step: float
@@ -123,6 +124,7 @@ class TrainResult:
             "epochs_run": len(self.history),
             "best_epoch": self.best_epoch,
             "accuracy": None if self.accuracy is None else round(self.accuracy, 6),
+            "accuracy_before": None if self.initial_accuracy is None else round(self.initial_accuracy, 6),
             "stopped": self.stopped,
             "steps": self.steps,
             "history": [record.as_dict() for record in self.history],
@@ -186,6 +188,7 @@ def train(
 
     best_values = step.values()
     best_graph, best_accuracy = measure(best_values)
+    initial_accuracy = best_accuracy
     best_epoch, best_loss = 0, math.inf
     history: list[EpochRecord] = []
     stopped, steps, step_seconds, since_best = "completed", 0, 0.0, 0
@@ -237,6 +240,7 @@ def train(
         history,
         best_epoch,
         best_accuracy,
+        initial_accuracy,
         stopped,
         steps,
         step_seconds / max(steps, 1),

@@ -30,7 +30,7 @@ SCALE_RATE = 0.1
 @register
 @dataclass(frozen=True)
 class QuantizationAwareTraining(Pass):
-    """Quantizes like ``quantize`` and fine-tunes the quantized model on training data with fake quantization."""
+    """Quantizes like the quantize pass, then fine-tunes the quantized model with fake quantization on training data."""
 
     name: ClassVar[str] = "qat"
     lossless: ClassVar[bool] = False
