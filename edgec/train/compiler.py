@@ -110,6 +110,23 @@ def _lower(mod: Any, schedules: bool) -> Any:
     return mod
 
 
+def _explicit_tuple_return(function: Any) -> Any:
+    """A function returning several outputs as a ``Tuple`` expression (``AppendLoss`` splits that
+    expression into outputs; the frontend returns a variable bound to the tuple)."""
+    from tvm import relax
+
+    body = function.body
+    if not isinstance(function.ret_ty, relax.TupleType) or isinstance(body.body, relax.Tuple):
+        return function
+    # Unpacked inside the (single) dataflow block: the backbone must stay one block.
+    block = body.blocks[0]
+    fields = [relax.Var(f"output_{i}", ty) for i, ty in enumerate(function.ret_ty.fields)]
+    unpack = [relax.VarBinding(var, relax.TupleGetItem(body.body, i)) for i, var in enumerate(fields)]
+    new_block = relax.DataflowBlock([*block.bindings, *unpack])
+    new_body = relax.SeqExpr([new_block], relax.Tuple(fields))
+    return relax.Function(function.params, new_body, function.ret_ty, function.is_pure, function.attrs)
+
+
 def host_target() -> Any:
     """The TVM target of this machine's CPU."""
     import tvm
@@ -117,6 +134,29 @@ def host_target() -> Any:
     from edgec.targets.x86 import host_cpu_name
 
     return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu_name()})
+
+
+# Compiled training steps of this process, by everything that shapes the compiled code (the model
+# with its initial weights, the loss, the grids, the optimizer's constants): a second run of the
+# same setup (another seed, another learning rate) starts from fresh weights without recompiling.
+_COMPILED: dict[str, tuple[Any, list[str], list[str], int, int]] = {}
+
+
+def _cache_key(graph: TrainingGraph, *parts: Any) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(graph.model.SerializeToString())
+    digest.update(repr(parts).encode())
+    return digest.hexdigest()
+
+
+def _fresh_state(names: list[str], graph: TrainingGraph) -> list[Any]:
+    """AdamW's initial state: rate 0, beta powers 1, zero moments."""
+    import tvm
+
+    scalars = [np.zeros((), np.float32), np.ones((), np.float32), np.ones((), np.float32)]
+    zeros = [np.zeros_like(graph.initial[name]) for name in names]
+    return [tvm.runtime.tensor(value) for value in (*scalars, *zeros, *zeros)]
 
 
 def compile_step(
@@ -141,6 +181,24 @@ def compile_step(
             way out), or a model the frontend cannot import.
     """
     import tvm
+
+    key = _cache_key(graph, loss, sorted(quantized.items()), sorted(rate_multipliers.items()), sorted(weight_decays.items()), schedules)
+    if key not in _COMPILED:
+        _COMPILED[key] = _compile(graph, loss, quantized, rate_multipliers, weight_decays, schedules)
+    vm, names, targets, kernels, scheduled = _COMPILED[key]
+    initial = [tvm.runtime.tensor(graph.initial[name]) for name in names]
+    return TrainStep(vm, names, initial, _fresh_state(names, graph), targets, kernels, scheduled)
+
+
+def _compile(
+    graph: TrainingGraph,
+    loss: LossSpec,
+    quantized: dict[str, FakeQuantSpec],
+    rate_multipliers: dict[str, float],
+    weight_decays: dict[str, float],
+    schedules: bool,
+) -> tuple[Any, list[str], list[str], int, int]:
+    import tvm
     from tvm import relax
     from tvm.relax.training.utils import AppendLoss
 
@@ -154,7 +212,8 @@ def compile_step(
     function = imported["main"].without_attr("params")
     module = tvm.IRModule({"backbone": function.with_attr("global_symbol", "backbone")})
     module, _ = insert_fake_quant(module, "backbone", quantized)
-    function = module["backbone"]
+    function = _explicit_tuple_return(module["backbone"])
+    module["backbone"] = function
     inputs = len(graph.inputs)
     names = [p.name for p in function.params[inputs:]]
     if sorted(names) != sorted(graph.sources):
@@ -190,6 +249,5 @@ def compile_step(
         warnings.simplefilter("ignore")
         executable = tvm.compile(lowered, host_target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
-    initial = [tvm.runtime.tensor(graph.initial[name]) for name in names]
     targets = loss.target_names(len(output_types) - 1)
-    return TrainStep(vm, names, initial, list(optimizer.state), targets, len(kernels), scheduled)
+    return vm, names, targets, len(kernels), scheduled

@@ -17,10 +17,9 @@ from edgec.data import LABEL_KEY
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, static_shape
 from edgec.train.engine import Targets, TrainConfig, TrainResult, train
-from edgec.train.export import float_exporter
+from edgec.train.export import float_exporter, run_batched
 from edgec.train.graph import batch_axis_check, training_graph
 from edgec.train.losses import LossSpec
-from edgec.verify import onnx_session, run_session_batch
 
 _TEACHER_CACHE: dict[str, list[np.ndarray]] = {}
 # Cached teacher outputs kept per process (oldest dropped first).
@@ -49,25 +48,19 @@ def check_pair(teacher: EdgeGraph, student: EdgeGraph) -> None:
 
 def teacher_outputs(teacher: EdgeGraph, inputs: dict[str, np.ndarray], features: tuple[str, ...]) -> list[np.ndarray]:
     """The teacher's logits ``[N, classes]`` and ``features`` (``[N, ...]``) over ``inputs``."""
-    model = teacher.copy()
-    tensors = model.tensors()
+    tensors = teacher.tensors()
     missing = [name for name in features if name not in tensors]
     if missing:
         raise EdgecError(f"the teacher has no tensor {missing} to compare the student's features with")
-    model.gs.outputs = [model.outputs[0], *(tensors[name] for name in features)]
-    onnx_model = model.to_onnx()
-    digest = hashlib.sha256(onnx_model.SerializeToString())
+    names = [teacher.outputs[0].name, *features]
+    digest = hashlib.sha256(teacher.to_onnx().SerializeToString() + repr(names).encode())
     for name in sorted(inputs):
         digest.update(name.encode() + np.ascontiguousarray(inputs[name]).tobytes())
     key = digest.hexdigest()
     if key not in _TEACHER_CACHE:
-        names = [t.name for t in teacher.inputs]
-        outputs = run_session_batch(onnx_session(onnx_model), {name: inputs[name] for name in names})
-        ordered = [outputs[t.name] for t in model.outputs]
-        count = len(ordered[0])
-        ordered[0] = ordered[0].reshape(count, -1)
-        # Features keep the student's batch layout: [N, 1, ...] -> [N, ...] rows of the batch axis.
-        ordered[1:] = [f.reshape(count, *f.shape[2:]) for f in ordered[1:]]
+        outputs = run_batched(teacher, {t.name: inputs[t.name] for t in teacher.inputs}, names)
+        ordered = [outputs[name] for name in names]
+        ordered[0] = ordered[0].reshape(len(ordered[0]), -1)
         if len(_TEACHER_CACHE) >= _CACHE_ENTRIES:
             _TEACHER_CACHE.pop(next(iter(_TEACHER_CACHE)))
         _TEACHER_CACHE[key] = ordered

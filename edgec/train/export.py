@@ -14,10 +14,38 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from edgec.ir import EdgeGraph
-from edgec.verify import accuracy, onnx_session, run_session_batch
+from edgec.train.graph import batch_reshapes
+from edgec.verify import accuracy, onnx_session
 
 # Samples used for BatchNormalization statistics (enough for stable means; bounds the time).
 STATISTICS_SAMPLES = 2048
+# Samples per onnxruntime call of a batched run (bounds the memory of the activations).
+CHUNK = 512
+
+
+def run_batched(graph: EdgeGraph, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Runs ``graph`` (batch-1 inputs) on all samples ``[N, 1, ...]`` at once, the batch axis made
+    symbolic; returns ``outputs`` (default: the graph's) as ``[N, ...]`` arrays."""
+    work = graph.copy()
+    batch_reshapes(work)
+    tensors = work.tensors()
+    if outputs is not None:
+        work.gs.outputs = [tensors[name] for name in outputs]
+    model = work.to_onnx()
+    del model.graph.value_info[:]
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = "batch"
+    session = onnx_session(model)
+    names = [o.name for o in session.get_outputs()]
+    count = len(next(iter(inputs.values())))
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, count, CHUNK):
+        feeds = {k: np.ascontiguousarray(v[start : start + CHUNK].reshape(-1, *v.shape[2:])) for k, v in inputs.items()}
+        for name, value in zip(names, session.run(names, feeds), strict=True):
+            parts[name].append(value)
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def write_weights(graph: EdgeGraph, values: dict[str, np.ndarray]) -> EdgeGraph:
@@ -41,22 +69,18 @@ def recompute_batchnorm(graph: EdgeGraph, inputs: dict[str, np.ndarray]) -> int:
         mean, variance = node.inputs[3], node.inputs[4]
         if not (isinstance(mean, gs.Constant) and isinstance(variance, gs.Constant)):
             continue
-        probe = graph.copy()
-        probe.gs.outputs = [probe.tensors()[node.inputs[0].name]]
-        activations = run_session_batch(onnx_session(probe.to_onnx()), samples)[node.inputs[0].name]
-        # [samples, batch 1, C, ...] -> statistics over everything but the channel axis.
-        channels = np.moveaxis(activations.reshape(-1, *activations.shape[2:]), 1, 0).reshape(
-            activations.shape[2], -1
-        )
+        activations = run_batched(graph, samples, [node.inputs[0].name])[node.inputs[0].name]
+        # [samples, C, ...] -> statistics over everything but the channel axis.
+        channels = np.moveaxis(activations, 1, 0).reshape(activations.shape[1], -1)
         mean.values = channels.mean(axis=1).astype(mean.values.dtype)
         variance.values = channels.var(axis=1).astype(variance.values.dtype)
     return len(norms)
 
 
 def logits_of(graph: EdgeGraph, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The first output of ``graph`` under onnxruntime, one sample at a time, as ``[N, classes]``."""
+    """The first output of ``graph`` under onnxruntime as ``[N, classes]``."""
     first = graph.outputs[0].name
-    outputs = run_session_batch(onnx_session(graph.to_onnx()), inputs)[first]
+    outputs = run_batched(graph, inputs, [first])[first]
     return outputs.reshape(len(outputs), -1)
 
 

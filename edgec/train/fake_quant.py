@@ -143,7 +143,10 @@ def insert_fake_quant(module: Any, function: str, specs: dict[str, FakeQuantSpec
             data = getattr(zero_point, "value", None)
             if not isinstance(data, tvm.runtime.Tensor):
                 return call  # a zero point computed at run time: not a fake quantization
-            zero = int(data.numpy())
+            zeros = data.numpy().ravel()
+            if zeros.size == 0 or not (zeros == zeros[0]).all():
+                return call  # per-channel zero points: not a grid this kernel takes
+            zero = int(zeros[0])
             spec = specs.get(scale.name if isinstance(scale, relax.Var) else "", FakeQuantSpec(-128, 127))
             options = {
                 "low": spec.low,

@@ -74,13 +74,14 @@ def _clip_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> lis
     """``dy`` where ``min <= x <= max``, else 0 (``clip(x, min, max)``)."""
     from tvm import relax
     from tvm.relax.op import greater, less, logical_or, where
+    from tvm.relax.op.grad import no_grad
 
     x, low, high = orig_call.args
     dtype = _dtype(x)
     outside = logical_or(
         less(x, relax.const(float(low.value), dtype)), greater(x, relax.const(float(high.value), dtype))
     )
-    return [where(outside, relax.const(0.0, dtype), output_grad), None, None]
+    return [where(outside, relax.const(0.0, dtype), output_grad), no_grad(low), no_grad(high)]
 
 
 def _max_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> list[Any]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import numpy_helper
 
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, static_shape
@@ -122,7 +121,8 @@ def _clip_as_max_min(graph: EdgeGraph) -> None:
     graph.cleanup()
 
 
-def _batch_reshapes(graph: EdgeGraph) -> None:
+def batch_reshapes(graph: EdgeGraph) -> None:
+    """Reshapes to a constant shape written for batch 1 copy the batch instead (in place)."""
     # A constant target shape written for batch 1 ([1, -1]) would fold the batch into the features.
     for node in graph.nodes:
         if node.op == "Reshape" and isinstance(node.inputs[1], gs.Constant):
@@ -152,7 +152,7 @@ def training_graph(graph: EdgeGraph, batch: int, features: tuple[str, ...] = ())
         if name not in tensors or isinstance(tensors[name], gs.Constant):
             raise EdgecError(f"feature '{name}' is not a computed tensor of the model")
     _clip_as_max_min(work)
-    _batch_reshapes(work)
+    batch_reshapes(work)
     trainable = _trainable(work)
     if not trainable:
         raise EdgecError(
@@ -196,13 +196,3 @@ def _set_batch(model: onnx.ModelProto, batch: int) -> None:
         if dims:
             dims[0].ClearField("dim_param")
             dims[0].dim_value = batch
-    # Outputs other than the inputs' batch-1 copies get their shapes from the importer.
-    for value in model.graph.output:
-        for dim in value.type.tensor_type.shape.dim[1:]:
-            if not dim.dim_value:
-                dim.ClearField("dim_param")
-
-
-def initializer_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The initializers of ``model`` by name."""
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}

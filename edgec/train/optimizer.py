@@ -29,7 +29,6 @@ def make_adamw(
     rate_multipliers: list[float], weight_decays: list[float], betas: tuple[float, float] = (0.9, 0.999)
 ) -> Any:
     """An AdamW optimizer for parameters with the given per-parameter multipliers and decays."""
-    import tvm
     from tvm import relax
     from tvm.relax.op import add, divide, multiply, sqrt, subtract
 
@@ -40,16 +39,9 @@ def make_adamw(
             super().__init__("AdamW")
 
         def init(self, params: list[Any]) -> AdamW:
+            # The training loop builds the state (edgec.train.compiler); here only the parameters.
             self._set_params_and_dtype(params)
             self.dtype = str(self.dtype)
-            shapes = [[int(d) for d in p.ty.shape] for p in self.param_list]
-            self.state = (
-                tvm.runtime.tensor(np.zeros((), "float32")),
-                tvm.runtime.tensor(np.ones((), "float32")),
-                tvm.runtime.tensor(np.ones((), "float32")),
-                *(tvm.runtime.tensor(np.zeros(s, "float32")) for s in shapes),
-                *(tvm.runtime.tensor(np.zeros(s, "float32")) for s in shapes),
-            )
             return self
 
         def get_function(self) -> Any:
