@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from edgec.ir import EdgeGraph
@@ -23,9 +24,9 @@ STATISTICS_SAMPLES = 2048
 CHUNK = 512
 
 
-def run_batched(graph: EdgeGraph, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Runs ``graph`` (batch-1 inputs) on all samples ``[N, 1, ...]`` at once, the batch axis made
-    symbolic; returns ``outputs`` (default: the graph's) as ``[N, ...]`` arrays."""
+def batched_model(graph: EdgeGraph, batch: int | str = "batch", outputs: list[str] | None = None) -> onnx.ModelProto:
+    """``graph`` (batch-1 inputs) with a batch axis of ``batch`` (a size, or a symbolic name), its
+    outputs ``outputs`` (default: the graph's)."""
     work = graph.copy()
     batch_reshapes(work)
     tensors = work.tensors()
@@ -36,7 +37,17 @@ def run_batched(graph: EdgeGraph, inputs: dict[str, np.ndarray], outputs: list[s
     for value in (*model.graph.input, *model.graph.output):
         dims = value.type.tensor_type.shape.dim
         if dims:
-            dims[0].dim_param = "batch"
+            if isinstance(batch, int):
+                dims[0].dim_value = batch
+            else:
+                dims[0].dim_param = batch
+    return model
+
+
+def run_batched(graph: EdgeGraph, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Runs ``graph`` (batch-1 inputs) on all samples ``[N, 1, ...]`` at once, the batch axis made
+    symbolic; returns ``outputs`` (default: the graph's) as ``[N, ...]`` arrays."""
+    model = batched_model(graph, "batch", outputs)
     session = onnx_session(model)
     names = [o.name for o in session.get_outputs()]
     count = len(next(iter(inputs.values())))

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     teacher = load(HERE / "digits_cnn.onnx")
+    infer_shapes(teacher)
     train, valid, test = split(teacher)
     calib = {"input": load_dataset(HERE / "digits_calib.npz", teacher)["input"]}
     with tempfile.TemporaryDirectory() as name:
@@ -150,9 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         print("distillation (test accuracy):", flush=True)
         tables = {"distillation": distillation_table(teacher, train, valid, test, [0] if quick else [0, 1, 2], 2 if quick else 30)}
         print("substitution (test accuracy):", flush=True)
-        tables["substitution"] = substitution_table(teacher, train, valid, test, calib, (1, 1) if quick else (60, 15))
+        tables["substitution"] = substitution_table(teacher, train, valid, test, calib, (1, 1) if quick else (150, 15))
         print("quantization-aware training (test accuracy; validation accuracy by the trainer and under qemu):", flush=True)
-        epochs = {"int8": 1, "weight-int4": 1, "weight-binary": 1} if quick else {"int8": 5, "weight-int4": 10, "weight-binary": 30}
+        epochs = {"int8": 1, "weight-int4": 1, "weight-binary": 1} if quick else {"int8": 5, "weight-int4": 10, "weight-binary": 40}
         tables["qat"] = qat_table(HERE / "digits_cnn.onnx", folder, test, epochs, not args.skip_qemu)
     tables["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:

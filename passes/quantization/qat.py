@@ -22,6 +22,10 @@ from edgec.pm import Pass, PassContext, PassResult, get_pass, register
 
 # Weight bits of each scheme QAT trains.
 SCHEME_BITS = {"int8": 8, "weight-int8": 8, "weight-int4": 4, "weight-int2": 2, "weight-binary": 1}
+# AdamW rates that fine-tune each weight width (learning_rate=0 picks them): 4 and 8 bits stay
+# close to the float weights; 2-bit and binary weights must move across rounding boundaries
+# (digits binary: 84 % validation accuracy after 30 epochs at 1e-4, 96 % after 15 at 1e-3).
+FINE_TUNING_RATES = {8: 1e-4, 4: 1e-4, 2: 1e-3, 1: 1e-3}
 # Quantization scales learn at this fraction of the weights' rate (they are small numbers whose
 # relative change matters; Adam's steps are absolute).
 SCALE_RATE = 0.1
@@ -39,7 +43,7 @@ class QuantizationAwareTraining(Pass):
     calibration: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
     epochs: int = 10
     batch_size: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: float = 0.0
     alpha: float = 0.7
     temperature: float = 4.0
     patience: int = 0
@@ -62,7 +66,7 @@ class QuantizationAwareTraining(Pass):
         config = TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
+            learning_rate=self.learning_rate or default_rate(self.scheme),
             weight_decay=0.0,
             patience=self.patience,
             seed=ctx.seed,
@@ -98,6 +102,11 @@ class QuantizationAwareTraining(Pass):
             "trained_scales": len(_scale_names(ptq)),
         }
         return PassResult(result.graph, changed=True, stats=stats)
+
+
+def default_rate(scheme: str) -> float:
+    """The learning rate ``qat`` uses for ``scheme`` when none is given."""
+    return FINE_TUNING_RATES[SCHEME_BITS[scheme]]
 
 
 def _training_data(ctx: PassContext, graph: EdgeGraph, alpha: float) -> dict[str, np.ndarray]:
