@@ -67,9 +67,9 @@ def main() -> None:
     from edgec.data import load_dataset
     from edgec.ir import load
     from edgec.train.compiler import compile_step
+    from edgec.train.export import batched_model
     from edgec.train.graph import training_graph
     from edgec.train.losses import LossSpec
-    from edgec.train.export import batched_model
 
     digits = os.path.join(os.path.dirname(__file__), "..", "examples", "digits")
     graph = load(os.path.join(digits, "digits_cnn.onnx"))
@@ -83,7 +83,10 @@ def main() -> None:
     table = Table("what", "ms", "x onnxruntime forward", "kernels (scheduled)", "compile s", box=None)
     table.add_row(f"onnxruntime forward, batch {args.batch}", f"{forward * 1e3:.3f}", "1.0", "", "")
     steps = {}
-    for label, schedules in (("edgec training step, edgec schedules", True), ("edgec training step, TVM defaults", False)):
+    for label, schedules in (
+        ("edgec training step, edgec schedules", True),
+        ("edgec training step, TVM defaults", False),
+    ):
         start = time.perf_counter()
         step = compile_step(training, LossSpec(), {}, {}, {}, schedules=schedules)
         compile_seconds = time.perf_counter() - start

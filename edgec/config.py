@@ -115,7 +115,9 @@ class CompileOptions:
 
     def _qat_pass(self) -> str:
         if not self.quantize:
-            raise EdgecError("--qat fine-tunes a quantization scheme: add --quantize int8 (or weight-int4 ...)")
+            raise EdgecError(
+                "--qat fine-tunes a quantization scheme: add --quantize int8 (or weight-int4 ...)"
+            )
         if not self.train:
             raise EdgecError("--qat trains on data: add --train train.npz")
         if self.max_accuracy_drop is not None:

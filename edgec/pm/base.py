@@ -68,7 +68,9 @@ class PassContext:
     dump_after: frozenset[str] = frozenset()
     dump_dir: Path | None = None
     warn: Callable[[str], None] = lambda message: None
-    progress: Callable[[str, int], Callable[..., None]] = lambda description, total: lambda done, status="": None
+    progress: Callable[[str, int], Callable[..., None]] = lambda description, total: (
+        lambda done, status="": None
+    )
     options: dict[str, Any] = field(default_factory=dict)
     refusals: list[UnsupportedNodeError] | None = None
     analyses: AnalysisManager = field(default_factory=AnalysisManager)

@@ -57,7 +57,9 @@ class TrainStep:
         import tvm
 
         self.optim_state[0] = tvm.runtime.tensor(np.asarray(rate, np.float32))
-        args = [tvm.runtime.tensor(a) for a in inputs] + self.params + [tvm.runtime.tensor(t) for t in targets]
+        args = (
+            [tvm.runtime.tensor(a) for a in inputs] + self.params + [tvm.runtime.tensor(t) for t in targets]
+        )
         loss, grads = self.vm["backbone_loss_adjoint"](*args)
         new_params, new_state = self.vm["optimizer"](self.params, grads, self.optim_state)
         self.params = list(new_params)
@@ -182,7 +184,14 @@ def compile_step(
     """
     import tvm
 
-    key = _cache_key(graph, loss, sorted(quantized.items()), sorted(rate_multipliers.items()), sorted(weight_decays.items()), schedules)
+    key = _cache_key(
+        graph,
+        loss,
+        sorted(quantized.items()),
+        sorted(rate_multipliers.items()),
+        sorted(weight_decays.items()),
+        schedules,
+    )
     if key not in _COMPILED:
         _COMPILED[key] = _compile(graph, loss, quantized, rate_multipliers, weight_decays, schedules)
     vm, names, targets, kernels, scheduled = _COMPILED[key]
@@ -240,7 +249,11 @@ def _compile(
     ).init(params)
     module["optimizer"] = optimizer.get_function().with_attr("global_symbol", "optimizer")
     training = tvm.IRModule(
-        {gv: func for gv, func in module.functions.items() if gv.name_hint not in ("backbone", "backbone_loss")}
+        {
+            gv: func
+            for gv, func in module.functions.items()
+            if gv.name_hint not in ("backbone", "backbone_loss")
+        }
     )
     lowered = _lower(training, schedules)
     kernels = [f for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]

@@ -46,7 +46,9 @@ def check_pair(teacher: EdgeGraph, student: EdgeGraph) -> None:
         )
 
 
-def teacher_outputs(teacher: EdgeGraph, inputs: dict[str, np.ndarray], features: tuple[str, ...]) -> list[np.ndarray]:
+def teacher_outputs(
+    teacher: EdgeGraph, inputs: dict[str, np.ndarray], features: tuple[str, ...]
+) -> list[np.ndarray]:
     """The teacher's logits ``[N, classes]`` and ``features`` (``[N, ...]``) over ``inputs``."""
     tensors = teacher.tensors()
     missing = [name for name in features if name not in tensors]

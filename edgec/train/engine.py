@@ -223,7 +223,7 @@ def train(
         epoch_loss = float(np.mean(losses))
         history.append(EpochRecord(epoch, epoch_loss, score, time.perf_counter() - start))
         better = score > best_accuracy if score is not None else epoch_loss < best_loss
-        if better or epoch == 1 and score is None:
+        if better or (epoch == 1 and score is None):
             best_values, best_graph, best_epoch = values, model, epoch
             best_accuracy, best_loss, since_best = score, epoch_loss, 0
         else:

@@ -24,7 +24,9 @@ STATISTICS_SAMPLES = 2048
 CHUNK = 512
 
 
-def batched_model(graph: EdgeGraph, batch: int | str = "batch", outputs: list[str] | None = None) -> onnx.ModelProto:
+def batched_model(
+    graph: EdgeGraph, batch: int | str = "batch", outputs: list[str] | None = None
+) -> onnx.ModelProto:
     """``graph`` (batch-1 inputs) with a batch axis of ``batch`` (a size, or a symbolic name), its
     outputs ``outputs`` (default: the graph's)."""
     work = graph.copy()
@@ -44,7 +46,9 @@ def batched_model(graph: EdgeGraph, batch: int | str = "batch", outputs: list[st
     return model
 
 
-def run_batched(graph: EdgeGraph, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+def run_batched(
+    graph: EdgeGraph, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """Runs ``graph`` (batch-1 inputs) on all samples ``[N, 1, ...]`` at once, the batch axis made
     symbolic; returns ``outputs`` (default: the graph's) as ``[N, ...]`` arrays."""
     model = batched_model(graph, "batch", outputs)
@@ -53,7 +57,10 @@ def run_batched(graph: EdgeGraph, inputs: dict[str, np.ndarray], outputs: list[s
     count = len(next(iter(inputs.values())))
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for start in range(0, count, CHUNK):
-        feeds = {k: np.ascontiguousarray(v[start : start + CHUNK].reshape(-1, *v.shape[2:])) for k, v in inputs.items()}
+        feeds = {
+            k: np.ascontiguousarray(v[start : start + CHUNK].reshape(-1, *v.shape[2:]))
+            for k, v in inputs.items()
+        }
         for name, value in zip(names, session.run(names, feeds), strict=True):
             parts[name].append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}

@@ -53,9 +53,19 @@ def _conv2d_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> l
     )
     if not plain:
         return _op_gradient.conv2d_grad(orig_var, orig_call, output_grad, ctx)
-    nhwc = {"data_layout": "NHWC", "kernel_layout": "HWIO", "out_layout": "NHWC", "out_dtype": attrs.out_dtype}
+    nhwc = {
+        "data_layout": "NHWC",
+        "kernel_layout": "HWIO",
+        "out_layout": "NHWC",
+        "out_dtype": attrs.out_dtype,
+    }
     flipped = permute_dims(flip(flip(weight, 2), 3), [2, 3, 0, 1])
-    transposed_pads = [kernel_h - 1 - pads[0], kernel_w - 1 - pads[1], kernel_h - 1 - pads[2], kernel_w - 1 - pads[3]]
+    transposed_pads = [
+        kernel_h - 1 - pads[0],
+        kernel_w - 1 - pads[1],
+        kernel_h - 1 - pads[2],
+        kernel_w - 1 - pads[3],
+    ]
     data_grad = conv2d(permute_dims(output_grad, [0, 2, 3, 1]), flipped, padding=transposed_pads, **nhwc)
     weight_grad = conv2d(
         permute_dims(data, [1, 2, 3, 0]), permute_dims(output_grad, [2, 3, 0, 1]), padding=pads, **nhwc
@@ -165,7 +175,8 @@ def _gelu_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> lis
 
 
 def _gelu_tanh_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> list[Any]:
-    """``y = x (1 + tanh u) / 2``, ``u = c (x + 0.044715 x^3)``: ``dy/dx = (1 + t) / 2 + x (1 - t^2) u' / 2``."""
+    """``y = x (1 + t) / 2`` with ``t = tanh(c (x + 0.044715 x^3))``:
+    ``dy/dx = (1 + t) / 2 + x (1 - t^2) c (1 + 3 * 0.044715 x^2) / 2``."""
     from tvm import relax
     from tvm.relax.op import add, multiply, subtract, tanh
 

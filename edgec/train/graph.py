@@ -116,7 +116,9 @@ def _clip_as_max_min(graph: EdgeGraph) -> None:
             bound = graph.add_constant(f"{node.name}_{op.lower()}", np.asarray(value, np.float32))
             last = k == len(steps) - 1
             target = out if last else gs.Variable(graph.fresh_name(f"{node.name}_{op.lower()}"), np.float32)
-            graph.gs.nodes.append(gs.Node(op, graph.fresh_name(node.name), inputs=[current, bound], outputs=[target]))
+            graph.gs.nodes.append(
+                gs.Node(op, graph.fresh_name(node.name), inputs=[current, bound], outputs=[target])
+            )
             current = target
     graph.cleanup()
 

@@ -173,7 +173,9 @@ def qdq_exporter(quantized: EdgeGraph, trainable: TrainableQdq, sources: dict[st
         result = quantized.copy()
         nodes = {node.name: node for node in result.nodes}
         constants = {c.name: c for c in result.constants()}
-        scale_names = {n.inputs[1].name for n in result.nodes if n.op in ("QuantizeLinear", "DequantizeLinear")}
+        scale_names = {
+            n.inputs[1].name for n in result.nodes if n.op in ("QuantizeLinear", "DequantizeLinear")
+        }
         scales: dict[str, np.ndarray] = {}
         for name, constant in constants.items():
             if name not in by_source or constant.values.dtype != np.float32:
@@ -188,9 +190,9 @@ def qdq_exporter(quantized: EdgeGraph, trainable: TrainableQdq, sources: dict[st
             node.inputs[0] = integer_constant(result, f"{site.dequantize}_q", integers, site.bits)
         for bias_name, site in trainable.biases.items():
             node = nodes[site.dequantize]
-            bias_scale = (np.float32(scales[site.input_scale].reshape(())) * scales[site.weight_scale]).astype(
-                np.float32
-            )
+            bias_scale = (
+                np.float32(scales[site.input_scale].reshape(())) * scales[site.weight_scale]
+            ).astype(np.float32)
             bias_scale = np.broadcast_to(bias_scale, node.inputs[0].values.shape).astype(np.float32)
             integers = np.round(np.asarray(by_source[bias_name], np.float64) / bias_scale)
             node.inputs[0] = result.add_constant(

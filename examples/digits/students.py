@@ -30,21 +30,31 @@ def student_cnn(channels: tuple[int, int] = (4, 8), seed: int = 0) -> onnx.Model
     current, cin = "input", 1
     for index, cout in enumerate(channels, start=1):
         weight = rng.normal(0.0, np.sqrt(2.0 / (cin * 9)), (cout, cin, 3, 3))
-        conv_inputs = [current, init(f"conv{index}.weight", weight), init(f"conv{index}.bias", np.zeros(cout))]
+        conv_inputs = [
+            current,
+            init(f"conv{index}.weight", weight),
+            init(f"conv{index}.bias", np.zeros(cout)),
+        ]
         nodes.append(
-            helper.make_node("Conv", conv_inputs, [f"conv{index}_out"], name=f"conv{index}", pads=[1, 1, 1, 1])
+            helper.make_node(
+                "Conv", conv_inputs, [f"conv{index}_out"], name=f"conv{index}", pads=[1, 1, 1, 1]
+            )
         )
         norm_inputs = [f"conv{index}_out"] + [
             init(f"bn{index}.{part}", value)
             for part, value in (("scale", np.ones(cout)), ("bias", np.zeros(cout)), ("mean", np.zeros(cout)))
         ]
         norm_inputs.append(init(f"bn{index}.var", np.ones(cout)))
-        nodes.append(helper.make_node("BatchNormalization", norm_inputs, [f"bn{index}_out"], name=f"bn{index}"))
+        nodes.append(
+            helper.make_node("BatchNormalization", norm_inputs, [f"bn{index}_out"], name=f"bn{index}")
+        )
         nodes.append(helper.make_node("Relu", [f"bn{index}_out"], [f"relu{index}_out"], name=f"relu{index}"))
         current, cin = f"relu{index}_out", cout
         if index == 1:
             nodes.append(
-                helper.make_node("MaxPool", [current], ["pool_out"], name="pool", kernel_shape=[2, 2], strides=[2, 2])
+                helper.make_node(
+                    "MaxPool", [current], ["pool_out"], name="pool", kernel_shape=[2, 2], strides=[2, 2]
+                )
             )
             current = "pool_out"
     nodes.append(helper.make_node("GlobalAveragePool", [current], ["gap_out"], name="gap"))
@@ -59,7 +69,9 @@ def student_cnn(channels: tuple[int, int] = (4, 8), seed: int = 0) -> onnx.Model
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, CLASSES])],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-examples")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgec-examples"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -67,20 +67,38 @@ def distillation_table(teacher: EdgeGraph, train, valid, test, seeds, epochs) ->
         config = TrainConfig(epochs=epochs, learning_rate=0.01, seed=seed)
         hard = fit(student, train, config, valid)
         soft = distill(student, teacher, train, config, alpha=0.7, temperature=4.0, evaluation=valid)
-        rows.append({"seed": seed, "hard": test_accuracy(hard.graph, test), "distilled": test_accuracy(soft.graph, test)})
-        print(f"  seed {seed}: hard labels {rows[-1]['hard']:.4f}, distilled {rows[-1]['distilled']:.4f}", flush=True)
+        rows.append(
+            {
+                "seed": seed,
+                "hard": test_accuracy(hard.graph, test),
+                "distilled": test_accuracy(soft.graph, test),
+            }
+        )
+        print(
+            f"  seed {seed}: hard labels {rows[-1]['hard']:.4f}, distilled {rows[-1]['distilled']:.4f}",
+            flush=True,
+        )
     summary = {
         key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
         for key in ("hard", "distilled")
     }
-    return {"student": "student_cnn((8, 16)), 1,546 parameters", "epochs": epochs, "rows": rows, "summary": summary}
+    return {
+        "student": "student_cnn((8, 16)), 1,546 parameters",
+        "epochs": epochs,
+        "rows": rows,
+        "summary": summary,
+    }
 
 
 def substitution_table(teacher: EdgeGraph, train, valid, test, calib, epochs) -> dict:
     baseline = test_accuracy(teacher, test)
     rows = []
     for label, substitution, recovery in (
-        ("depthwise-separable", "substitute-depthwise-separable", f"distill{{epochs={epochs[0]},learning_rate=0.003}}"),
+        (
+            "depthwise-separable",
+            "substitute-depthwise-separable",
+            f"distill{{epochs={epochs[0]},learning_rate=0.003}}",
+        ),
         ("low-rank energy 0.9", "factorize-lowrank{energy=0.9}", f"distill{{epochs={epochs[1]}}}"),
     ):
         ctx = PassContext(training=train, evaluation=valid, calibration=calib, reference=teacher)
@@ -113,7 +131,9 @@ def qat_table(model: Path, folder: Path, test, epochs: dict, qemu: bool) -> dict
     for scheme, scheme_epochs in epochs.items():
         common = {"calib": HERE / "digits_calib.npz", "eval": folder / "valid.npz", "quantize": scheme}
         ptq = prepare(model, CompileOptions(**common, target="cortex-m4")).graph
-        options = CompileOptions(**common, target="cortex-m4", qat=True, train=folder / "train.npz", epochs=scheme_epochs)
+        options = CompileOptions(
+            **common, target="cortex-m4", qat=True, train=folder / "train.npz", epochs=scheme_epochs
+        )
         row = {"scheme": scheme, "fp32": test_accuracy(teacher, test), "ptq": test_accuracy(ptq, test)}
         if qemu:
             build = folder / f"build-{scheme}"
@@ -128,7 +148,10 @@ def qat_table(model: Path, folder: Path, test, epochs: dict, qemu: bool) -> dict
         row["trainer_validation"] = stats["training"]["accuracy"]
         row["qat"] = test_accuracy(qat, test)
         rows.append(row)
-        print(f"  {scheme}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+        print(
+            f"  {scheme}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)),
+            flush=True,
+        )
     return {"rows": rows}
 
 
@@ -149,11 +172,24 @@ def main(argv: list[str] | None = None) -> None:
         np.savez(folder / "train.npz", input=train["input"][:, 0], label=train["label"])
         quick = args.quick
         print("distillation (test accuracy):", flush=True)
-        tables = {"distillation": distillation_table(teacher, train, valid, test, [0] if quick else [0, 1, 2], 2 if quick else 30)}
+        tables = {
+            "distillation": distillation_table(
+                teacher, train, valid, test, [0] if quick else [0, 1, 2], 2 if quick else 30
+            )
+        }
         print("substitution (test accuracy):", flush=True)
-        tables["substitution"] = substitution_table(teacher, train, valid, test, calib, (1, 1) if quick else (150, 15))
-        print("quantization-aware training (test accuracy; validation accuracy by the trainer and under qemu):", flush=True)
-        epochs = {"int8": 1, "weight-int4": 1, "weight-binary": 1} if quick else {"int8": 5, "weight-int4": 10, "weight-binary": 40}
+        tables["substitution"] = substitution_table(
+            teacher, train, valid, test, calib, (1, 1) if quick else (150, 15)
+        )
+        print(
+            "quantization-aware training (test accuracy; validation accuracy by the trainer and under qemu):",
+            flush=True,
+        )
+        epochs = (
+            {"int8": 1, "weight-int4": 1, "weight-binary": 1}
+            if quick
+            else {"int8": 5, "weight-int4": 10, "weight-binary": 40}
+        )
         tables["qat"] = qat_table(HERE / "digits_cnn.onnx", folder, test, epochs, not args.skip_qemu)
     tables["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:

@@ -34,7 +34,7 @@ SCALE_RATE = 0.1
 @register
 @dataclass(frozen=True)
 class QuantizationAwareTraining(Pass):
-    """Quantizes like the quantize pass, then fine-tunes the quantized model with fake quantization on training data."""
+    """Quantizes like the quantize pass, then fine-tunes the quantized model with fake quantization."""
 
     name: ClassVar[str] = "qat"
     lossless: ClassVar[bool] = False
@@ -57,7 +57,7 @@ class QuantizationAwareTraining(Pass):
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
         from edgec.train.distill import check_pair, teacher_outputs
-        from edgec.train.engine import TrainConfig, Targets, train
+        from edgec.train.engine import Targets, TrainConfig, train
         from edgec.train.graph import training_graph
         from edgec.train.losses import LossSpec
         from edgec.train.qat import qdq_exporter, trainable_qdq
@@ -72,7 +72,9 @@ class QuantizationAwareTraining(Pass):
             seed=ctx.seed,
         )
         folded = ctx.run_pass(get_pass("fuse-conv-bn")(), graph.copy()).graph
-        quantized = ctx.run_pass(get_pass("quantize")(scheme=self.scheme, calibration=self.calibration), folded)
+        quantized = ctx.run_pass(
+            get_pass("quantize")(scheme=self.scheme, calibration=self.calibration), folded
+        )
         ptq = quantized.graph
         trainable = trainable_qdq(ptq, _layer_weights(folded), SCHEME_BITS[self.scheme])
         check_pair(graph, ptq)

@@ -26,9 +26,13 @@ HARD_SLOPE = 1.0 / 6.0
 GELU_SIGMOID_SCALE = 1.702
 
 
-def _hard_sigmoid(graph: EdgeGraph, x: gs.Tensor, slope: float, out: gs.Tensor | None = None) -> tuple[gs.Node, gs.Tensor]:
+def _hard_sigmoid(
+    graph: EdgeGraph, x: gs.Tensor, slope: float, out: gs.Tensor | None = None
+) -> tuple[gs.Node, gs.Tensor]:
     output = out if out is not None else gs.Variable(graph.fresh_name("hard_sigmoid"), dtype=np.float32)
-    node = gs.Node("HardSigmoid", graph.fresh_name("hard_sigmoid"), {"alpha": slope, "beta": 0.5}, [x], [output])
+    node = gs.Node(
+        "HardSigmoid", graph.fresh_name("hard_sigmoid"), {"alpha": slope, "beta": 0.5}, [x], [output]
+    )
     return node, output
 
 
@@ -44,7 +48,10 @@ def _swish(match: Match, graph: EdgeGraph) -> list[gs.Node]:
 
 def _hard_gate_check(match: Match, graph: EdgeGraph) -> str | None:
     gate = match["gate"]
-    if not math.isclose(gate.attrs.get("alpha", 0.2), HARD_SLOPE, rel_tol=1e-6) or gate.attrs.get("beta", 0.5) != 0.5:
+    if (
+        not math.isclose(gate.attrs.get("alpha", 0.2), HARD_SLOPE, rel_tol=1e-6)
+        or gate.attrs.get("beta", 0.5) != 0.5
+    ):
         return "the HardSigmoid is not clip(x / 6 + 1/2, 0, 1)"
     return None
 

@@ -35,7 +35,11 @@ def output_error(before: EdgeGraph, after: EdgeGraph, ctx: PassContext) -> dict[
     candidate = run_onnx_batch(after.to_onnx(), samples)
     metrics = error_metrics(reference, candidate, samples=len(next(iter(samples.values()))))
     scale = float(np.mean([np.abs(v).mean() for v in reference.values()]))
-    return {**metrics.as_dict(), "relative": float(f"{metrics.mean_abs / max(scale, 1e-12):.6g}"), "data": source}
+    return {
+        **metrics.as_dict(),
+        "relative": float(f"{metrics.mean_abs / max(scale, 1e-12):.6g}"),
+        "data": source,
+    }
 
 
 @dataclass(frozen=True)

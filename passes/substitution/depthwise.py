@@ -39,7 +39,7 @@ def separable_weights(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def reduction(weights: np.ndarray) -> float:
     """MACs of the Conv over MACs of its depthwise-separable form (per output pixel)."""
-    out_channels, in_channels, kh, kw = weights.shape
+    out_channels, _, kh, kw = weights.shape
     return out_channels * kh * kw / (kh * kw + out_channels)
 
 
@@ -70,7 +70,13 @@ def _rules(min_reduction: float, exclude: frozenset[str]) -> RuleSet:
         if match["b"] is not None:
             pointwise_inputs.append(match["b"])
         return [
-            gs.Node("Conv", graph.fresh_name(f"{conv.name}_dw"), {**attrs, "group": depthwise.shape[0]}, inputs, [middle]),
+            gs.Node(
+                "Conv",
+                graph.fresh_name(f"{conv.name}_dw"),
+                {**attrs, "group": depthwise.shape[0]},
+                inputs,
+                [middle],
+            ),
             gs.Node("Conv", conv.name, {}, pointwise_inputs, match.outputs),
         ]
 

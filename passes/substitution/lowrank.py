@@ -113,8 +113,16 @@ def _rules(rank: int, energy: float, exclude: frozenset[str]) -> RuleSet:
         if layer.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             raise EdgecError(f"Conv '{layer.name}': factorize-lowrank needs explicit pads, not auto_pad")
         middle = gs.Variable(graph.fresh_name(f"{layer.name}_vertical"), dtype=np.float32)
-        first_attrs = {"pads": [pads[0], 0, pads[2], 0], "strides": [strides[0], 1], "dilations": [dilations[0], 1]}
-        second_attrs = {"pads": [0, pads[1], 0, pads[3]], "strides": [1, strides[1]], "dilations": [1, dilations[1]]}
+        first_attrs = {
+            "pads": [pads[0], 0, pads[2], 0],
+            "strides": [strides[0], 1],
+            "dilations": [dilations[0], 1],
+        }
+        second_attrs = {
+            "pads": [0, pads[1], 0, pads[3]],
+            "strides": [1, strides[1]],
+            "dilations": [1, dilations[1]],
+        }
         inputs = [middle, graph.add_constant(f"{layer.name}_h_w", horizontal)]
         if match["b"] is not None:
             inputs.append(match["b"])
@@ -130,7 +138,10 @@ def _rules(rank: int, energy: float, exclude: frozenset[str]) -> RuleSet:
         ]
 
     return RuleSet(
-        [Rule("lowrank-matmul", _MATMUL, matmul_replace, matmul_check), Rule("lowrank-conv", _CONV, conv_replace, conv_check)],
+        [
+            Rule("lowrank-matmul", _MATMUL, matmul_replace, matmul_check),
+            Rule("lowrank-conv", _CONV, conv_replace, conv_check),
+        ],
         max_rounds=1,
     )
 

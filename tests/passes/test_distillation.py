@@ -22,7 +22,9 @@ def test_distill_pass_trains_the_student_in_place_of_its_weights(digits):  # noq
     assert op_sequence(run.graph) == before  # structure kept, weights trained
     assert stats["accuracy_before"] < 0.3 and stats["accuracy"] > 0.4  # chance is 0.1
     test = digits["test"]
-    assert accuracy_of(run.graph, {"input": test["input"]}, test["label"]) == pytest.approx(stats["accuracy"], abs=1e-6)
+    assert accuracy_of(run.graph, {"input": test["input"]}, test["label"]) == pytest.approx(
+        stats["accuracy"], abs=1e-6
+    )
 
 
 def test_distill_without_teacher_needs_the_model_as_loaded_and_training_data(digits):  # noqa: F811

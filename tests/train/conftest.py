@@ -13,7 +13,7 @@ from edgec.ir import EdgeGraph, infer_shapes, load
 from tests.helpers import DIGITS
 
 sys.path.insert(0, str(DIGITS))
-from students import student_cnn  # noqa: E402
+from students import student_cnn
 
 
 def student_graph(seed: int = 0) -> EdgeGraph:

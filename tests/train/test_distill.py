@@ -20,7 +20,15 @@ CONFIG = TrainConfig(epochs=3, learning_rate=0.01)
 
 @pytest.fixture(scope="module")
 def distilled(teacher, digits):
-    return distill(student_graph(), teacher, digits["train"], CONFIG, alpha=0.7, temperature=4.0, evaluation=digits["test"])
+    return distill(
+        student_graph(),
+        teacher,
+        digits["train"],
+        CONFIG,
+        alpha=0.7,
+        temperature=4.0,
+        evaluation=digits["test"],
+    )
 
 
 def test_distilled_student_learns_from_the_teacher(distilled):
@@ -75,7 +83,9 @@ def test_cli_distills_without_labels_and_writes_the_student(cli, tmp_path, digit
         (["--bad-data"], "missing ['input']"),
     ],
 )
-def test_cli_bad_input_is_one_line_exit_1_and_writes_nothing(cli, tmp_path, digits, student_path, extra, message):
+def test_cli_bad_input_is_one_line_exit_1_and_writes_nothing(
+    cli, tmp_path, digits, student_path, extra, message
+):
     data = _write(tmp_path, digits, labels=False)
     if "--bad-data" in extra:
         np.savez(data, image=digits["train"]["input"][:, 0])

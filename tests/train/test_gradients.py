@@ -13,7 +13,11 @@ from edgec.train.gradients import missing_gradients, register_gradients  # noqa:
 # (name, input shape, forward) for one differentiable input each.
 CASES = [
     ("conv2d", (2, 3, 5, 5), lambda x, w: relax.op.nn.conv2d(x, w, padding=[1, 1, 1, 1])),
-    ("conv2d_stride2", (2, 3, 6, 6), lambda x, w: relax.op.nn.conv2d(x, w, strides=[2, 2], padding=[1, 1, 1, 1])),
+    (
+        "conv2d_stride2",
+        (2, 3, 6, 6),
+        lambda x, w: relax.op.nn.conv2d(x, w, strides=[2, 2], padding=[1, 1, 1, 1]),
+    ),
     ("max_pool2d", (2, 3, 4, 4), lambda x, w: relax.op.nn.max_pool2d(x, (2, 2), strides=(2, 2))),
     ("max_pool2d_overlapping", (2, 3, 5, 5), lambda x, w: relax.op.nn.max_pool2d(x, (3, 3), strides=(2, 2))),
     ("flatten", (2, 3, 2, 2), lambda x, w: relax.op.flatten(x)),
@@ -46,7 +50,10 @@ def compiled():
     results = {}
     for name, shape, forward in CASES:
         probe = relax.BlockBuilder().normalize(
-            forward(relax.Var("x", relax.TensorType(shape, "float32")), relax.Var("w", relax.TensorType(WEIGHT_SHAPE, "float32")))
+            forward(
+                relax.Var("x", relax.TensorType(shape, "float32")),
+                relax.Var("w", relax.TensorType(WEIGHT_SHAPE, "float32")),
+            )
         )
         out_shape = [int(d) for d in probe.ty.shape]
         weights = generator.normal(size=out_shape).astype(np.float32)
@@ -70,9 +77,15 @@ def test_gradient_matches_finite_differences(compiled, name):
     w = generator.normal(size=WEIGHT_SHAPE).astype(np.float64)
 
     def loss(a, b):
-        return float(vm["main"](tvm.runtime.tensor(a.astype(np.float32)), tvm.runtime.tensor(b.astype(np.float32))).numpy())
+        return float(
+            vm["main"](
+                tvm.runtime.tensor(a.astype(np.float32)), tvm.runtime.tensor(b.astype(np.float32))
+            ).numpy()
+        )
 
-    _, (grad_x, grad_w) = vm["main_adjoint"](tvm.runtime.tensor(x.astype(np.float32)), tvm.runtime.tensor(w.astype(np.float32)))
+    _, (grad_x, grad_w) = vm["main_adjoint"](
+        tvm.runtime.tensor(x.astype(np.float32)), tvm.runtime.tensor(w.astype(np.float32))
+    )
     step = 1e-2
     for value, grad, other in ((x, grad_x.numpy(), None), (w, grad_w.numpy(), x)):
         if other is not None and not name.startswith("conv2d"):

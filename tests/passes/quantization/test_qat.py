@@ -57,7 +57,9 @@ def test_qat_beats_ptq_and_the_graph_has_the_accuracy_reported(int4, digits):  #
     test = digits["test"]
     reported = stats["training"]["accuracy"]
     assert reported >= stats["ptq"]["accuracy"]["quantized"]
-    assert accuracy_of(qat.graph, {"input": test["input"]}, test["label"]) == pytest.approx(reported, abs=1e-6)
+    assert accuracy_of(qat.graph, {"input": test["input"]}, test["label"]) == pytest.approx(
+        reported, abs=1e-6
+    )
     assert accuracy_of(ptq.graph, {"input": test["input"]}, test["label"]) <= reported
     # The float model taught it (distillation loss) and the labels: alpha 0.7.
     assert stats["alpha"] == 0.7 and json.dumps(stats)
@@ -77,7 +79,7 @@ def test_compile_options_expand_qat_and_refuse_it_without_data():
 
     options = CompileOptions(quantize="weight-int4", qat=True, train=DIGITS / "digits_train.npz", epochs=3)
     assert options.full_pipeline().endswith("qat{scheme=weight-int4,epochs=3}")
-    with pytest.raises(EdgecError, match="add --train train.npz"):
+    with pytest.raises(EdgecError, match="add --train train\\.npz"):
         CompileOptions(quantize="int8", qat=True).full_pipeline()
     with pytest.raises(EdgecError, match="add --quantize int8"):
         CompileOptions(qat=True, train=DIGITS / "digits_train.npz").full_pipeline()
