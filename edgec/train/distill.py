@@ -101,19 +101,7 @@ def distill(
     spec = LossSpec.distillation(alpha, temperature, feature_weight if features else 0.0)
     outputs = teacher_outputs(teacher, inputs, features)
     targets = Targets(labels, outputs[0], outputs[1:])
-    graph = training_graph(student, config.batch_size, features)
-    return train(
-        graph,
-        inputs,
-        targets,
-        spec,
-        config,
-        float_exporter(student, graph.sources, inputs),
-        evaluation,
-        weight_decays=_weight_decays(student, graph.sources, config.weight_decay),
-        progress=progress,
-        warn=warn,
-    )
+    return _train_float(student, inputs, targets, spec, config, evaluation, progress, warn, features)
 
 
 def fit(
@@ -128,12 +116,28 @@ def fit(
     if LABEL_KEY not in data:
         raise EdgecError(f"training on labels needs a '{LABEL_KEY}' array in the training data")
     inputs = {t.name: data[t.name] for t in model.inputs}
-    graph = training_graph(model, config.batch_size)
+    targets = Targets(data[LABEL_KEY])
+    return _train_float(model, inputs, targets, LossSpec(), config, evaluation, progress, warn)
+
+
+def _train_float(
+    model: EdgeGraph,
+    inputs: dict[str, np.ndarray],
+    targets: Targets,
+    spec: LossSpec,
+    config: TrainConfig,
+    evaluation: dict[str, np.ndarray] | None,
+    progress: Callable[[str, int], Callable[..., None]] | None,
+    warn: Callable[[str], None],
+    features: tuple[str, ...] = (),
+) -> TrainResult:
+    """Trains a float model's weights; exports them with recomputed BatchNorm statistics."""
+    graph = training_graph(model, config.batch_size, features)
     return train(
         graph,
         inputs,
-        Targets(data[LABEL_KEY]),
-        LossSpec(),
+        targets,
+        spec,
         config,
         float_exporter(model, graph.sources, inputs),
         evaluation,
