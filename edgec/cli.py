@@ -172,6 +172,7 @@ def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) 
     """Compile MODEL for a target into a build directory with a manifest."""
     from edgec.compile import compile_model
     from edgec.progress import Progress
+    from edgec.report import print_manifest, write_depfile
 
     depfile = params.pop("depfile", None)
     options = _options(params)
@@ -184,69 +185,11 @@ def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) 
         manifest = read_manifest(Path(output))
         if depfile:
             write_depfile(Path(depfile), Path(output), Path(model), options)
-        _report(manifest, as_json)
+        print_manifest(manifest, as_json)
         _fail(error)
     if depfile:
         write_depfile(Path(depfile), Path(output), Path(model), options)
-    _report(manifest, as_json)
-
-
-def write_depfile(depfile: Path, out_dir: Path, model: Path, options) -> None:
-    """A Make-format dependency file: the build's manifest depends on every file that shaped it."""
-    from edgec.ir import atomic_path, external_data_files
-
-    inputs = [model.resolve(), *external_data_files(model)]
-    data = (options.calib, options.eval, options.inputs, options.config_file, options.train)
-    inputs += [p.resolve() for p in data if p]
-    inputs += [Path(v).resolve() for v in options.freeze_inputs.values() if v.endswith((".npy", ".npz"))]
-
-    def escape(path: Path) -> str:
-        return str(path).replace("\\", "\\\\").replace(" ", "\\ ").replace("#", "\\#").replace("$", "$$")
-
-    rule = f"{escape((out_dir / 'manifest.json').resolve())}: " + " \\\n  ".join(escape(p) for p in inputs)
-    with atomic_path(depfile) as temporary:
-        temporary.write_text(rule + "\n")
-
-
-def _report(manifest: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        _echo_json(manifest)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
-    target = manifest["target"]["name"]
-    console.print(f"[bold]{manifest['model']['file']}[/] → {target}  (pipeline: {manifest['pipeline']})")
-    table = Table("pass", "nodes", "stats", box=None)
-    changed = [record for record in manifest["passes"] if record["changed"]]
-    for record in changed:
-        stats = json.dumps(record["stats"], separators=(",", ":"))
-        table.add_row(
-            record["name"],
-            f"{record['nodes_before']}→{record['nodes_after']}",
-            stats if len(stats) < 90 else stats[:87] + "...",
-        )
-    console.print(table)
-    unchanged = len(manifest["passes"]) - len(changed)
-    if unchanged:
-        console.print(f"({unchanged} more pass runs changed nothing; the manifest lists all of them)")
-    sizes = manifest["sizes"]
-    console.print("sizes: " + ", ".join(f"{k}={v:,}" for k, v in sizes.items()))
-    error = manifest["error"]
-    art = error["artifact_vs_original"]
-    console.print(
-        f"error vs onnxruntime ({error['inputs']}): max abs {art['max_abs']:.3g}, "
-        f"mean abs {art['mean_abs']:.3g}, cosine {art['cosine']:.6f}"
-    )
-    if "accuracy" in error:
-        acc = error["accuracy"]
-        console.print(
-            f"accuracy on {acc['dataset']} ({acc['samples']} samples): original {acc['original']:.4f}, "
-            f"artifact {acc['artifact']:.4f}"
-        )
-    status = manifest["status"]
-    console.print("status: ok" if status["ok"] else "status: FAILED — " + "; ".join(status["failed_gates"]))
+    print_manifest(manifest, as_json)
 
 
 @main.command()
@@ -417,8 +360,9 @@ def passes(as_json: bool) -> None:
 def targets(as_json: bool) -> None:
     """List the compilation targets."""
     from edgec.targets import all_targets
+    from edgec.targets.registry import plugin_source
 
-    entries = [t.describe() for t in all_targets().values()]
+    entries = [{**t.describe(), "plugin": plugin_source(name)} for name, t in all_targets().items()]
     if as_json:
         _echo_json({"targets": entries})
         return
@@ -426,7 +370,8 @@ def targets(as_json: bool) -> None:
         budgets = ""
         if entry["flash_bytes"]:
             budgets = f" (flash {entry['flash_bytes'] // 1024} KiB, RAM {entry['ram_bytes'] // 1024} KiB)"
-        click.echo(f"{entry['name']:<14} {entry['description']}{budgets}")
+        origin = f" [plugin: {entry['plugin']}]" if entry["plugin"] else ""
+        click.echo(f"{entry['name']:<14} {entry['description']}{budgets}{origin}")
 
 
 # The distillation command lives in its own module (edgec/cli_distill.py).

@@ -1,4 +1,10 @@
-"""The one registry of targets. Target modules in ``edgec.targets`` register on import."""
+"""The one registry of targets.
+
+Target modules in ``edgec.targets`` register on import; other packages contribute targets through
+the entry-point group ``edgec.targets``: each entry point names a module (or a callable) whose
+import registers its targets with ``register_target`` (a board vendor's package can add its board
+without edgec knowing it).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,13 @@ import importlib
 import pkgutil
 
 from edgec.errors import EdgecError
+from edgec.plugins import load_entry_points
 from edgec.targets.base import Target
 
+ENTRY_POINT_GROUP = "edgec.targets"
+
 _TARGETS: dict[str, Target] = {}
+_PLUGIN_SOURCES: dict[str, str] = {}
 _loaded = False
 
 
@@ -29,11 +39,18 @@ def _load() -> None:
     for module in pkgutil.iter_modules(package.__path__, prefix="edgec.targets."):
         if not module.ispkg and module.name.rsplit(".", 1)[1] not in ("base", "registry"):
             importlib.import_module(module.name)
+    _PLUGIN_SOURCES.update(load_entry_points(ENTRY_POINT_GROUP, lambda: set(_TARGETS), "target"))
 
 
 def all_targets() -> dict[str, Target]:
     _load()
     return dict(sorted(_TARGETS.items()))
+
+
+def plugin_source(name: str) -> str | None:
+    """The distribution that provided a plugin target, ``None`` for built-ins."""
+    _load()
+    return _PLUGIN_SOURCES.get(name)
 
 
 def get_target(name: str) -> Target:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper, numpy_helper
 
 from edgec.ir import EdgeGraph
@@ -40,6 +41,17 @@ def make_model(
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+TEST_KINDS = ("structural", "numeric", "negative")
+
+
+def covers(*passes: str, kind: str) -> pytest.MarkDecorator:
+    """Marks a test as the ``kind`` test (structural, numeric or negative) of the named passes;
+    the registry meta-test checks that every pass has all three."""
+    if kind not in TEST_KINDS or not passes:
+        raise ValueError(f"covers() takes pass names and kind in {TEST_KINDS}, not {passes}, {kind!r}")
+    return pytest.mark.covers(*passes, kind=kind)
 
 
 def run_pipeline(

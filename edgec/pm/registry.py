@@ -12,9 +12,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 
 from edgec.errors import EdgecError
+from edgec.plugins import load_entry_points
 from edgec.pm.base import Pass
 
 ENTRY_POINT_GROUP = "edgec.passes"
@@ -62,19 +62,7 @@ def _load_builtin_and_plugins() -> None:
 
     for module in pkgutil.walk_packages(builtin.__path__, prefix="edgec.passes."):
         importlib.import_module(module.name)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        before = set(_PASSES)
-        try:
-            loaded = entry.load()
-        except ImportError as exc:
-            raise EdgecError(f"pass plugin '{entry.name}' ({entry.value}) failed to import: {exc}") from None
-        if callable(loaded) and not isinstance(loaded, type):
-            loaded()
-        source = entry.dist.name if entry.dist else entry.value
-        if source == "edgec":
-            continue
-        for name in set(_PASSES) - before:
-            _PLUGIN_SOURCES[name] = source
+    _PLUGIN_SOURCES.update(load_entry_points(ENTRY_POINT_GROUP, lambda: set(_PASSES), "pass"))
 
 
 def all_passes() -> dict[str, type[Pass]]:

@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgec.ir import EdgeGraph, op_sequence
-from tests.helpers import assert_same_outputs, make_model, rng, run_pipeline
+from tests.helpers import assert_same_outputs, covers, make_model, rng, run_pipeline
 
 F = TensorProto.FLOAT
 I64 = TensorProto.INT64
@@ -37,6 +37,7 @@ def _dead_code_model() -> onnx.ModelProto:
     )
 
 
+@covers("eliminate-dead-code", kind="structural")
 def test_dead_code_structure():
     graph, records = run_pipeline("eliminate-dead-code", _dead_code_model())
     assert op_sequence(graph) == ["Relu"]
@@ -45,12 +46,14 @@ def test_dead_code_structure():
     assert _stats(records, "eliminate-dead-code")["removed_nodes"] == 2
 
 
+@covers("eliminate-dead-code", kind="numeric")
 def test_dead_code_numeric():
     model = _dead_code_model()
     graph, _ = run_pipeline("eliminate-dead-code", model)
     assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("eliminate-dead-code", kind="negative")
 def test_dead_code_keeps_live_nodes_and_graph_inputs():
     model = make_model(
         [helper.make_node("Relu", ["x"], ["y"])],
@@ -82,6 +85,7 @@ def _constant_subgraph_model() -> onnx.ModelProto:
     )
 
 
+@covers("fold-constants", kind="structural")
 def test_fold_constants_structure():
     graph, records = run_pipeline("fold-constants", _constant_subgraph_model())
     assert op_sequence(graph) == ["Add", "Reshape"]
@@ -89,12 +93,14 @@ def test_fold_constants_structure():
     assert _stats(records, "fold-constants")["folded"] == 3
 
 
+@covers("fold-constants", kind="numeric")
 def test_fold_constants_numeric():
     model = _constant_subgraph_model()
     graph, _ = run_pipeline("fold-constants", model)
     assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("fold-constants", kind="negative")
 def test_fold_constants_refuses_a_result_over_the_size_cap():
     model = make_model(
         [
@@ -156,6 +162,7 @@ def _no_op_model(dropout_mask_used: bool = False) -> onnx.ModelProto:
     return make_model(nodes, {"x": (F, [2, 3, 4])}, outputs, {"same_shape": np.array([2, 0, -1], np.int64)})
 
 
+@covers("eliminate-identity", kind="structural")
 def test_eliminate_identity_structure():
     graph, records = run_pipeline("eliminate-identity", _no_op_model())
     assert op_sequence(graph) == ["Relu"]
@@ -170,12 +177,14 @@ def test_eliminate_identity_structure():
     }
 
 
+@covers("eliminate-identity", kind="numeric")
 def test_eliminate_identity_numeric():
     model = _no_op_model()
     graph, _ = run_pipeline("eliminate-identity", model)
     assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("eliminate-identity", kind="negative")
 def test_eliminate_identity_refuses_used_dropout_mask_and_real_ops():
     model = make_model(
         [
@@ -230,6 +239,7 @@ def _transposes_model(second_perm: list[int]) -> onnx.ModelProto:
     )
 
 
+@covers("merge-transposes", kind="structural")
 def test_merge_transposes_structure():
     graph, _ = run_pipeline("merge-transposes", _transposes_model([0, 2, 1, 3]))
     assert op_sequence(graph) == ["Transpose", "Relu"]
@@ -238,6 +248,7 @@ def test_merge_transposes_structure():
     assert op_sequence(cancelled) == ["Relu"]
 
 
+@covers("merge-transposes", kind="numeric")
 def test_merge_transposes_numeric():
     for perm in ([0, 2, 1, 3], [0, 3, 1, 2], [3, 2, 1, 0]):
         model = _transposes_model(perm)
@@ -245,6 +256,7 @@ def test_merge_transposes_numeric():
         assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("merge-transposes", kind="negative")
 def test_merge_transposes_leaves_a_shared_intermediate():
     model = make_model(
         [
@@ -282,6 +294,7 @@ def _reshapes_model() -> onnx.ModelProto:
     )
 
 
+@covers("merge-reshapes", kind="structural")
 def test_merge_reshapes_structure():
     graph, records = run_pipeline("merge-reshapes", _reshapes_model())
     assert op_sequence(graph) == ["Reshape", "Relu"]
@@ -290,12 +303,14 @@ def test_merge_reshapes_structure():
     assert _stats(records, "merge-reshapes")["merged"] == 3
 
 
+@covers("merge-reshapes", kind="numeric")
 def test_merge_reshapes_numeric():
     model = _reshapes_model()
     graph, _ = run_pipeline("merge-reshapes", model)
     assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("merge-reshapes", kind="negative")
 def test_merge_reshapes_refuses_a_runtime_shape():
     model = make_model(
         [

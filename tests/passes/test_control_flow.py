@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from edgec.errors import UnsupportedNodeError
 from edgec.ir import op_sequence
-from tests.helpers import assert_same_outputs, make_model, run_pipeline
+from tests.helpers import assert_same_outputs, covers, make_model, run_pipeline
 
 F, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 
@@ -65,6 +65,8 @@ def loop_model(trips: int | None = 4, cond: str = "identity", trip_input: bool =
     return make_model(nodes, inputs, outputs, initializers, opset=17)
 
 
+@covers("unroll-loops", kind="structural")
+@covers("unroll-loops", kind="numeric")
 @pytest.mark.parametrize("cond", ["identity", "constant"])
 def test_loop_with_constant_trip_count_is_unrolled(cond: str) -> None:
     model = loop_model(4, cond)
@@ -106,6 +108,7 @@ def test_nested_loops_are_unrolled() -> None:
     assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("unroll-loops", kind="negative")
 @pytest.mark.parametrize(
     ("model", "message"),
     [
@@ -173,6 +176,8 @@ def nested_constant_if(condition: bool = True) -> onnx.ModelProto:
     )
 
 
+@covers("inline-constant-if", kind="structural")
+@covers("inline-constant-if", kind="numeric")
 @pytest.mark.parametrize("condition", [True, False])
 def test_nested_constant_if_is_inlined(condition: bool) -> None:
     model = nested_constant_if(condition)
@@ -184,6 +189,7 @@ def test_nested_constant_if_is_inlined(condition: bool) -> None:
     assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("inline-constant-if", kind="negative")
 def test_if_on_a_live_input_is_left_alone() -> None:
     model = make_model(
         [

@@ -10,7 +10,16 @@ from edgec.ir import EdgeGraph, load, op_sequence
 from edgec.pm import FixedPoint, PassContext, PassManager, parse_pipeline
 from edgec.verify import random_inputs, run_onnx
 from edgec.zoo import light_model
-from tests.helpers import DIGITS, FP32_ATOL, FP32_RTOL, assert_same_outputs, make_model, rng, run_pipeline
+from tests.helpers import (
+    DIGITS,
+    FP32_ATOL,
+    FP32_RTOL,
+    assert_same_outputs,
+    covers,
+    make_model,
+    rng,
+    run_pipeline,
+)
 
 F = TensorProto.FLOAT
 
@@ -60,6 +69,7 @@ def _conv_bn_model(with_bias: bool = True, group: int = 1, training: bool = Fals
     )
 
 
+@covers("fuse-conv-bn", kind="structural")
 def test_conv_bn_structure():
     graph, records = run_pipeline("fuse-conv-bn", _conv_bn_model())
     assert op_sequence(graph) == ["Conv"]
@@ -67,6 +77,7 @@ def test_conv_bn_structure():
     assert _stats(records, "fuse-conv-bn")["fused"] == 1
 
 
+@covers("fuse-conv-bn", kind="numeric")
 def test_conv_bn_numeric():
     for model in (_conv_bn_model(), _conv_bn_model(with_bias=False), _conv_bn_model(group=2)):
         graph, _ = run_pipeline("fuse-conv-bn", model)
@@ -74,6 +85,7 @@ def test_conv_bn_numeric():
         assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("fuse-conv-bn", kind="negative")
 def test_conv_bn_refuses_training_mode():
     graph, records = run_pipeline("fuse-conv-bn", _conv_bn_model(training=True), verify=False)
     assert op_sequence(graph) == ["Conv", "BatchNormalization"]
@@ -94,6 +106,7 @@ def _gemm_bn_model(op: str = "Gemm", batch: list[int] | None = None) -> onnx.Mod
     return make_model([node, _bn("g", "y")], {"x": (F, [*batch, 5])}, {"y": (F, [*batch, 6])}, weights)
 
 
+@covers("fuse-gemm-bn", kind="structural")
 def test_gemm_bn_structure():
     for op in ("Gemm", "MatMul"):
         graph, records = run_pipeline("fuse-gemm-bn", _gemm_bn_model(op))
@@ -102,6 +115,7 @@ def test_gemm_bn_structure():
         assert _stats(records, "fuse-gemm-bn")["applied"] == {f"{op.lower()}-bn": 1}
 
 
+@covers("fuse-gemm-bn", kind="numeric")
 def test_gemm_bn_numeric():
     for op in ("Gemm", "MatMul"):
         model = _gemm_bn_model(op)
@@ -109,6 +123,7 @@ def test_gemm_bn_numeric():
         assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("fuse-gemm-bn", kind="negative")
 def test_gemm_bn_refuses_a_3d_matmul():
     # BatchNormalization would normalise axis 1 (the sequence), not the MatMul's output features.
     model = make_model(
@@ -142,12 +157,14 @@ def _matmul_add_model(bias_shape: tuple[int, ...] = (6,), rank: int = 2, bias_fi
     )
 
 
+@covers("fuse-matmul-add", kind="structural")
 def test_matmul_add_structure():
     graph, _ = run_pipeline("fuse-matmul-add", _matmul_add_model(bias_first=True))
     assert op_sequence(graph) == ["Gemm"]
     assert "%y = Gemm(%x, @w<float32[5,6]>, @bias<float32[6]>)" in graph.text()
 
 
+@covers("fuse-matmul-add", kind="numeric")
 def test_matmul_add_numeric():
     for shape in ((6,), (1, 6), (1,), ()):
         model = _matmul_add_model(shape)
@@ -156,6 +173,7 @@ def test_matmul_add_numeric():
         assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("fuse-matmul-add", kind="negative")
 def test_matmul_add_refuses_3d_input_and_row_bias():
     graph, records = run_pipeline("fuse-matmul-add", _matmul_add_model(rank=3))
     assert op_sequence(graph) == ["MatMul", "Add"]
@@ -192,12 +210,14 @@ def _pad_conv_model(pads: list[int], mode: str = "constant", value: float = 0.0,
     )
 
 
+@covers("fuse-pad-conv", kind="structural")
 def test_pad_conv_structure():
     graph, _ = run_pipeline("fuse-pad-conv", _pad_conv_model([0, 0, 1, 2, 0, 0, 3, 0]))
     assert op_sequence(graph) == ["Conv"]
     assert "pads=[1,3,3,1]" in graph.text()
 
 
+@covers("fuse-pad-conv", kind="numeric")
 def test_pad_conv_numeric():
     for opset in (10, 17):
         model = _pad_conv_model([0, 0, 1, 2, 0, 0, 3, 0], opset=opset)
@@ -206,6 +226,7 @@ def test_pad_conv_numeric():
         assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("fuse-pad-conv", kind="negative")
 def test_pad_conv_refuses_reflect_nonzero_value_and_channel_padding():
     cases = {
         "Pad mode is 'reflect', only constant zero padding is a Conv pad": _pad_conv_model(
@@ -245,12 +266,14 @@ def _conv_mul_add_model(scale_shape, shift_shape, with_bias: bool = False) -> on
     )
 
 
+@covers("fuse-conv-mul-add", kind="structural")
 def test_conv_mul_add_structure():
     graph, records = run_pipeline("fuse-conv-mul-add", _conv_mul_add_model((4, 1, 1), (1, 4, 1, 1)))
     assert op_sequence(graph) == ["Conv"]
     assert _stats(records, "fuse-conv-mul-add")["applied"] == {"conv-add": 1, "conv-mul": 1}
 
 
+@covers("fuse-conv-mul-add", kind="numeric")
 def test_conv_mul_add_numeric():
     for scale, shift, bias in (
         ((4, 1, 1), (1, 4, 1, 1), True),
@@ -263,6 +286,7 @@ def test_conv_mul_add_numeric():
         assert_same_outputs(model, graph.to_onnx())
 
 
+@covers("fuse-conv-mul-add", kind="negative")
 def test_conv_mul_add_refuses_spatial_operands():
     graph, records = run_pipeline("fuse-conv-mul-add", _conv_mul_add_model((3, 3), (4, 1, 3)))
     assert op_sequence(graph) == ["Conv", "Mul", "Add"]

@@ -16,7 +16,7 @@ from onnx.reference import ReferenceEvaluator
 from edgec.errors import UnsupportedNodeError
 from edgec.ir import EdgeGraph, op_sequence
 from edgec.verify import random_inputs, run_onnx
-from tests.helpers import FP32_ATOL, FP32_RTOL, assert_same_outputs, make_model, run_pipeline
+from tests.helpers import FP32_ATOL, FP32_RTOL, assert_same_outputs, covers, make_model, run_pipeline
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 ALLOWED = {
@@ -106,6 +106,8 @@ CASES = [
 ]
 
 
+@covers("decompose-lstm", "decompose-gru", "decompose-rnn", kind="structural")
+@covers("decompose-lstm", "decompose-gru", "decompose-rnn", kind="numeric")
 @pytest.mark.parametrize(("op", "direction", "initial", "lbr"), CASES)
 def test_decompose_matches_onnxruntime(op: str, direction: str, initial: bool, lbr: int) -> None:
     attrs = {"linear_before_reset": lbr} if op == "GRU" else {}
@@ -167,6 +169,7 @@ REFUSALS = [
 ]
 
 
+@covers("decompose-lstm", "decompose-gru", "decompose-rnn", kind="negative")
 @pytest.mark.parametrize(("model", "message"), REFUSALS)
 def test_refusals_name_the_node(model: onnx.ModelProto, message: str) -> None:
     op = model.graph.node[0].op_type

@@ -1,19 +1,35 @@
-"""Meta-test: every built-in pass is registered under its own name and has tests that name it."""
+"""Meta-test: every built-in pass is registered under its own name and has its three tests — a
+structural, a numeric and a negative one — marked with ``@covers(name, kind=...)``."""
 
 from __future__ import annotations
 
-import re
+import ast
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from edgec.pm import all_passes, plugin_source
+from tests.helpers import TEST_KINDS
 
 TESTS = Path(__file__).resolve().parents[1]
 
 
-def _test_sources() -> str:
-    return "\n".join(path.read_text() for path in sorted(TESTS.rglob("test_*.py")))
+def covered() -> dict[str, dict[str, list[str]]]:
+    """pass name → kind → the tests marked ``@covers(pass, kind=kind)`` (read from the sources, so
+    that a test only counts where the decorator really sits on a test function)."""
+    found: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(TESTS.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef) or not node.name.startswith("test_"):
+                continue
+            for decorator in node.decorator_list:
+                if not (isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "covers"):
+                    continue
+                kind = next(k.value.value for k in decorator.keywords if k.arg == "kind")
+                for argument in decorator.args:
+                    found[argument.value][kind].append(f"{path.relative_to(TESTS)}::{node.name}")
+    return found
 
 
 BUILTIN = sorted(name for name in all_passes() if plugin_source(name) is None)
@@ -31,7 +47,14 @@ def test_pass_name_equals_its_registry_key(name):
 
 
 @pytest.mark.parametrize("name", BUILTIN)
-def test_pass_has_a_test_module_that_names_it(name):
-    # The whole name: 'fuse-conv-bn' inside 'fuse-conv-bn-relu' does not count.
-    whole_name = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
-    assert whole_name.search(_test_sources()), f"no test in tests/ mentions pass '{name}'"
+def test_pass_has_structural_numeric_and_negative_tests(name):
+    kinds = covered().get(name, {})
+    missing = [kind for kind in TEST_KINDS if not kinds.get(kind)]
+    assert not missing, (
+        f"pass '{name}' has no {' and no '.join(missing)} test (mark it @covers('{name}', kind=...))"
+    )
+
+
+def test_covers_names_only_registered_passes():
+    unknown = sorted(set(covered()) - set(all_passes()))
+    assert not unknown, f"@covers names passes that do not exist: {unknown}"

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from edgec.ir import EdgeGraph, fix_input_shapes, freeze_inputs, op_sequence
 from edgec.pm import PassContext, PassManager, all_pipelines
 from edgec.verify import run_onnx
-from tests.helpers import FP32_ATOL, FP32_RTOL, assert_same_outputs, make_model
+from tests.helpers import FP32_ATOL, FP32_RTOL, assert_same_outputs, covers, make_model
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 
@@ -46,6 +46,8 @@ def _graph(model: onnx.ModelProto) -> EdgeGraph:
     return EdgeGraph.from_onnx(onnx.ModelProto.FromString(model.SerializeToString()))
 
 
+@covers("simplify", kind="structural")
+@covers("simplify", kind="numeric")
 def test_simplify_makes_a_runtime_reshape_static() -> None:
     model = reshape_chain_model()
     graph = _graph(model)
@@ -121,6 +123,7 @@ def test_if_on_a_live_input_stays() -> None:
     assert "If" in op_sequence(run.graph)
 
 
+@covers("simplify", kind="negative")
 def test_onnxslim_failure_keeps_the_graph_and_warns(monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxslim
 

@@ -9,12 +9,13 @@ from onnx import TensorProto, helper
 from edgec.errors import EdgecError
 from edgec.ir import op_sequence
 from edgec.verify import run_onnx_batch
-from tests.helpers import make_model, rng, run_pipeline
+from tests.helpers import covers, make_model, rng, run_pipeline
 from tests.passes.quantization.models import digits, normal_samples
 
 F = TensorProto.FLOAT
 
 
+@covers("bias-correction", kind="structural")
 def test_bias_correction_structure():
     model, calibration, _ = digits()
     graph, records = run_pipeline("fuse-conv-bn,bias-correction{bits=4}", model, calibration=calibration)
@@ -36,6 +37,7 @@ def test_bias_correction_structure():
     assert stats["error"]["relative"] > 0  # the float model itself moves: it reports its drift
 
 
+@covers("bias-correction", kind="numeric")
 @pytest.mark.parametrize(
     ("bits", "scheme", "factor"),
     # measured: int4 weights 0.273 → 0.128 (2.1x); per-tensor int8 0.0237 → 0.0149 (1.6x)
@@ -60,6 +62,7 @@ def test_bias_correction_reduces_quantized_error(bits, scheme, factor):
     assert plain / corrected > factor, (plain, corrected)
 
 
+@covers("bias-correction", kind="negative")
 def test_bias_correction_refuses_and_errors():
     r = rng(0)
     model = make_model(

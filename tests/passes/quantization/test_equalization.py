@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from edgec.ir import op_sequence
 from edgec.verify import run_onnx_batch
-from tests.helpers import make_model, rng, run_pipeline
+from tests.helpers import covers, make_model, rng, run_pipeline
 from tests.passes.quantization.models import badly_scaled_model, normal_samples
 
 F = TensorProto.FLOAT
@@ -19,6 +19,7 @@ def _channel_ranges(graph, node_name: str) -> np.ndarray:
     return np.abs(weight).reshape(weight.shape[0], -1).max(axis=1)
 
 
+@covers("cross-layer-equalization", kind="structural")
 def test_equalization_structure():
     graph, records = run_pipeline("cross-layer-equalization", badly_scaled_model())
     assert op_sequence(graph) == ["Conv", "Relu", "Conv"]
@@ -30,6 +31,7 @@ def test_equalization_structure():
     assert ranges.max() / ranges.min() < 10 and stats["channel_range_spread_after"] < 10
 
 
+@covers("cross-layer-equalization", kind="numeric")
 def test_equalization_is_exact_and_reduces_int8_error():
     """run_pipeline verifies the lossless rewrite (fp32 atol 1e-5, rtol 1e-4); the int8 relative
     output error on held-out data falls by at least 20x (measured: 1.01 → 0.0186, 54x)."""
@@ -48,6 +50,7 @@ def test_equalization_is_exact_and_reduces_int8_error():
     assert plain > 0.5 and equalized < 0.05 and plain / equalized > 20
 
 
+@covers("cross-layer-equalization", kind="negative")
 def test_equalization_refuses_non_homogeneous_activation():
     r = rng(0)
     model = make_model(

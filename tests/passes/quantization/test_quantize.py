@@ -14,7 +14,7 @@ from edgec.passes.quantization.numerics import activation_params, fake_quantize
 from edgec.pm import parse_pipeline
 from edgec.verify import accuracy, run_onnx_batch
 from edgec.zoo import light_model
-from tests.helpers import make_model, run_pipeline
+from tests.helpers import covers, make_model, run_pipeline
 from tests.passes.quantization.models import digits, gemm_model, matmul_model, normal_samples
 
 F = TensorProto.FLOAT
@@ -39,6 +39,7 @@ def _digits_accuracy(model: onnx.ModelProto, test: dict[str, np.ndarray]) -> flo
 # ----- structural ------------------------------------------------------------------------------
 
 
+@covers("quantize", kind="structural")
 def test_int8_structure_on_digits():
     model, calibration, _ = digits()
     graph, stats = _quantize("quantize", model, calibration)
@@ -147,6 +148,7 @@ def test_gemm_matches_integer_reference_within_one_step():
     assert np.max(np.abs(got - expected)) <= y_params.scale * 1.0001
 
 
+@covers("quantize", kind="numeric")
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
 def test_int8_digits_accuracy_and_size(method):
     """Bound: at most 0.5 points of test accuracy lost; int8 weights 4x smaller than their fp32."""
@@ -234,6 +236,7 @@ def test_unknown_scheme_or_method(pipeline, message):
         parse_pipeline(pipeline)
 
 
+@covers("quantize", kind="negative")
 def test_no_quantizable_op():
     model = _relu_only_model()
     for scheme in ("int8", "weight-int8", "int8-dynamic", "fp16"):
@@ -256,6 +259,7 @@ def test_single_sample_warns():
     assert any("single sample" in w for w in warnings)
 
 
+@covers("quantize", kind="negative")
 def test_excluded_node_stays_float_with_reason():
     model = matmul_model()
     graph, stats = _quantize("quantize{exclude=mm1}", model, normal_samples(model, 8))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from edgec.errors import EdgecError
-from tests.helpers import run_pipeline
+from tests.helpers import covers, run_pipeline
 from tests.passes.quantization.models import digits, normal_samples
 
 
+@covers("quantization-sensitivity", kind="structural")
 def test_sensitivity_structure_leaves_graph_alone():
     model, calibration, _ = digits()
     graph, records = run_pipeline("quantization-sensitivity", model, calibration=calibration)
@@ -25,6 +26,7 @@ def test_sensitivity_structure_leaves_graph_alone():
     assert "layer" in records[0].stats["text"].splitlines()[0]
 
 
+@covers("quantization-sensitivity", kind="numeric")
 def test_sensitivity_ranks_and_bounds():
     """Each single-layer error is below the all-int8 error (0.0191) and the table is sorted."""
     model, calibration, test = digits()
@@ -37,6 +39,7 @@ def test_sensitivity_ranks_and_bounds():
     assert all(abs(row["metric"]) <= 0.005 for row in records[0].stats["table"])
 
 
+@covers("quantization-sensitivity", kind="negative")
 def test_sensitivity_needs_data():
     model, _, _ = digits()
     with pytest.raises(EdgecError, match="calibration data"):

@@ -1,0 +1,93 @@
+"""What ``edgec compile`` prints and writes beside a build: the report of its manifest and a
+Make-format dependency file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgec.manifest import dumps
+
+
+def write_depfile(depfile: Path, out_dir: Path, model: Path, options) -> None:
+    """A Make-format dependency file: the build's manifest depends on every file that shaped it."""
+    from edgec.ir import atomic_path, external_data_files
+
+    inputs = [model.resolve(), *external_data_files(model)]
+    data = (options.calib, options.eval, options.inputs, options.config_file, options.train)
+    inputs += [p.resolve() for p in data if p]
+    inputs += [Path(v).resolve() for v in options.freeze_inputs.values() if v.endswith((".npy", ".npz"))]
+
+    def escape(path: Path) -> str:
+        return str(path).replace("\\", "\\\\").replace(" ", "\\ ").replace("#", "\\#").replace("$", "$$")
+
+    rule = f"{escape((out_dir / 'manifest.json').resolve())}: " + " \\\n  ".join(escape(p) for p in inputs)
+    with atomic_path(depfile) as temporary:
+        temporary.write_text(rule + "\n")
+
+
+def print_manifest(manifest: dict[str, Any], as_json: bool) -> None:
+    """Prints a build's manifest: as JSON, or as the human-readable report of ``edgec compile``."""
+    if as_json:
+        click.echo(dumps(manifest), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+    target = manifest["target"]["name"]
+    console.print(f"[bold]{manifest['model']['file']}[/] → {target}  (pipeline: {manifest['pipeline']})")
+    table = Table("pass", "nodes", "stats", box=None)
+    changed = [record for record in manifest["passes"] if record["changed"]]
+    for record in changed:
+        stats = json.dumps(record["stats"], separators=(",", ":"))
+        table.add_row(
+            record["name"],
+            f"{record['nodes_before']}→{record['nodes_after']}",
+            stats if len(stats) < 90 else stats[:87] + "...",
+        )
+    console.print(table)
+    unchanged = len(manifest["passes"]) - len(changed)
+    if unchanged:
+        console.print(f"({unchanged} more pass runs changed nothing; the manifest lists all of them)")
+    for line in precision_lines(manifest.get("precision") or {}):
+        console.print(line)
+    for note in manifest.get("pipeline_notes") or []:
+        console.print(f"note: {note}")
+    sizes = manifest["sizes"]
+    console.print("sizes: " + ", ".join(f"{k}={v:,}" for k, v in sizes.items()))
+    error = manifest["error"]
+    art = error["artifact_vs_original"]
+    console.print(
+        f"error vs onnxruntime ({error['inputs']}): max abs {art['max_abs']:.3g}, "
+        f"mean abs {art['mean_abs']:.3g}, cosine {art['cosine']:.6f}"
+    )
+    if "accuracy" in error:
+        acc = error["accuracy"]
+        console.print(
+            f"accuracy on {acc['dataset']} ({acc['samples']} samples): original {acc['original']:.4f}, "
+            f"artifact {acc['artifact']:.4f}"
+        )
+    status = manifest["status"]
+    console.print("status: ok" if status["ok"] else "status: FAILED — " + "; ".join(status["failed_gates"]))
+
+
+def precision_lines(precision: dict[str, dict[str, str]], shown: int = 3) -> list[str]:
+    """What the target built, in one line (nodes per precision), plus the float nodes whose op has
+    an integer kernel, with the reason (the first ``shown`` of them)."""
+    if not precision:
+        return []
+    counts: dict[str, int] = {}
+    for built in precision.values():
+        counts[built["precision"]] = counts.get(built["precision"], 0) + 1
+    lines = ["built: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))]
+    kept = [(name, built) for name, built in precision.items() if built.get("reason")]
+    for name, built in kept[:shown]:
+        lines.append(f"  {built['op']} '{name}' runs in {built['precision']}: {built['reason']}")
+    if len(kept) > shown:
+        lines.append(f"  ({len(kept) - shown} more in the manifest's 'precision')")
+    return lines
