@@ -8,10 +8,12 @@ from edgec.errors import EdgecError
 from edgec.ir import op_sequence
 from edgec.pm import PassContext, PassManager
 from edgec.train.export import accuracy_of
-from tests.helpers import DIGITS
+from tests.helpers import DIGITS, covers
 from tests.train.conftest import digits, student_graph, teacher  # noqa: F401 (fixtures)
 
 
+@covers("distill", kind="structural")
+@covers("distill", kind="numeric")
 def test_distill_pass_trains_the_student_in_place_of_its_weights(digits):  # noqa: F811
     student = student_graph()
     before = op_sequence(student)
@@ -27,6 +29,7 @@ def test_distill_pass_trains_the_student_in_place_of_its_weights(digits):  # noq
     )
 
 
+@covers("distill", kind="negative")
 def test_distill_without_teacher_needs_the_model_as_loaded_and_training_data(digits):  # noqa: F811
     with pytest.raises(EdgecError, match="needs training data: pass --train"):
         PassManager("distill", PassContext()).run(student_graph())

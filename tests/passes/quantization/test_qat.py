@@ -13,7 +13,7 @@ from edgec.ir import op_sequence
 from edgec.pm import PassContext, PassManager
 from edgec.precision import planned
 from edgec.train.export import accuracy_of
-from tests.helpers import DIGITS
+from tests.helpers import DIGITS, covers
 from tests.train.conftest import digits, teacher  # noqa: F401 (fixtures)
 
 
@@ -37,6 +37,7 @@ def _scales(graph):
     }
 
 
+@covers("qat", kind="structural")
 def test_qat_keeps_the_quantized_graph_and_trains_its_values(int4):
     ptq, qat = int4
     assert op_sequence(qat.graph) == op_sequence(ptq.graph)
@@ -51,6 +52,7 @@ def test_qat_keeps_the_quantized_graph_and_trains_its_values(int4):
     assert any(not np.array_equal(learned[k], calibrated[k]) for k in learned)  # scales were learned
 
 
+@covers("qat", kind="numeric")
 def test_qat_beats_ptq_and_the_graph_has_the_accuracy_reported(int4, digits):  # noqa: F811
     ptq, qat = int4
     stats = qat.records[-1].stats
@@ -65,6 +67,7 @@ def test_qat_beats_ptq_and_the_graph_has_the_accuracy_reported(int4, digits):  #
     assert stats["alpha"] == 0.7 and json.dumps(stats)
 
 
+@covers("qat", kind="negative")
 def test_qat_refuses_missing_data_and_untrainable_schemes(teacher, digits):  # noqa: F811
     with pytest.raises(EdgecError, match="needs training data: pass --train"):
         PassManager("qat", PassContext(calibration={"input": digits["train"]["input"]})).run(teacher.copy())

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from edgec.ir import op_sequence
 from edgec.verify import run_onnx
-from tests.helpers import make_model, run_pipeline
+from tests.helpers import covers, make_model, run_pipeline
 
 IO = ({"x": (TensorProto.FLOAT, [1, 64])}, {"y": (TensorProto.FLOAT, [1, 64])})
 
@@ -18,6 +18,7 @@ def _run(model, x):
     return run_onnx(model, {"x": x})["y"]
 
 
+@covers("substitute-activation", kind="structural")
 def test_sigmoid_and_swish_become_hard_sigmoid_and_hard_swish():
     nodes = [
         helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
@@ -36,6 +37,7 @@ def test_sigmoid_and_swish_become_hard_sigmoid_and_hard_swish():
     assert 0 < records[0].stats["error"]["max_abs"] < 0.2
 
 
+@covers("substitute-activation", kind="numeric")
 def test_erf_gelu_becomes_x_times_hard_sigmoid():
     nodes = [
         helper.make_node("Div", ["x", "root2"], ["d"], name="div"),
@@ -52,6 +54,7 @@ def test_erf_gelu_becomes_x_times_hard_sigmoid():
     np.testing.assert_allclose(_run(graph.to_onnx(), x), x * np.clip(1.702 * x / 6 + 0.5, 0, 1), atol=1e-6)
 
 
+@covers("substitute-activation", kind="negative")
 def test_leaves_a_non_gelu_erf_and_relu_alone():
     nodes = [
         helper.make_node("Div", ["x", "three"], ["d"], name="div"),

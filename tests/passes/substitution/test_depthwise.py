@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 
 from edgec.ir import op_sequence
 from edgec.passes.substitution.depthwise import separable_weights
-from tests.helpers import assert_same_outputs, make_model, rng, run_pipeline
+from tests.helpers import assert_same_outputs, covers, make_model, rng, run_pipeline
 
 
 def _conv_model(weights: np.ndarray, group: int = 1):
@@ -21,6 +21,7 @@ def _conv_model(weights: np.ndarray, group: int = 1):
     )
 
 
+@covers("substitute-depthwise-separable", kind="structural")
 def test_conv_becomes_depthwise_then_pointwise():
     model = _conv_model(rng().normal(0, 0.3, (16, 8, 3, 3)))
     graph, records = run_pipeline("substitute-depthwise-separable", model, verify=False)
@@ -34,6 +35,7 @@ def test_conv_becomes_depthwise_then_pointwise():
     assert stats["params"] == [16 * 8 * 9 + 16, 8 * 9 + 16 * 8 + 16]
 
 
+@covers("substitute-depthwise-separable", kind="numeric")
 def test_a_separable_kernel_is_reproduced_exactly():
     # W[o, c] = p[o, c] * d[c]: the per-channel SVD recovers it, so the outputs do not change.
     generator = rng(2)
@@ -55,6 +57,7 @@ def test_fit_is_the_best_rank_one_slice():
         np.testing.assert_allclose(residual, np.sqrt((singular[1:] ** 2).sum()), rtol=1e-4)
 
 
+@covers("substitute-depthwise-separable", kind="negative")
 def test_refuses_grouped_single_channel_pointwise_and_excluded_convs():
     cases = {
         "already grouped": _conv_model(rng().normal(size=(8, 1, 3, 3)), group=8),

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from edgec.errors import EdgecError
 from edgec.ir import op_sequence
 from edgec.passes.substitution.lowrank import choose_rank
-from tests.helpers import assert_same_outputs, make_model, rng, run_pipeline
+from tests.helpers import assert_same_outputs, covers, make_model, rng, run_pipeline
 
 
 def _gemm_model(weights: np.ndarray):
@@ -27,6 +27,7 @@ def _low_rank(rows: int, cols: int, rank: int, seed: int = 0) -> np.ndarray:
     return generator.normal(size=(rows, rank)) @ generator.normal(size=(rank, cols))
 
 
+@covers("factorize-lowrank", kind="structural")
 def test_gemm_of_rank_r_factorizes_exactly():
     model = _gemm_model(_low_rank(64, 48, 4))
     graph, records = run_pipeline("factorize-lowrank{energy=0.999}", model, verify=False)
@@ -36,6 +37,7 @@ def test_gemm_of_rank_r_factorizes_exactly():
     assert_same_outputs(model, graph.to_onnx(), atol=1e-3, rtol=1e-4)
 
 
+@covers("factorize-lowrank", kind="numeric")
 def test_conv_spatial_svd_with_fixed_rank():
     # M[(c, i), (o, j)] = W[o, c, i, j] of rank 8: the rank-8 factorization is exact.
     matrix = _low_rank(8 * 3, 16 * 3, 8, seed=1) * 0.1
@@ -65,6 +67,7 @@ def test_energy_picks_the_smallest_sufficient_rank():
     assert choose_rank(singular, 2, 0.9) == 2
 
 
+@covers("factorize-lowrank", kind="negative")
 def test_refuses_when_the_rank_does_not_reduce_macs():
     model = _gemm_model(rng().normal(size=(10, 12)))
     graph, records = run_pipeline("factorize-lowrank{energy=0.99}", model, verify=False)
