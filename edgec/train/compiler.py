@@ -96,20 +96,21 @@ def _lower(mod: Any, schedules: bool) -> Any:
 
     target = host_target()
     with target:
-        mod = relax.transform.LegalizeOps()(mod) if not schedules else mod
-        if schedules:
-            mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
-            mod = tvm.transform.Sequential(
-                [
-                    relax.transform.LegalizeOps(),
-                    relax.transform.AnnotateTIROpPattern(),
-                    relax.transform.FoldConstant(),
-                    relax.transform.FuseOps(),
-                    relax.transform.FuseTIR(),
-                ]
-            )(mod)
-            mod = apply_default_cpu_schedules(target)(mod)
-    return mod
+        if not schedules:
+            return relax.transform.LegalizeOps()(mod)
+        # NHWC/HWIO is the layout of edgec's conv2d schedule (the backward convolutions are
+        # already written in it, edgec.train.gradients).
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+        mod = tvm.transform.Sequential(
+            [
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+            ]
+        )(mod)
+        return apply_default_cpu_schedules(target)(mod)
 
 
 def _explicit_tuple_return(function: Any) -> Any:

@@ -10,7 +10,7 @@ size fixed at import. This module turns an inference ``EdgeGraph`` into that for
   and shift, a bias added to a matmul, QDQ scales) keep their place, renamed ``param_<k>``; every
   other initializer (BatchNormalization's running statistics, shapes, zero points, Clip bounds)
   becomes a ``Constant`` node, i.e. a constant of the Relax function;
-- ``Clip`` becomes ``Max``/``Min`` (TVM imports Clip as a TE kernel without a gradient).
+- ``Clip`` becomes ``lo + relu(x - lo) - relu(x - hi)`` (TVM imports Clip without a gradient).
 """
 
 from __future__ import annotations
@@ -93,33 +93,41 @@ def _trainable(graph: EdgeGraph) -> list[gs.Constant]:
     return list(found.values())
 
 
-def _clip_as_max_min(graph: EdgeGraph) -> None:
+def _clip_bounds(graph: EdgeGraph, node: gs.Node) -> tuple[float | None, float | None]:
+    if graph.opset < 11:
+        return node.attrs.get("min"), node.attrs.get("max")
+    bounds = list(node.inputs[1:3])
+    if any(t.name and not isinstance(t, gs.Constant) for t in bounds):
+        raise EdgecError(f"Clip '{node.name}' has bounds computed at run time; training needs constants")
+    low, high = [*[float(np.asarray(t.values).reshape(())) if t.name else None for t in bounds], None, None][:2]
+    return low, high
+
+
+def _clip_as_relus(graph: EdgeGraph) -> None:
+    """``clip(x, lo, hi) = lo + relu(x - lo) - relu(x - hi)``: TVM imports ONNX Clip (and Max/Min)
+    as ops without gradients, Relu/Add/Sub have them. The exported model keeps its Clip."""
     for node in list(graph.nodes):
         if node.op != "Clip":
             continue
-        bounds = node.inputs[1:3] if len(node.inputs) > 1 else []
-        if any(t.name and not isinstance(t, gs.Constant) for t in bounds):
-            raise EdgecError(f"Clip '{node.name}' has bounds computed at run time; training needs constants")
-        low = node.attrs.get("min") if graph.opset < 11 else None
-        high = node.attrs.get("max") if graph.opset < 11 else None
-        if graph.opset >= 11:
-            low = float(bounds[0].values) if len(bounds) > 0 and bounds[0].name else None
-            high = float(bounds[1].values) if len(bounds) > 1 and bounds[1].name else None
-        current = node.inputs[0]
-        out = node.outputs[0]
-        steps = [(op, value) for op, value in (("Max", low), ("Min", high)) if value is not None]
-        node.outputs.clear()
+        low, high = _clip_bounds(graph, node)
+        x, out = node.inputs[0], node.outputs[0]
         node.inputs.clear()
-        if not steps:
-            steps = [("Max", -np.inf)]
-        for k, (op, value) in enumerate(steps):
-            bound = graph.add_constant(f"{node.name}_{op.lower()}", np.asarray(value, np.float32))
-            last = k == len(steps) - 1
-            target = out if last else gs.Variable(graph.fresh_name(f"{node.name}_{op.lower()}"), np.float32)
-            graph.gs.nodes.append(
-                gs.Node(op, graph.fresh_name(node.name), inputs=[current, bound], outputs=[target])
-            )
-            current = target
+        node.outputs.clear()
+
+        def emit(op: str, inputs: list, target: gs.Variable | None = None, node=node) -> gs.Variable:
+            result = target or gs.Variable(graph.fresh_name(f"{node.name}_{op.lower()}"), np.float32)
+            graph.gs.nodes.append(gs.Node(op, graph.fresh_name(node.name), inputs=inputs, outputs=[result]))
+            return result
+
+        def const(value: float, node=node) -> gs.Constant:
+            return graph.add_constant(f"{node.name}_bound", np.asarray(value, np.float32))
+
+        value = x
+        if low is not None:
+            value = emit("Add", [const(low), emit("Relu", [emit("Sub", [x, const(low)])])])
+        if high is not None:
+            value = emit("Sub", [value, emit("Relu", [emit("Sub", [x, const(high)])])])
+        emit("Identity", [value], out)
     graph.cleanup()
 
 
@@ -153,7 +161,7 @@ def training_graph(graph: EdgeGraph, batch: int, features: tuple[str, ...] = ())
     for name in features:
         if name not in tensors or isinstance(tensors[name], gs.Constant):
             raise EdgecError(f"feature '{name}' is not a computed tensor of the model")
-    _clip_as_max_min(work)
+    _clip_as_relus(work)
     batch_reshapes(work)
     trainable = _trainable(work)
     if not trainable:

@@ -85,3 +85,28 @@ def test_bad_training_setups_are_refused(digits):
     wide.inputs[0].shape = [4, 1, 8, 8]
     with pytest.raises(EdgecError, match="leading batch axis of size 1"):
         training_graph(wide, batch=8)
+
+
+def test_clip_becomes_relus_and_an_op_without_gradient_is_named():
+    from onnx import TensorProto, helper
+
+    from edgec.ir import EdgeGraph, op_sequence
+    from edgec.train.compiler import compile_step
+    from edgec.train.losses import LossSpec
+    from edgec.verify import run_onnx
+    from tests.helpers import make_model
+
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["h"], name="fc", transB=1),
+        helper.make_node("Clip", ["h", "low", "high"], ["c"], name="relu6"),
+        helper.make_node("Round", ["c"], ["y"], name="round"),
+    ]
+    weights = {"w": np.eye(3, dtype=np.float32), "low": np.float32(0), "high": np.float32(6)}
+    model = make_model(nodes, {"x": (TensorProto.FLOAT, [1, 3])}, {"y": (TensorProto.FLOAT, [1, 3])}, weights)
+    graph = training_graph(EdgeGraph.from_onnx(model), batch=4)
+    ops = op_sequence(EdgeGraph.from_onnx(graph.model))
+    assert "Clip" not in ops and ops.count("Relu") == 2 and ops[-1] == "Round"
+    x = np.linspace(-3.1, 9.1, 12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_allclose(run_onnx(graph.model, {"x": x})["y"], np.round(np.clip(x, 0, 6)))
+    with pytest.raises(EdgecError, match=r"no gradient for relax\.round in the model; edgec cannot train"):
+        compile_step(graph, LossSpec(), {}, {}, {})
