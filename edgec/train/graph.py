@@ -99,7 +99,8 @@ def _clip_bounds(graph: EdgeGraph, node: gs.Node) -> tuple[float | None, float |
     bounds = list(node.inputs[1:3])
     if any(t.name and not isinstance(t, gs.Constant) for t in bounds):
         raise EdgecError(f"Clip '{node.name}' has bounds computed at run time; training needs constants")
-    low, high = [*[float(np.asarray(t.values).reshape(())) if t.name else None for t in bounds], None, None][:2]
+    values = [float(np.asarray(t.values).reshape(())) if t.name else None for t in bounds]
+    low, high = [*values, None, None][:2]
     return low, high
 
 
