@@ -4,8 +4,9 @@
 
 Architecture (NCHW, input ``input`` [1, 1, 8, 8], output ``logits`` [1, 10]):
 ``conv 3x3 1->c1 -> BN -> ReLU -> maxpool 2 -> conv 3x3 c1->c2 -> BN -> ReLU -> GAP -> flatten ->
-fc c2->10``. With the default (4, 8) channels it has 524 parameters, 28x fewer than the teacher
-``digits_cnn.onnx`` (14,698).
+fc c2->10``. With (4, 8) channels it has 474 parameters, with (8, 16) 1,514 (edgec inspect
+counts, BatchNorm statistics included): 31x and 10x fewer than the teacher ``digits_cnn.onnx``
+(14,698), and 65x and 19x fewer MACs.
 """
 
 from __future__ import annotations
