@@ -82,8 +82,9 @@ def distillation_table(teacher: EdgeGraph, train, valid, test, seeds, epochs) ->
         key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
         for key in ("hard", "distilled")
     }
+    cost = graph_cost(student)
     return {
-        "student": "student_cnn((8, 16)), 1,546 parameters",
+        "student": f"student_cnn((8, 16)): {cost.params} parameters, {cost.macs} MACs",
         "epochs": epochs,
         "rows": rows,
         "summary": summary,
