@@ -32,6 +32,11 @@ _WAY_OUT = {
 }
 
 
+# The layout training runs in with edgec's schedules (pooling, normalization and elementwise ops
+# follow their inputs).
+NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
+
+
 @dataclass
 class TrainStep:
     """A compiled training step and its state on the device.
@@ -98,9 +103,6 @@ def _lower(mod: Any, schedules: bool) -> Any:
     with target:
         if not schedules:
             return relax.transform.LegalizeOps()(mod)
-        # NHWC/HWIO is the layout of edgec's conv2d schedule (the backward convolutions are
-        # already written in it, edgec.train.gradients).
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = tvm.transform.Sequential(
             [
                 relax.transform.LegalizeOps(),
@@ -221,6 +223,10 @@ def _compile(
     imported = _import(graph)
     function = imported["main"].without_attr("params")
     module = tvm.IRModule({"backbone": function.with_attr("global_symbol", "backbone")})
+    if schedules:
+        # Train in NHWC, the layout of edgec's conv2d schedule: forward and backward convolutions
+        # (edgec.train.gradients) without layout transposes between them.
+        module = relax.transform.ConvertLayout(NHWC_LAYOUTS)(module)
     module, _ = insert_fake_quant(module, "backbone", quantized)
     function = _explicit_tuple_return(module["backbone"])
     module["backbone"] = function

@@ -8,10 +8,10 @@ conv2d: TVM's own gradient computes the input gradient with ``conv2d_transpose``
 gradient with a ``CNHW``/``IOHW`` conv2d, neither of which edgec's CPU schedules cover (115 ms per
 training step of the digits CNN at batch 32, against 31 ms for the untuned defaults). For stride 1,
 dilation 1 and one group it is re-expressed with NHWC/HWIO conv2d, the layout of edgec's register
--tiled schedule (``targets/tvm/schedules.py``):
+-tiled schedule (``targets/tvm/schedules.py``), for forward convolutions in NCHW or NHWC:
 
     dx = conv2d_nhwc(dy, flip_hw(W) as [kh, kw, O, C], padding k - 1 - p)
-    dW = conv2d_nhwc(x as [C, H, W, N], dy as [Ho, Wo, N, O], padding p)  (then [O, C, kh, kw])
+    dW = conv2d_nhwc(x as [C, H, W, N], dy as [Ho, Wo, N, O], padding p)  (then [kh, kw, C, O])
 
 Any other conv2d keeps TVM's gradient.
 """
@@ -41,10 +41,12 @@ def _conv2d_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> l
 
     attrs = orig_call.attrs
     data, weight = orig_call.args
-    kernel_h, kernel_w = _shape(weight)[2:]
+    layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
+    nchw = layouts == ("NCHW", "OIHW", "NCHW")
+    kernel_h, kernel_w = _shape(weight)[2:] if nchw else _shape(weight)[:2]
     pads = [int(p) for p in attrs.padding]
     plain = (
-        (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
+        layouts in (("NCHW", "OIHW", "NCHW"), ("NHWC", "HWIO", "NHWC"))
         and int(attrs.groups) == 1
         and all(int(s) == 1 for s in attrs.strides)
         and all(int(d) == 1 for d in attrs.dilation)
@@ -53,28 +55,25 @@ def _conv2d_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> l
     )
     if not plain:
         return _op_gradient.conv2d_grad(orig_var, orig_call, output_grad, ctx)
-    nhwc = {
-        "data_layout": "NHWC",
-        "kernel_layout": "HWIO",
-        "out_layout": "NHWC",
-        "out_dtype": attrs.out_dtype,
-    }
-    flipped = permute_dims(flip(flip(weight, 2), 3), [2, 3, 0, 1])
-    transposed_pads = [
-        kernel_h - 1 - pads[0],
-        kernel_w - 1 - pads[1],
-        kernel_h - 1 - pads[2],
-        kernel_w - 1 - pads[3],
-    ]
-    data_grad = conv2d(permute_dims(output_grad, [0, 2, 3, 1]), flipped, padding=transposed_pads, **nhwc)
-    weight_grad = conv2d(
-        permute_dims(data, [1, 2, 3, 0]), permute_dims(output_grad, [2, 3, 0, 1]), padding=pads, **nhwc
-    )
-    return [permute_dims(data_grad, [0, 3, 1, 2]), permute_dims(weight_grad, [3, 0, 1, 2])]
+    nhwc = {"data_layout": "NHWC", "kernel_layout": "HWIO", "out_layout": "NHWC"}
+    nhwc["out_dtype"] = attrs.out_dtype
+    # Everything in NHWC/HWIO: x [N, H, W, C], W [kh, kw, C, O], dy [N, Ho, Wo, O].
+    x = permute_dims(data, [0, 2, 3, 1]) if nchw else data
+    w = permute_dims(weight, [2, 3, 1, 0]) if nchw else weight
+    dy = permute_dims(output_grad, [0, 2, 3, 1]) if nchw else output_grad
+    flipped = permute_dims(flip(flip(w, 0), 1), [0, 1, 3, 2])
+    kernel = [kernel_h, kernel_w, kernel_h, kernel_w]
+    transposed_pads = [k - 1 - p for k, p in zip(kernel, pads, strict=True)]
+    data_grad = conv2d(dy, flipped, padding=transposed_pads, **nhwc)
+    # [C, kh, kw, O]: the batch is the reduction (input channels of this convolution).
+    weight_grad = conv2d(permute_dims(x, [3, 1, 2, 0]), permute_dims(dy, [1, 2, 0, 3]), padding=pads, **nhwc)
+    if nchw:
+        return [permute_dims(data_grad, [0, 3, 1, 2]), permute_dims(weight_grad, [3, 0, 1, 2])]
+    return [data_grad, permute_dims(weight_grad, [1, 2, 0, 3])]
 
 
 def _max_pool2d_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> list[Any]:
-    """Non-overlapping NCHW windows (pool = stride, no padding): ``dy`` spread over the window's
+    """Non-overlapping NCHW or NHWC windows (pool = stride, no padding): ``dy`` spread over the window's
     maxima (shared by ties). Elementwise ops that fuse, where TVM's ``max_pool2d_backward`` is one
     scatter kernel that edgec's schedules cannot speed up (0.6 of the 2.7 ms digits step)."""
     from tvm import relax
@@ -84,10 +83,12 @@ def _max_pool2d_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) 
     attrs = orig_call.attrs
     x = orig_call.args[0]
     pool = [int(p) for p in attrs.pool_size]
-    height, width = _shape(x)[2:]
+    axes = {"NCHW": (2, 3), "NHWC": (1, 2)}.get(attrs.layout)
+    if axes is None or attrs.out_layout != attrs.layout:
+        return _op_gradient.max_pool2d_grad(orig_var, orig_call, output_grad, ctx)
+    height, width = (_shape(x)[a] for a in axes)
     simple = (
-        (attrs.layout, attrs.out_layout) == ("NCHW", "NCHW")
-        and [int(s) for s in attrs.strides] == pool
+        [int(s) for s in attrs.strides] == pool
         and all(int(p) == 0 for p in attrs.padding)
         and all(int(d) == 1 for d in attrs.dilation)
         and height % pool[0] == 0
@@ -97,11 +98,12 @@ def _max_pool2d_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) 
         return _op_gradient.max_pool2d_grad(orig_var, orig_call, output_grad, ctx)
 
     def spread(tensor: Any) -> Any:
-        return repeat(repeat(tensor, pool[0], axis=2), pool[1], axis=3)
+        return repeat(repeat(tensor, pool[0], axis=axes[0]), pool[1], axis=axes[1])
 
     dtype = _dtype(x)
     hit = astype(equal(x, spread(orig_var)), dtype)
-    ties = multiply(avg_pool2d(hit, pool, pool), relax.const(float(pool[0] * pool[1]), dtype))
+    window = avg_pool2d(hit, pool, pool, layout=attrs.layout)
+    ties = multiply(window, relax.const(float(pool[0] * pool[1]), dtype))
     return [multiply(hit, divide(spread(output_grad), spread(ties)))]
 
 

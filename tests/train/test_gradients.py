@@ -18,7 +18,23 @@ CASES = [
         (2, 3, 6, 6),
         lambda x, w: relax.op.nn.conv2d(x, w, strides=[2, 2], padding=[1, 1, 1, 1]),
     ),
+    (
+        "conv2d_nhwc",
+        (2, 5, 5, 3),
+        lambda x, w: relax.op.nn.conv2d(
+            x,
+            relax.op.permute_dims(w, [2, 3, 1, 0]),
+            padding=[1, 1, 1, 1],
+            data_layout="NHWC",
+            kernel_layout="HWIO",
+        ),
+    ),
     ("max_pool2d", (2, 3, 4, 4), lambda x, w: relax.op.nn.max_pool2d(x, (2, 2), strides=(2, 2))),
+    (
+        "max_pool2d_nhwc",
+        (2, 4, 4, 3),
+        lambda x, w: relax.op.nn.max_pool2d(x, (2, 2), strides=(2, 2), layout="NHWC"),
+    ),
     ("max_pool2d_overlapping", (2, 3, 5, 5), lambda x, w: relax.op.nn.max_pool2d(x, (3, 3), strides=(2, 2))),
     ("flatten", (2, 3, 2, 2), lambda x, w: relax.op.flatten(x)),
     ("squeeze", (2, 1, 4), lambda x, w: relax.op.squeeze(x, axis=[1])),
@@ -43,19 +59,25 @@ def _module(shape, forward, out_weights):
     return bb.get()
 
 
+def _output_shape(shape, forward) -> list[int]:
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    w = relax.Var("w", relax.TensorType(WEIGHT_SHAPE, "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("probe", [x, w]):
+        with bb.dataflow():
+            y = bb.emit(forward(x, w))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return [int(d) for d in y.ty.shape]
+
+
 @pytest.fixture(scope="module")
 def compiled():
     register_gradients()
     generator = np.random.default_rng(0)
     results = {}
     for name, shape, forward in CASES:
-        probe = relax.BlockBuilder().normalize(
-            forward(
-                relax.Var("x", relax.TensorType(shape, "float32")),
-                relax.Var("w", relax.TensorType(WEIGHT_SHAPE, "float32")),
-            )
-        )
-        out_shape = [int(d) for d in probe.ty.shape]
+        out_shape = _output_shape(shape, forward)
         weights = generator.normal(size=out_shape).astype(np.float32)
         module = _module(shape, forward, lambda y, weights=weights: weights)
         params = list(module["main"].params)
