@@ -110,3 +110,11 @@ def test_clip_becomes_relus_and_an_op_without_gradient_is_named():
     np.testing.assert_allclose(run_onnx(graph.model, {"x": x})["y"], np.round(np.clip(x, 0, 6)))
     with pytest.raises(EdgecError, match=r"no gradient for relax\.round in the model; edgec cannot train"):
         compile_step(graph, LossSpec(), {}, {}, {})
+
+
+def test_early_stop_after_patience_epochs_without_a_better_evaluation(digits):
+    # A rate too small to move the accuracy: the first epoch is no better than the start.
+    config = TrainConfig(epochs=4, learning_rate=1e-12, patience=1)
+    result = fit(student_graph(), digits["train"], config, digits["test"])
+    assert result.stopped == "early stop" and len(result.history) == 1
+    assert result.best_epoch == 0 and result.accuracy == result.initial_accuracy

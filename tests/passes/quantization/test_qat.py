@@ -77,8 +77,14 @@ def test_qat_refuses_missing_data_and_untrainable_schemes(teacher, digits):  # n
         PassManager("qat{scheme=fp16}", PassContext()).run(teacher.copy())
 
 
-def test_compile_options_expand_qat_and_refuse_it_without_data():
-    from edgec.config import CompileOptions
+def test_compile_options_expand_qat_and_refuse_it_without_data(tmp_path):
+    from edgec.config import CompileOptions, load_config
+
+    config = tmp_path / "edgec.toml"
+    config.write_text('quantize = "weight-binary"\nqat = true\ntrain = "train.npz"\nepochs = 2\n')
+    options = load_config(config)
+    assert options.train == tmp_path / "train.npz"
+    assert options.full_pipeline().endswith("qat{scheme=weight-binary,epochs=2}")
 
     options = CompileOptions(quantize="weight-int4", qat=True, train=DIGITS / "digits_train.npz", epochs=3)
     assert options.full_pipeline().endswith("qat{scheme=weight-int4,epochs=3}")
