@@ -53,6 +53,8 @@ def _conv2d_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> l
         and max(pads[0], pads[2]) <= kernel_h - 1
         and max(pads[1], pads[3]) <= kernel_w - 1
     )
+    if not plain and layouts == ("NHWC", "HWIO", "NHWC"):
+        return _nhwc_through_nchw(orig_var, orig_call, output_grad, ctx)
     if not plain:
         return _op_gradient.conv2d_grad(orig_var, orig_call, output_grad, ctx)
     nhwc = {"data_layout": "NHWC", "kernel_layout": "HWIO", "out_layout": "NHWC"}
@@ -70,6 +72,35 @@ def _conv2d_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> l
     if nchw:
         return [permute_dims(data_grad, [0, 3, 1, 2]), permute_dims(weight_grad, [3, 0, 1, 2])]
     return [data_grad, permute_dims(weight_grad, [1, 2, 0, 3])]
+
+
+def _nhwc_through_nchw(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> list[Any]:
+    """TVM's NCHW/OIHW gradient for an NHWC/HWIO conv2d it cannot take (strided, grouped):
+    the call restated in NCHW, its gradients permuted back."""
+    from tvm.relax.op import _op_gradient, permute_dims
+    from tvm.relax.op.nn import conv2d
+
+    attrs = orig_call.attrs
+    data, weight = (
+        ctx.normalize(permute_dims(t, axes))
+        for t, axes in zip(orig_call.args, ([0, 3, 1, 2], [3, 2, 0, 1]), strict=True)
+    )
+    call = ctx.normalize(
+        conv2d(
+            data,
+            weight,
+            attrs.strides,
+            attrs.padding,
+            attrs.dilation,
+            attrs.groups,
+            out_dtype=attrs.out_dtype,
+        )
+    )
+    result = ctx.normalize(permute_dims(orig_var, [0, 3, 1, 2]))
+    data_grad, weight_grad = _op_gradient.conv2d_grad(
+        result, call, permute_dims(output_grad, [0, 3, 1, 2]), ctx
+    )
+    return [permute_dims(data_grad, [0, 2, 3, 1]), permute_dims(weight_grad, [2, 3, 1, 0])]
 
 
 def _max_pool2d_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> list[Any]:

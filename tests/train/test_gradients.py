@@ -29,6 +29,19 @@ CASES = [
             kernel_layout="HWIO",
         ),
     ),
+    (
+        "conv2d_nhwc_grouped_strided",
+        (2, 6, 6, 6),
+        lambda x, w: relax.op.nn.conv2d(
+            x,
+            relax.op.permute_dims(w, [2, 3, 1, 0]),
+            strides=[2, 2],
+            padding=[1, 1, 1, 1],
+            groups=2,
+            data_layout="NHWC",
+            kernel_layout="HWIO",
+        ),
+    ),
     ("max_pool2d", (2, 3, 4, 4), lambda x, w: relax.op.nn.max_pool2d(x, (2, 2), strides=(2, 2))),
     (
         "max_pool2d_nhwc",
