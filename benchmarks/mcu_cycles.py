@@ -20,7 +20,7 @@ parameters), the figure to hold against CMSIS-NN's 1.86 (3x3 conv) and 1.89 (FC)
 
 Variants: ``fp32`` (the digits CNN as shipped), ``int8`` (its QDQ form from
 ``edgec.optimize(pipeline="default,quantize")``, integer kernels), ``int8-nodsp`` (the same with
-edgec's Arm DSP (SMLAD) conv/dense kernels switched off, ``EDGEC_ARM_DSP=0``; the same as ``int8`` on
+edgec's Arm DSP (SMLAD) conv/dense kernels switched off (``--no-micro-kernels``); the same as ``int8`` on
 cores without the DSP extension), ``int8-double`` (the same model with TFLite's double-rounding
 requantization instead of edgec's default single rounding, ``--rounding double``), and ``fp16``
 (``quantize{scheme=fp16,compute=float16}``: float16 kernels, only on a core with fp16 arithmetic:
@@ -36,7 +36,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -168,20 +167,13 @@ def measure(
     out = folder / f"{variant}-{target_name}"
     work = out / "run"
     work.mkdir(parents=True)
-    graph = EdgeGraph.from_onnx(model)
-    dsp_setting = os.environ.get("EDGEC_ARM_DSP")
     if variant == "int8-nodsp":
-        os.environ["EDGEC_ARM_DSP"] = "0"
-    try:
-        start = time.perf_counter()
-        module = target.lower(graph)
-        artifact = target.build(module, out, "digits")
-        build_seconds = time.perf_counter() - start
-    finally:
-        if dsp_setting is None:
-            os.environ.pop("EDGEC_ARM_DSP", None)
-        else:
-            os.environ["EDGEC_ARM_DSP"] = dsp_setting
+        target = dataclasses.replace(target, micro_kernels=False)
+    graph = EdgeGraph.from_onnx(model)
+    start = time.perf_counter()
+    module = target.lower(target.legalize(graph).graph).module
+    artifact = target.build(module, out, "digits")
+    build_seconds = time.perf_counter() - start
     image = target.build_harness([out], [("digits", len(graph.inputs), len(graph.outputs))], work)
     sample = np.load(DIGITS / "digits_test.npz")["input"][:1, None].astype(np.float32)
     (work / "in0.bin").write_bytes(sample.tobytes())

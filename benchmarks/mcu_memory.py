@@ -37,7 +37,8 @@ def measure(name: str, target_name: str) -> dict:
     target = get_target(target_name)
     start = time.perf_counter()
     with scratch() as folder:
-        artifact = target.build(target.lower(EdgeGraph.from_onnx(load(name))), Path(folder), name)
+        legal = target.legalize(EdgeGraph.from_onnx(load(name))).graph
+        artifact = target.build(target.lower(legal).module, Path(folder), name)
     sizes = artifact.sizes
     return {
         "model": name,

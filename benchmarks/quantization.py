@@ -145,7 +145,7 @@ def _edgec_x86(
     samples = [[np.asarray(feeds[t.name][i]) for t in graph.inputs] for i in range(count)]
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as folder:
         try:
-            target.build(target.lower(graph), Path(folder), "model")
+            target.build(target.lower(target.legalize(graph.copy()).graph).module, Path(folder), "model")
         except EdgecError as error:
             print(f"  (edgec x86 build failed: {str(error).splitlines()[0]})")
             return None, None

@@ -65,6 +65,8 @@ def _options(ctx_params: dict[str, Any]):
             name, _ = parse_freeze(spec)
             specs[name] = spec.partition("=")[2].strip()
         overrides["freeze_inputs"] = {**base.freeze_inputs, **specs}
+    if ctx_params.pop("no_micro_kernels", False):
+        overrides["micro_kernels"] = False
     no_simplify = ctx_params.pop("no_simplify", False)
     if no_simplify:
         overrides["simplify"] = False
@@ -163,6 +165,12 @@ def main() -> None:
     "--rounding",
     metavar="MODE",
     help="requantization rounding of int8 kernels: single (default) or double (TFLite's)",
+)
+@click.option(
+    "--no-micro-kernels",
+    "no_micro_kernels",
+    is_flag=True,
+    help="schedule int8 kernels without the target's micro-kernels (vpmaddwd, SMLAD), for comparisons",
 )
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")

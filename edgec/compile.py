@@ -97,14 +97,25 @@ def load_model(source: Path, options: CompileOptions) -> tuple[EdgeGraph, dict[s
     return graph, frozen
 
 
+def target_of(options: CompileOptions) -> Any:
+    """The target the options name, with the code-generation choices the options make (its
+    requantization rounding, its int8 micro-kernels); the manifest records them."""
+    from edgec.targets import get_target
+
+    target = get_target(options.target)
+    if options.rounding:
+        target = dataclasses.replace(target, requantize_rounding=options.rounding)
+    if not options.micro_kernels:
+        target = dataclasses.replace(target, micro_kernels=False)
+    return target
+
+
 def prepare(model: str | Path, options: CompileOptions, progress: Progress | None = None) -> Prepared:
     """Loads the model, freezes inputs, fixes shapes, and runs the import path and the pipeline.
 
     The passes see the capabilities of ``options.target``: what they decide (which nodes become
     int8, whether the graph may compute in float16) is what that target can build.
     """
-    from edgec.targets import get_target
-
     progress = progress or Progress(quiet=True)
     source = Path(model)
     # Parsed first: a typo in the pipeline fails before any slow work.
@@ -120,7 +131,7 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
 
     ctx = PassContext(
         target=options.target,
-        capabilities=get_target(options.target).capabilities(),
+        capabilities=target_of(options).capabilities(),
         verify=options.verify,
         seed=options.seed,
         calibration=samples_of(load_dataset(options.calib, original), original) if options.calib else None,
@@ -140,12 +151,13 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
 
 
 def legalize(prepared: Prepared, target: Any, progress: Progress) -> PipelineRun:
-    """Runs the target's legalization pipeline on the prepared graph (recorded like any pipeline)."""
-    pipeline = prepared.context.capabilities.legalization if prepared.context.capabilities else ""
+    """Runs the target's legalization pipeline on a copy of the prepared graph (recorded like any
+    pipeline; the prepared graph stays the optimized model the artifact is measured against)."""
+    pipeline = target.capabilities().legalization
     if not pipeline:
         return PipelineRun(prepared.graph)
     with progress.step(f"legalizing for {target.name} ({pipeline})"):
-        return PassManager(pipeline, prepared.context).run(prepared.graph)
+        return target.legalize(prepared.graph.copy(), prepared.context)
 
 
 def _pass_records(run: PipelineRun) -> list[dict[str, Any]]:
@@ -274,15 +286,11 @@ def compile_model(
         EdgecError: for any user error (nothing is written then).
         BudgetError: after writing the artifact, when a flash, RAM or accuracy budget is missed.
     """
-    from edgec.targets import get_target
-
     options = options or CompileOptions()
     progress = progress or Progress(quiet=True)
     out_dir = Path(out_dir)
     source = Path(model)
-    target = get_target(options.target)
-    if options.rounding:
-        target = dataclasses.replace(target, requantize_rounding=options.rounding)
+    target = target_of(options)
     _check_out_dir(out_dir, source)
     prepared = prepare(source, options, progress)
     from edgec.check import check_model
@@ -298,8 +306,8 @@ def compile_model(
         start = time.perf_counter()
         with progress.step(f"lowering to TVM Relax for {target.name}"):
             lowered = target.lower(graph)
-        # Interim: until the lowering reports what it built (spine v2), nothing to compare with.
-        problems = mismatches(planned(graph), lowered.nodes) if lowered.nodes else []
+        # The manifest says what was built; a plan the build does not honour is an error.
+        problems = mismatches(planned(graph), lowered.nodes)
         if problems:
             raise EdgecError(
                 f"target '{target.name}' cannot build what the passes decided: {problems[0]}"
@@ -321,11 +329,11 @@ def compile_model(
                 prepared, options, lambda inputs: target.run(build_dir, manifest_stub, inputs)[0]
             )
         timings["verify"] = time.perf_counter() - start
-        cost = graph_cost(graph)
+        cost = graph_cost(prepared.graph)  # the optimized model, as saved in optimized.onnx
         sizes = {
             "weights_bytes": cost.weight_bytes,
             "original_weights_bytes": graph_cost(prepared.original).weight_bytes,
-            "activation_lower_bound_bytes": peak_live_bytes(graph),
+            "activation_lower_bound_bytes": peak_live_bytes(prepared.graph),
             **artifact.sizes,
         }
         failures = _budget_gates(target, sizes, error, options)
@@ -347,7 +355,7 @@ def compile_model(
             "precision": {node: built.as_dict() for node, built in sorted(lowered.nodes.items())},
             "graph": {
                 "nodes_original": len(prepared.original.nodes),
-                "nodes_optimized": len(graph.nodes),
+                "nodes_optimized": len(prepared.graph.nodes),
                 "macs": cost.macs,
                 "params": cost.params,
             },

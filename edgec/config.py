@@ -26,7 +26,7 @@ DEFAULT_TARGET = "x86"
 DEFAULT_PIPELINE = "default"
 # ``--quantize`` sugar for float16 compute (targets with fp16 arithmetic).
 FP16_COMPUTE = "fp16-compute"
-# Requantization roundings of the integer kernels (edgec.targets.tvm.integer.requantize).
+# Requantization roundings of the integer kernels (edgec.targets.integer.fixed_point.requantize).
 ROUNDINGS = ("single", "double")
 
 
@@ -54,6 +54,7 @@ class CompileOptions:
             keeps sensitive layers in float and fails the build (exit 3) when still missed.
         rounding: requantization rounding of the integer kernels, ``single`` or ``double``
             (TFLite's; default: the target's, ``single``).
+        micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
         train: .npz training dataset (``label`` optional) for passes that train (``qat``,
             ``distill``).
         qat: fine-tune the ``quantize`` scheme with quantization-aware training on ``train``.
@@ -79,6 +80,7 @@ class CompileOptions:
     calibration: str | None = None
     max_accuracy_drop: float | None = None
     rounding: str | None = None
+    micro_kernels: bool = True
     train: Path | None = None
     qat: bool = False
     epochs: int | None = None
@@ -164,7 +166,7 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify", "qat") and not isinstance(value, bool):
+        elif name in ("simplify", "verify", "micro_kernels", "qat") and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
         elif name in ("seed", "flash_budget", "ram_budget", "epochs") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0

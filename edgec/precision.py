@@ -17,6 +17,12 @@ from typing import Any
 from edgec.ir import EdgeGraph
 
 METADATA_KEY = "edgec.precision"
+# The vocabulary of what a build reports per node (``BuiltNode.precision`` / ``.weights``).
+PRECISIONS = ("int8", "int8-dynamic", "float32", "float16")
+WEIGHT_STORAGE = ("int8", "int4", "int2", "binary", "float16", "float32")
+# A copy that shares its input's scale: the legalization may remove it (an Identity, an inference
+# Dropout), and a removed copy has nothing to build.
+SHARED_SCALE = "int8 (shared scale)"
 
 _WEIGHT_ONLY = re.compile(r"^weight-(int8|int4|int2|binary)(/g\d+)?$")
 
@@ -37,7 +43,7 @@ def record(graph: EdgeGraph, decisions: Mapping[str, str]) -> None:
 def expected(decision: str) -> dict[str, str] | None:
     """What a decision requires of the build: ``{"precision": ...}`` and/or ``{"weights": ...}``;
     ``None`` for decisions that require nothing (``float``, a folded activation)."""
-    if decision in ("int8", "int8 (shared scale)"):
+    if decision in ("int8", SHARED_SCALE):
         return {"precision": "int8"}
     if decision == "int8-dynamic":
         return {"precision": "int8-dynamic"}
@@ -64,6 +70,8 @@ def mismatches(decisions: Mapping[str, str], built: Mapping[str, Any]) -> list[s
         if wanted is None:
             continue
         got = built.get(node)
+        if got is None and decision == SHARED_SCALE:
+            continue
         if got is None:
             problems.append(f"node '{node}' was quantized ({decision}) but the target built no such node")
             continue

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from edgec.capabilities import Capabilities
 from edgec.errors import EdgecError, UnsupportedNodeError
 from edgec.ir import EdgeGraph
+from edgec.precision import PRECISIONS, WEIGHT_STORAGE
+
+if TYPE_CHECKING:
+    from edgec.pm import PassContext, PipelineRun
 
 RuntimeKind = Literal["tvm", "none"]
 # Ops whose arithmetic runs in the dtype of their inputs: one with a float16 input means the graph
@@ -53,6 +57,13 @@ class BuiltNode:
     weights: str = ""
     kernel: str = ""
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        # The manifest's vocabulary is the one edgec.precision compares decisions with.
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.weights and self.weights not in WEIGHT_STORAGE:
+            raise ValueError(f"weights {self.weights!r} is not one of {WEIGHT_STORAGE}")
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -90,11 +101,14 @@ class Target:
         requantize_rounding: how integer kernels round when they requantize: ``single`` (one
             rounding of the exact product, CMSIS-NN's ``CMSIS_NN_USE_SINGLE_ROUNDING``) or
             ``double`` (TFLite's ``MultiplyByQuantizedMultiplier``, bit-compatible with TFLite
-            Micro's reference kernels); see ``edgec.targets.tvm.integer``.
+            Micro's reference kernels); see ``edgec.targets.integer.fixed_point``.
         fp16_arithmetic: the CPU has native half-precision arithmetic (Armv8.2-A FEAT_FP16,
             M-profile MVE with floating point, x86 AVX512-FP16). ``lower`` refuses a graph that
             computes in float16 on a target without it: LLVM would silently emulate every fp16
             operation through float32 conversions, slower and no smaller than float32 compute.
+        micro_kernels: use the target's hand-written int8 micro-kernels (x86 ``vpmaddwd``,
+            Cortex-M4/M7 ``SMLAD``) where it has them; off, its integer convolutions and matmuls
+            are TVM's vectorised loops (``edgec compile --no-micro-kernels``, for comparisons).
     """
 
     name: str
@@ -106,6 +120,7 @@ class Target:
     ram_bytes: int | None = None
     requantize_rounding: Literal["single", "double"] = "single"
     fp16_arithmetic: bool = False
+    micro_kernels: bool = True
 
     def capabilities(self) -> Capabilities:
         """What this target runs natively (read by passes through ``PassContext.capabilities``)."""
@@ -118,6 +133,16 @@ class Target:
     def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
         """The nodes of a legal graph that ``lower`` cannot translate, each with its reason."""
         return []
+
+    def legalize(self, graph: EdgeGraph, ctx: PassContext | None = None) -> PipelineRun:
+        """Runs ``capabilities().legalization`` on ``graph`` (its passes change it in place: pass
+        a copy to keep it) through the pass manager, which records every pass; ``lower`` takes
+        the resulting graph."""
+        from edgec.pm import PassContext, PassManager
+
+        capabilities = self.capabilities()
+        ctx = ctx or PassContext(target=self.name, capabilities=capabilities)
+        return PassManager(capabilities.legalization, ctx).run(graph)
 
     def has_fp16_arithmetic(self) -> bool:
         """Whether the CPU computes natively in float16 (subclasses may detect the host CPU)."""
@@ -172,6 +197,7 @@ class Target:
             "ram_bytes": self.ram_bytes,
             "requantize_rounding": self.requantize_rounding,
             "fp16_arithmetic": self.has_fp16_arithmetic(),
+            "micro_kernels": self.micro_kernels,
         }
 
 

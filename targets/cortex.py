@@ -1,6 +1,6 @@
 """Arm targets with runtime-free C: Cortex-A (AArch64 Linux) and Cortex-M (bare metal).
 
-Each target lowers through TVM like x86 (``optimize_for_cpu``), then builds with the
+Each target lowers through TVM like x86 (:class:`edgec.targets.tvm.target.TvmTarget`), then builds with the
 runtime-free emitter (:mod:`edgec.targets.tvm.c_emitter`): LLVM kernels for the core, a C entry
 point with static tables, const weights, a one-arena memory plan, and ``lib<name>.a`` from the
 GNU cross toolchain (plus ``lib<name>.so`` on Linux). ``run`` builds a test harness around the
@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import EdgecError, UnsupportedNodeError
-from edgec.ir import EdgeGraph
-from edgec.targets.base import Artifact, Lowered, Target, Toolchain
+from edgec.errors import EdgecError
+from edgec.targets.base import Artifact, Toolchain
 from edgec.targets.registry import register_target
 from edgec.targets.runners import exchange, qemu_system_command, run_emulator, write_harness_config
 from edgec.targets.toolchains import (
@@ -44,6 +43,7 @@ from edgec.targets.toolchains import (
     section_sizes,
     stack_estimate,
 )
+from edgec.targets.tvm.target import TvmTarget
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -52,7 +52,7 @@ _FLASH_SECTIONS = (".vectors", ".weights", ".text", ".rodata", ".ARM.exidx", ".A
 
 
 @dataclass(frozen=True)
-class RuntimeFreeTarget(Target):
+class RuntimeFreeTarget(TvmTarget):
     """A target whose artifact is runtime-free C (``runtime="none"``) built by a GNU cross gcc.
 
     Attributes:
@@ -94,27 +94,7 @@ class RuntimeFreeTarget(Target):
     def bare_metal(self) -> bool:
         return self.runner == "qemu-system-arm"
 
-    # -- lower, build, run -------------------------------------------------------------------
-    def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
-        from edgec.targets.tvm.frontend import unsupported
-
-        return unsupported(graph.to_onnx())
-
-    def lower(self, graph: EdgeGraph) -> Lowered:
-        from edgec.ir import static_shape
-        from edgec.targets.tvm.arm_dsp import relayout_constant_weights
-        from edgec.targets.tvm.build import optimize_for_cpu
-        from edgec.targets.tvm.integer import lower_onnx
-
-        self.check_float16_compute(graph)
-        shapes = {t.name: static_shape(t) for t in graph.inputs}
-        # A QDQ graph becomes integer kernels; a float graph goes through the ONNX frontend.
-        module = lower_onnx(graph.to_onnx(), shapes, self.requantize_rounding)
-        module = optimize_for_cpu(module, self.tvm_target())
-        # SMLAD kernels (Cortex-M4/M7) read their weights input-channel-innermost: permute the
-        # constants to match (a no-op when no kernel was scheduled that way).
-        return Lowered(relayout_constant_weights(module), {})
-
+    # -- build, run ---------------------------------------------------------------------------
     def build(self, module, out_dir: Path, name: str) -> Artifact:
         from edgec.targets.tvm import c_emitter, relax_program
 
@@ -325,6 +305,7 @@ def _cortex_a(
         runner="qemu-aarch64",
         toolchain=_AARCH64,
         fp16_arithmetic=fp16,
+        vector_bits=128,
         mtriple="aarch64-linux-gnu",
         mcpu=core,
         mattr=mattr,
@@ -375,6 +356,8 @@ register_target(
         toolchain=_ARM_EABI,
         flash_bytes=1 * MIB,
         ram_bytes=128 * KIB,
+        vector_bits=32,  # DSP extension: SIMD within a 32-bit register (two int16 MACs per SMLAD)
+        micro_kernel="smlad",
         mtriple="thumbv7em-none-eabihf",
         mcpu="cortex-m4",
         float_abi="hard",
@@ -393,6 +376,8 @@ register_target(
         toolchain=_ARM_EABI,
         flash_bytes=1 * MIB,
         ram_bytes=320 * KIB,
+        vector_bits=32,
+        micro_kernel="smlad",
         mtriple="thumbv7em-none-eabihf",
         mcpu="cortex-m7",
         float_abi="hard",
@@ -414,6 +399,7 @@ register_target(
         ram_bytes=1 * MIB,
         # mcpu=cortex-m55 gives LLVM +mve.fp and +fullfp16 (checked in tests/targets/test_fp16_compute.py).
         fp16_arithmetic=True,
+        vector_bits=128,  # Helium (MVE)
         mtriple="thumbv8.1m.main-none-eabihf",
         mcpu="cortex-m55",
         float_abi="hard",

@@ -1,7 +1,8 @@
 """x86 targets: this host (``x86``) and a portable AVX2 baseline (``x86-64-v3``).
 
-Both build a TVM Relax module into a shared library that the TVM runtime loads; the default CPU
-schedule rules of ``edgec.targets.tvm.schedules`` give the kernels their speed.
+Both lower like every TVM target (:class:`edgec.targets.tvm.target.TvmTarget`) and build a shared
+library that the TVM runtime loads; the default CPU schedule rules of ``edgec.targets.tvm.schedules``
+give the kernels their speed (``vpmaddwd`` int8 kernels with AVX2).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import UnsupportedNodeError
-from edgec.ir import EdgeGraph
-from edgec.targets.base import Artifact, Lowered, Target
+from edgec.targets.base import Artifact
 from edgec.targets.registry import register_target
+from edgec.targets.tvm.target import TvmTarget
 
 LIBRARY = "model.so"
 
@@ -44,7 +44,7 @@ def host_cpu_flags() -> frozenset[str]:
 
 
 @dataclass(frozen=True)
-class TvmLibraryTarget(Target):
+class TvmLibraryTarget(TvmTarget):
     """A Linux target whose artifact is a TVM shared library run by the TVM runtime."""
 
     mcpu: str = ""
@@ -64,21 +64,16 @@ class TvmLibraryTarget(Target):
             return self.fp16_arithmetic
         return self.fp16_arithmetic or "avx512_fp16" in host_cpu_flags()
 
-    def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
-        from edgec.targets.tvm.frontend import unsupported
+    def simd_bits(self) -> int:
+        if self.mcpu:
+            return self.vector_bits
+        flags = host_cpu_flags()
+        return 512 if "avx512f" in flags else 256 if "avx" in flags else 128
 
-        return unsupported(graph.to_onnx())
-
-    def lower(self, graph: EdgeGraph) -> Lowered:
-        from edgec.ir import static_shape
-        from edgec.targets.tvm.build import optimize_for_cpu
-        from edgec.targets.tvm.integer import lower_onnx
-
-        self.check_float16_compute(graph)
-        shapes = {t.name: static_shape(t) for t in graph.inputs}
-        # A QDQ graph becomes integer kernels; a float graph goes through the ONNX frontend.
-        module = lower_onnx(graph.to_onnx(), shapes, self.requantize_rounding)
-        return Lowered(optimize_for_cpu(module, self.tvm_target()), {})
+    def int8_micro_kernel(self) -> str | None:
+        if self.mcpu or not self.micro_kernels:
+            return super().int8_micro_kernel()
+        return "vpmaddwd" if "avx2" in host_cpu_flags() else None
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:
         from edgec.targets.tvm.build import build_shared_library
@@ -113,5 +108,7 @@ register_target(
         runtime="tvm",
         runner="host",
         mcpu="haswell",
+        vector_bits=256,
+        micro_kernel="vpmaddwd",
     )
 )

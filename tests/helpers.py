@@ -80,5 +80,21 @@ def assert_same_outputs(
         np.testing.assert_allclose(got[name], value, atol=atol, rtol=rtol, err_msg=name)
 
 
+def legalize(
+    model: onnx.ModelProto | EdgeGraph, target: str = "x86", rounding: str | None = None
+) -> EdgeGraph:
+    """The legal graph of ``model`` for ``target`` (its legalization pipeline, recorded), with the
+    target's requantization rounding replaced when ``rounding`` is given."""
+    import dataclasses
+
+    from edgec.targets import get_target
+
+    chosen = get_target(target)
+    if rounding is not None:
+        chosen = dataclasses.replace(chosen, requantize_rounding=rounding)
+    graph = model.copy() if isinstance(model, EdgeGraph) else EdgeGraph.from_onnx(model)
+    return chosen.legalize(graph).graph
+
+
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)

@@ -370,9 +370,9 @@ def test_name_sets_the_c_prefix(cli, model_path: Path, tmp_path: Path) -> None:
 def test_rounding_selects_the_requantization_of_the_int8_kernels(cli, tmp_path: Path) -> None:
     """``--rounding double`` reaches the integer lowering: each build equals the numpy reference of
     its own rounding bit for bit, and the manifest records it; a bad value is a user error."""
-    from edgec.targets.tvm.integer import plan_quantized
-    from edgec.targets.tvm.integer_reference import reference_quantized
+    from edgec.targets.integer.reference import run_reference
     from edgec.targets.x86 import TvmLibraryTarget
+    from tests.helpers import legalize
 
     x = np.load(DIGITS / "digits_test.npz")["input"][:16]
     for rounding in ("single", "double"):
@@ -384,11 +384,11 @@ def test_rounding_selects_the_requantization_of_the_int8_kernels(cli, tmp_path: 
         manifest = json.loads(result.output)
         assert manifest["target"]["requantize_rounding"] == rounding
         qdq = onnx.load(build / "optimized.onnx")
-        plan = plan_quantized(qdq, rounding)
+        legal = legalize(qdq, rounding=rounding)
         target = TvmLibraryTarget(name="x86", description="", runtime="tvm", runner="host")
         got = np.concatenate([target.run(build, manifest, [x[i : i + 1]])[0][0] for i in range(len(x))])
         want = np.concatenate(
-            [reference_quantized(qdq, {"input": x[i : i + 1]}, plan)["logits"] for i in range(len(x))]
+            [run_reference(legal, {"input": x[i : i + 1]})["logits"] for i in range(len(x))]
         )
         np.testing.assert_array_equal(got, want)
     assert_user_error(

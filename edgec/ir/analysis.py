@@ -1,7 +1,8 @@
 """Cost analyses over an ``EdgeGraph``: parameters, weight bytes, MACs and activation bytes per node.
 
 MACs count multiply-accumulates of the compute-heavy ops (Conv, ConvTranspose, Gemm, MatMul and
-their integer forms); other ops count zero MACs. A constant shared by several nodes counts once in
+their integer forms, including a legal graph's ``edgec`` nodes, which name the op they replace);
+other ops count zero MACs. A constant shared by several nodes counts once in
 the totals.
 """
 
@@ -104,10 +105,12 @@ _MACS = {
 
 def node_cost(node: gs.Node) -> NodeCost:
     constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
+    # An edgec node of a legal graph (an integer kernel) costs what the op it replaces costs.
+    op = str(node.attrs.get("replaces", node.op)) if node.domain == "edgec" else node.op
     return NodeCost(
         name=node.name,
         op=node.op,
-        macs=int(_MACS.get(node.op, lambda n: 0)(node)),
+        macs=int(_MACS.get(op, lambda n: 0)(node)),
         params=sum(int(np.prod(t.shape)) for t in constants),
         weight_bytes=sum(tensor_bytes(t) for t in constants),
         output_bytes=sum(tensor_bytes(t) for t in node.outputs),

@@ -136,7 +136,8 @@ def _match_node(pattern: Op, node: gs.Node, match: Match, graph_outputs: set[int
             orders.append(pattern.inputs[::-1])
     for order in orders:
         trial = Match(match.root, dict(match.nodes), dict(match.tensors), [*match.matched, node], [])
-        padded = list(node.inputs) + [None] * (len(order) - len(node.inputs))
+        # any_inputs: the node's inputs are not part of the pattern (none is matched or bound).
+        padded = [] if pattern.any_inputs else list(node.inputs) + [None] * (len(order) - len(node.inputs))
         if all(_match_input(p, t, trial, graph_outputs) for p, t in zip(order, padded, strict=True)):
             if pattern.name:
                 trial.nodes[pattern.name] = node

@@ -134,7 +134,9 @@ class Quantize(Pass):
     ) -> tuple[EdgeGraph, dict[str, Any]]:
         symmetric = self.symmetric_activations
 
-        full = make_plan(prepared.copy(), frozenset(self.exclude), symmetric, self.shared_concat_scale)
+        full = make_plan(
+            prepared.copy(), frozenset(self.exclude), symmetric, self.shared_concat_scale, ctx.capabilities
+        )
         if not layers_of(full):
             raise EdgecError(
                 "no quantizable op: int8 quantizes Conv, Gemm, MatMul, Add, Mul, Concat and pooling; "
@@ -156,6 +158,7 @@ class Quantize(Pass):
                 self.per_channel,
                 calibrate,
                 self.shared_concat_scale,
+                ctx.capabilities,
             )
 
         stats: dict[str, Any] = {
@@ -194,11 +197,12 @@ class Quantize(Pass):
         quantized = prepared.copy()
         exclude = frozenset(self.exclude)
         if self.scheme in _WEIGHT_BITS:
+            bits = _WEIGHT_BITS[self.scheme]
             precision, refused = weight_only(
-                quantized, _WEIGHT_BITS[self.scheme], self.per_channel, self.group_size, exclude
+                quantized, bits, self.per_channel, self.group_size, exclude, ctx.capabilities
             )
         elif self.scheme == "int8-dynamic":
-            precision, refused = dynamic_int8(quantized, self.per_channel, exclude)
+            precision, refused = dynamic_int8(quantized, self.per_channel, exclude, ctx.capabilities)
         elif self.compute == "float16":
             quantized, precision, refused = to_fp16_compute(quantized, samples, exclude)
         else:

@@ -140,14 +140,16 @@ class QuantizationSensitivity(Pass):
         kind = budget_metric(self.metric, ctx.evaluation)
         symmetric = self.symmetric_activations
 
-        plan = make_plan(prepared.copy(), frozenset(), symmetric)
+        plan = make_plan(prepared.copy(), frozenset(), symmetric, capabilities=ctx.capabilities)
         layers = layers_of(plan)
         if not layers:
             raise EdgecError("no quantizable op (Conv, Gemm, MatMul, Add, Mul, Concat, pooling) in the model")
         ranges = calibrate_plan(prepared, plan, samples, self.calibration, self.percentile)
 
         def build(exclude: frozenset[str]) -> tuple[EdgeGraph, Plan]:
-            return build_int8(prepared, ranges, exclude, symmetric, self.per_channel)
+            return build_int8(
+                prepared, ranges, exclude, symmetric, self.per_channel, capabilities=ctx.capabilities
+            )
 
         evaluator = Evaluator(prepared, samples, ctx.evaluation if kind == "accuracy" else None)
         rows = layer_sensitivity(build, layers, evaluator, kind)

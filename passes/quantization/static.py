@@ -1,7 +1,7 @@
 """Preparing a float graph for quantization, building int8 variants of it, and measuring them.
 
 Shared by the ``quantize`` pass, the sensitivity analysis and the mixed-precision search: the graph
-is prepared once (BatchNormalization folded, ``Sum`` of two as ``Add``, opset raised for per-axis
+is prepared once (BatchNormalization folded, ``Sum`` as a chain of ``Add``, opset raised for per-axis
 QDQ, shapes inferred), calibrated once, and every variant is built from a copy of it.
 """
 
@@ -15,11 +15,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, version_converter
 
+from edgec.capabilities import Capabilities
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, infer_shapes, static_shape
 from edgec.passes.quantization.calibration import as_samples, collect_ranges
 from edgec.passes.quantization.numerics import packed_bytes
-from edgec.passes.quantization.qdq import Plan, apply_plan, make_plan
+from edgec.passes.quantization.qdq import Plan, make_plan
+from edgec.passes.quantization.qdq_insert import apply_plan
 from edgec.pm import PassContext, get_pass
 from edgec.verify import accuracy, error_metrics, run_onnx_batch
 
@@ -68,16 +70,6 @@ def ensure_opset(graph: EdgeGraph, minimum: int) -> EdgeGraph:
     return graph
 
 
-def _sum_to_add(graph: EdgeGraph) -> int:
-    # Sum of two tensors is Add, which has a quantized form (residual connections in resnet50).
-    count = 0
-    for node in graph.nodes:
-        if node.op == "Sum" and len(node.inputs) == 2:
-            node.op = "Add"
-            count += 1
-    return count
-
-
 def prepare(
     graph: EdgeGraph, ctx: PassContext, minimum_opset: int, fold_batchnorm: bool
 ) -> tuple[EdgeGraph, dict]:
@@ -88,7 +80,9 @@ def prepare(
         result = ctx.run_pass(get_pass("fuse-conv-bn")(), graph)
         graph = result.graph
         done["folded_batchnorm"] = int(result.stats.get("fused", 0))
-    done["sum_as_add"] = _sum_to_add(graph)
+    # A Sum is a chain of Add, which has a quantized form (residual connections in resnet50).
+    if any(node.op == "Sum" for node in graph.nodes):
+        done["sum_as_add"] = int(ctx.run_pass(get_pass("split-sum")(), graph).stats.get("split", 0))
     shapes_before = sum(node.op == "Shape" for node in graph.nodes)
     graph = ensure_opset(graph, minimum_opset)
     if sum(node.op == "Shape" for node in graph.nodes) > shapes_before:
@@ -111,13 +105,15 @@ def build_int8(
     per_channel: bool,
     calibrate: Any = None,
     shared_concat: bool = True,
+    capabilities: Capabilities | None = None,
 ) -> tuple[EdgeGraph, Plan]:
-    """A static int8 copy of ``prepared`` with ``exclude`` kept in float.
+    """A static int8 copy of ``prepared`` with ``exclude`` kept in float (and what the target,
+    when ``capabilities`` are given, would not run as integers).
 
     ``calibrate(names)`` supplies ranges missing from ``ranges`` (tensors only this variant needs).
     """
     graph = prepared.copy()
-    plan = make_plan(graph, exclude, symmetric, shared_concat)
+    plan = make_plan(graph, exclude, symmetric, shared_concat, capabilities)
     missing = [name for name in plan.calibration_names() if name not in ranges]
     if missing:
         if calibrate is None:

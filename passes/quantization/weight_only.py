@@ -20,9 +20,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from edgec.capabilities import Capabilities
 from edgec.ir import EdgeGraph
 from edgec.passes.quantization.numerics import check_finite, quantize_weight
-from edgec.passes.quantization.qdq import dequantized_weight
+from edgec.passes.quantization.qdq_insert import dequantized_weight
 
 WEIGHT_ONLY_OPS = ("Conv", "Gemm", "MatMul")
 # Ops whose float constant operands may be stored in float16 behind a Cast (data, not attributes
@@ -64,15 +65,27 @@ def weight_axes(node: gs.Node, ndim: int) -> tuple[int, int]:
 
 
 def weight_only(
-    graph: EdgeGraph, bits: int, per_channel: bool, group_size: int, exclude: frozenset[str]
+    graph: EdgeGraph,
+    bits: int,
+    per_channel: bool,
+    group_size: int,
+    exclude: frozenset[str],
+    capabilities: Capabilities | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Stores the weights of Conv/Gemm/MatMul in ``bits`` bits; returns (precision, refused)."""
+    """Stores the weights of Conv/Gemm/MatMul in ``bits`` bits; returns (precision, refused).
+
+    A target that cannot keep ``bits``-bit weights at that width in its artifact
+    (``capabilities.packed_weight_bits``) would store them as float32: they stay float32 here.
+    """
     precision: dict[str, str] = {}
     refused: dict[str, str] = {}
+    unpacked = None
+    if capabilities is not None and bits not in capabilities.packed_weight_bits:
+        unpacked = f"target '{capabilities.target}' does not store {bits}-bit weights (it would keep float32)"
     for node in list(graph.nodes):
         if node.op not in WEIGHT_ONLY_OPS:
             continue
-        reason = "excluded" if node.name in exclude else _weight_refusal(node)
+        reason = "excluded" if node.name in exclude else _weight_refusal(node) or unpacked
         if reason:
             refused[node.name] = reason
             continue
@@ -113,11 +126,15 @@ def _reshaped(graph: EdgeGraph, node_name: str, tensor: gs.Variable, shape: tupl
 
 
 def dynamic_int8(
-    graph: EdgeGraph, per_channel: bool, exclude: frozenset[str]
+    graph: EdgeGraph, per_channel: bool, exclude: frozenset[str], capabilities: Capabilities | None = None
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Rewrites MatMul/Gemm with constant 2-D weights to DynamicQuantizeLinear + MatMulInteger."""
+    """Rewrites MatMul/Gemm with constant 2-D weights to DynamicQuantizeLinear + MatMulInteger
+    (unless the target, per ``capabilities``, has no integer kernels at all)."""
     precision: dict[str, str] = {}
     refused: dict[str, str] = {}
+    no_kernels = None
+    if capabilities is not None and capabilities.integer_kernels is None:
+        no_kernels = f"target '{capabilities.target}' has no integer kernels"
     quantized_inputs: dict[str, tuple[gs.Variable, gs.Variable, gs.Variable]] = {}
     for node in list(graph.nodes):
         if node.op == "Conv":
@@ -125,7 +142,7 @@ def dynamic_int8(
             continue
         if node.op not in ("MatMul", "Gemm"):
             continue
-        reason = "excluded" if node.name in exclude else _weight_refusal(node)
+        reason = "excluded" if node.name in exclude else no_kernels or _weight_refusal(node)
         if reason is None and node.inputs[1].values.ndim != 2:
             reason = "its weight is not 2-D"
         if reason is None and node.attrs.get("transA", 0):
@@ -249,7 +266,9 @@ def to_fp16(graph: EdgeGraph, exclude: frozenset[str]) -> tuple[dict[str, str], 
                 )
                 casts[tensor.name] = restored
             node.inputs[index] = casts[tensor.name]
-            converted = True
+            # Targets keep weights of rank 2 or more in float16 and fold 1-D constants (biases,
+            # scales: a few bytes) to float32: only the former make the node's weights float16.
+            converted |= tensor.values.ndim >= 2
         if converted:
             precision[node.name] = "fp16-weights"
     graph.cleanup()

@@ -31,12 +31,11 @@ The weight layout change crosses the TIR/Relax boundary: the rule changes the Pr
 parameter and records the permutation in the function attribute :data:`WEIGHT_PERMUTATION_ATTR`;
 :func:`relayout_constant_weights` then transposes the constant argument of each call in the Relax
 module (numpy, at build time; the machinery, shared with :mod:`.x86_int8`, is in
-:mod:`.int8_rules`). ``EDGEC_ARM_DSP=0`` switches the rule off (for comparisons).
+:mod:`.int8_rules`). ``edgec compile --no-micro-kernels`` switches the rule off (for comparisons).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -66,9 +65,7 @@ _TILE_COLUMNS, _TILE_CHANNELS = 2, 2
 
 
 def has_dsp(target: Target | dict) -> bool:
-    """Whether ``target`` is an Armv7E-M core (DSP extension: Cortex-M4/M7) and the rule is on."""
-    if os.environ.get("EDGEC_ARM_DSP", "1") == "0":
-        return False
+    """Whether ``target`` is an Armv7E-M core (DSP extension: Cortex-M4/M7)."""
     attrs = target if isinstance(target, dict) else target.attrs
     return str(attrs.get("mtriple", "") or "").startswith("thumbv7em")
 

@@ -93,7 +93,7 @@ def _fold_constants_with_numpy() -> tvm.transform.Pass:
     return fold
 
 
-def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
+def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True) -> tvm.IRModule:
     """Lower a Relax module to scheduled TIR for a CPU, ready for ``tvm.compile``.
 
     Steps: decompose inference-only ops (BatchNorm becomes a scale and shift that fold into the
@@ -105,6 +105,8 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
     Args:
         mod: A Relax module, e.g. from :func:`edgec.targets.tvm.frontend.import_onnx`.
         tvm_target: The TVM target as a JSON dict, e.g. ``{"kind": "llvm", "mcpu": "znver4"}``.
+        micro_kernels: schedule int8 convolutions and matmuls with the CPU's micro-kernel
+            (vpmaddwd, SMLAD) where it has one (``Target.micro_kernels``).
 
     Returns:
         The module with every PrimFunc the rules match marked ``tirx.is_scheduled``.
@@ -112,7 +114,7 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
     import tvm
     from tvm import relax
 
-    from . import x86_int8
+    from . import arm_dsp, x86_int8
     from .schedules import apply_default_cpu_schedules
     from .weight_fusion import zero_pipeline
 
@@ -124,10 +126,11 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
         mod = _fold_constants_with_numpy()(mod)
         # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
         mod = zero_pipeline()(mod)
-        mod = apply_default_cpu_schedules(target)(mod)
-    # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights: re-lay out the constants (a
-    # no-op when no kernel was scheduled that way).
-    return x86_int8.relayout_constant_weights(mod)
+        mod = apply_default_cpu_schedules(target, micro_kernels)(mod)
+    # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights, SMLAD kernels (Cortex-M4/M7)
+    # input-channel-innermost ones: re-lay out the constants (a no-op when no kernel was
+    # scheduled that way).
+    return arm_dsp.relayout_constant_weights(x86_int8.relayout_constant_weights(mod))
 
 
 def _fcompile(cc: str | None, cc_options: list[str] | None) -> Any:

@@ -3,6 +3,8 @@
 The frontend's own failure modes are raw Python/TVM exceptions that name an op but rarely a node;
 this module checks the graph up front (cheaply, without importing anything from TVM) and turns
 whatever the frontend still raises into an :class:`~edgec.errors.EdgecError` that names the node.
+The ``edgec``-domain nodes of a legal graph (integer kernels, packed weights) are edgec's own
+emission (:mod:`.translate`), so they count as supported.
 """
 
 from __future__ import annotations
@@ -17,16 +19,20 @@ from typing import TYPE_CHECKING
 import onnx
 
 from edgec.errors import EdgecError, UnsupportedNodeError
+from edgec.targets.integer.kernels import KINDS
+from edgec.targets.tvm.packed_layout import PACKED_DOMAIN, PACKED_OP
 
 if TYPE_CHECKING:
     import tvm
 
-__all__ = ["import_onnx", "unsupported", "unsupported_nodes"]
+__all__ = ["EDGEC_OPS", "import_onnx", "input_signature", "run_frontend", "unsupported", "unsupported_nodes"]
 
 # The frontend ignores a node's domain and looks up the bare op type, so a custom-domain op that
 # happens to share a name with an ONNX op would be silently converted as the wrong thing; only the
 # default domain and the com.microsoft contrib ops it knows (Gelu, Attention, ...) are safe.
 _SUPPORTED_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
+# edgec's own ops in a legal graph, emitted by edgec (not the frontend).
+EDGEC_OPS = frozenset({kind.op_type for kind in KINDS if kind.op_type} | {PACKED_OP})
 
 
 def _frontend_op_types() -> frozenset[str]:
@@ -76,6 +82,8 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     known = _frontend_op_types()
     found: list[tuple[str, str, str]] = []
     for node in _walk(model.graph):
+        if node.domain == PACKED_DOMAIN and node.op_type in EDGEC_OPS:
+            continue
         if node.domain not in _SUPPORTED_DOMAINS:
             reason = (
                 f"the TVM relax ONNX frontend only converts standard ONNX ops, and "
@@ -94,63 +102,7 @@ def unsupported(model: onnx.ModelProto) -> list[UnsupportedNodeError]:
     return [UnsupportedNodeError(name, op, reason) for name, op, reason in unsupported_nodes(model)]
 
 
-def _replace_dropout(graph: onnx.GraphProto) -> None:
-    """Turn inference-mode Dropout nodes into Identity, in place, subgraphs included.
-
-    Relax ``nn.dropout`` returns a (output, mask) tuple and ``ConvertLayout`` crashes on it
-    ("Expected nested to match tuple"); at inference Dropout is the identity anyway. Nodes
-    whose mask output is consumed are left alone (rare, and Identity cannot produce a mask).
-    """
-    used = {name for node in graph.node for name in node.input}
-    used |= {o.name for o in graph.output}
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            _replace_dropout(sub)
-        if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
-            continue
-        if len(node.output) > 1 and node.output[1] and node.output[1] in used:
-            continue
-        data_in, data_out = node.input[0], node.output[0]
-        del node.input[:]
-        del node.output[:]
-        del node.attribute[:]
-        node.input.append(data_in)
-        node.output.append(data_out)
-        node.op_type = "Identity"
-
-
-def _split_sum(graph: onnx.GraphProto) -> None:
-    """Rewrite n-ary ``Sum`` as a chain of ``Add`` (or ``Identity``), in place, subgraphs included.
-
-    The frontend lowers ``Sum`` to ``broadcast_to`` + ``stack`` + ``sum(axis=0)``: a 5-D stack that
-    costs a copy and that ``ConvertLayout`` rejects ("Invalid SLayout: can't find S in source
-    layout ABCDE"), which breaks every ResNet exported with ``Sum`` for the residual add. ``Add``
-    has the same multidirectional broadcasting.
-    """
-    nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            _split_sum(sub)
-        if node.op_type != "Sum" or node.domain not in ("", "ai.onnx"):
-            nodes.append(node)
-            continue
-        inputs, out = list(node.input), node.output[0]
-        base = node.name or out
-        if len(inputs) == 1:
-            nodes.append(onnx.helper.make_node("Identity", inputs, [out], name=base))
-            continue
-        acc = inputs[0]
-        for k, operand in enumerate(inputs[1:], start=1):
-            last = k == len(inputs) - 1
-            target = out if last else f"{out}__edgec_sum{k}"
-            name = base if last else f"{base}__edgec_sum{k}"
-            nodes.append(onnx.helper.make_node("Add", [acc, operand], [target], name=name))
-            acc = target
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-
-def _input_signature(
+def input_signature(
     model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None
 ) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Static shapes and dtypes of the graph inputs (initializers excluded)."""
@@ -222,27 +174,6 @@ FRONTEND_ERRORS = (
 )
 
 
-def prepare_for_frontend(
-    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
-) -> tuple[onnx.ModelProto, dict[str, list[int]], dict[str, str]]:
-    """Checks coverage and returns a copy of the model the frontend can take, with its input
-    shapes and dtypes (Dropout made Identity, n-ary Sum split into Adds).
-
-    Raises:
-        UnsupportedNodeError: For the first node the frontend has no converter for.
-        EdgecError: If an input has no static shape.
-    """
-    problems = unsupported_nodes(model)
-    if problems:
-        raise UnsupportedNodeError(*problems[0])
-    shapes, dtypes = _input_signature(model, input_shapes)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    _replace_dropout(work.graph)
-    _split_sum(work.graph)
-    return work, shapes, dtypes
-
-
 def run_frontend(convert: Callable[[], tvm.IRModule]) -> tvm.IRModule:
     """Runs a frontend conversion with its chatter silenced; a failure becomes an ``EdgecError``
     that names the node and keeps the frontend's own message."""
@@ -266,7 +197,7 @@ def run_frontend(convert: Callable[[], tvm.IRModule]) -> tvm.IRModule:
 def import_onnx(
     model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> tvm.IRModule:
-    """Import an ONNX model into a Relax IRModule with the weights as constants.
+    """Import an ONNX model that needs no legalization into a Relax IRModule (weights as constants).
 
     Args:
         model: The ONNX model; it is not modified.
@@ -281,17 +212,8 @@ def import_onnx(
         EdgecError: If an input has no static shape, or the frontend fails on a node (the
             message names the node and keeps the frontend's own message).
     """
-    from tvm.relax.frontend.onnx import from_onnx
+    from edgec.ir import EdgeGraph
 
-    from .packed_weights import importer_class, rewrite_packed_dequantize
+    from .translate import translate
 
-    work, shapes, dtypes = prepare_for_frontend(model, input_shapes)
-    # Integer weights (int8/int4/int2 behind DequantizeLinear) stay integers (packed_weights.py).
-    packed = rewrite_packed_dequantize(work, whole_bytes=True)
-    if packed:
-        opset = next((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), 1)
-        importer = importer_class()(packed, shapes, dtypes, keep_params_in_input=False, sanitize=True)
-        return run_frontend(lambda: importer.from_onnx(work.graph, opset))
-    return run_frontend(
-        lambda: from_onnx(work, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
-    )
+    return translate(EdgeGraph.from_onnx(model), input_shapes)

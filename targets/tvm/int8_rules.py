@@ -35,6 +35,8 @@ from tvm.target import Target
 
 from edgec.errors import EdgecError
 
+from .schedule_common import COMM_REDUCE, DATA_PAR, SCHEDULE_ERRORS
+
 __all__ = [
     "Int8MicroKernelRule",
     "Int8Reduction",
@@ -45,11 +47,8 @@ __all__ = [
     "relayout_constant_weights",
 ]
 
-# What a schedule primitive raises when it refuses a function (the rule then declines it).
-_SCHEDULE_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
-_DATA_PAR, _COMM_REDUCE = 0, 2
-_CONV_KINDS = [_DATA_PAR] * 4 + [_COMM_REDUCE] * 3
-_MATMUL_KINDS = [_DATA_PAR] * 2 + [_COMM_REDUCE]
+_CONV_KINDS = [DATA_PAR] * 4 + [COMM_REDUCE] * 3
+_MATMUL_KINDS = [DATA_PAR] * 2 + [COMM_REDUCE]
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ def match_int8_reduction(func: tirx.PrimFunc, sch: s_tir.Schedule) -> Int8Reduct
     if kinds != (_CONV_KINDS if conv else _MATMUL_KINDS):
         return None
     for block in blocks[first + 1 :]:
-        if any(int(iv.iter_type) != _DATA_PAR for iv in sch.get(block).iter_vars):
+        if any(int(iv.iter_type) != DATA_PAR for iv in sch.get(block).iter_vars):
             return None
     loads = is_int8_mac(stmt.body)
     if loads is None or str(stmt.body.buffer.dtype) != "int32":
@@ -238,7 +237,7 @@ class Int8MicroKernelRule(ScheduleRule):
             return None
         try:
             return self._schedule(func)
-        except _SCHEDULE_ERRORS:
+        except SCHEDULE_ERRORS:
             return None  # a primitive refused: the plain rules take the function
 
     def _schedule(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:

@@ -1,7 +1,10 @@
-"""The storage of packed weights: their bit layout, the unpacking arithmetic, a numpy reference.
+"""The storage of packed weights: their bit layout, the unpacking arithmetic, a numpy reference,
+and the ``edgec.PackedDequantize`` node of the legal graph that carries them.
 
-:mod:`.packed_weights` lowers ``DequantizeLinear`` of packed initializers (and the other weights
-kept at their width) to run-time decoding; this module says what the bytes mean.
+The ``pack-weights`` legalization (:mod:`edgec.targets.legalize.pack_weights`) writes packed weights
+as :func:`packed_node`; :mod:`.packed_weights` emits their run-time decoding; this module says
+what the bytes mean. The node is ``PackedDequantize(bytes: uint8[nbytes], scale[, zero_point])``
+with the :class:`PackedWeight` fields as attributes (``axis`` -1 for per-tensor).
 
 Bit layout (the ONNX one, ``onnx.numpy_helper``/``onnx.helper.pack_float32_to_4bit``): the tensor
 is flattened in row-major order and element ``e[i]`` goes to byte ``i // n`` at bit ``b·(i % n)``,
@@ -32,12 +35,32 @@ defines it. Arithmetic after unpacking is float32, so results match onnxruntime 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from edgec.errors import EdgecError
 
-__all__ = ["HALF_BITS", "PackedWeight", "blocked_shape", "broadcast_form", "dequantize", "pack", "unpack"]
+if TYPE_CHECKING:
+    from edgec.ir import EdgeGraph
+
+__all__ = [
+    "HALF_BITS",
+    "PACKED_DOMAIN",
+    "PACKED_OP",
+    "PackedWeight",
+    "blocked_shape",
+    "broadcast_form",
+    "dequantize",
+    "pack",
+    "packed_node",
+    "spec_of",
+    "unpack",
+]
+
+PACKED_OP = "PackedDequantize"
+PACKED_DOMAIN = "edgec"
 
 # fp16 weight storage (``quantize{scheme=fp16}``: a float16 initializer read through
 # ``Cast(to=FLOAT)``) takes the path too, as 16-bit "packed" weights: FoldConstant would otherwise
@@ -183,3 +206,52 @@ def dequantize(spec: PackedWeight, packed: np.ndarray) -> np.ndarray:
         values = values.reshape(full)
         values = np.take(values, np.arange(spec.shape[spec.axis]), axis=spec.axis)
     return values.astype(scale.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The legal graph's node
+# --------------------------------------------------------------------------------------------
+
+
+def packed_node(
+    spec: PackedWeight, data: gs.Constant, output: gs.Variable, replaces: str, graph: EdgeGraph
+) -> gs.Node:
+    """``PackedDequantize(data, scale[, zero_point])`` writing ``output``, the spec as attributes."""
+    inputs: list[gs.Tensor] = [data, graph.add_constant(f"{spec.name}_scale", np.asarray(spec.scale))]
+    if spec.zero_point is not None:
+        inputs.append(graph.add_constant(f"{spec.name}_zero_point", spec.zero_point.astype(np.int32)))
+    attrs = {
+        "bits": spec.bits,
+        "signed": int(spec.signed),
+        "shape": list(spec.shape),
+        "axis": -1 if spec.axis is None else spec.axis,
+        "block_size": spec.block_size,
+        "integer": int(spec.integer),
+        "replaces": replaces,
+    }
+    return gs.Node(
+        PACKED_OP, name=spec.name, domain=PACKED_DOMAIN, attrs=attrs, inputs=inputs, outputs=[output]
+    )
+
+
+def spec_of(node: gs.Node) -> PackedWeight:
+    """The :class:`PackedWeight` a ``PackedDequantize`` node describes."""
+    attrs = node.attrs
+    axis = int(attrs["axis"])
+    zero_point = np.asarray(node.inputs[2].values).astype(np.int64) if len(node.inputs) > 2 else None
+    return PackedWeight(
+        name=node.name,
+        bits=int(attrs["bits"]),
+        signed=bool(attrs["signed"]),
+        shape=tuple(int(d) for d in attrs["shape"]),
+        axis=None if axis < 0 else axis,
+        block_size=int(attrs["block_size"]),
+        scale=np.asarray(node.inputs[1].values),
+        zero_point=zero_point,
+        integer=bool(attrs["integer"]),
+    )
+
+
+def packed_bytes(node: gs.Node) -> np.ndarray:
+    """The stored bytes of a ``PackedDequantize`` node (its first input)."""
+    return np.asarray(node.inputs[0].values)

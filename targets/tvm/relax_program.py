@@ -5,7 +5,7 @@ straight line of ``alloc_tensor``, reshapes (views) and direct calls of TIR kern
 outputs as explicit arguments. :func:`read_program` reads that line into a :class:`Program`
 (tensors, the storage holding each one, kernel steps, constants); :func:`plan_arena` places every
 arena storage and every kernel workspace (sized by TVM's own analysis of the lowered kernels,
-:func:`kernel_memory`) in one arena with :mod:`edgec.targets.memory_plan`, writing an
+:func:`.kernel_memory.kernel_memory`) in one arena with :mod:`edgec.targets.memory_plan`, writing an
 element-wise kernel's output over an input that dies there. :func:`stock_plan_bytes` is TVM's own
 ``StaticPlanBlockMemory`` figure for comparison.
 """
@@ -21,12 +21,12 @@ from edgec.errors import EdgecError, UnsupportedNodeError
 from edgec.targets.memory_plan import (
     Buffer,
     MemoryPlan,
-    align_up,
     liveness_lower_bound,
     merge_in_place,
     naive_bytes,
     plan_greedy_by_size,
 )
+from edgec.targets.tvm.kernel_memory import KernelMemory, kernel_memory
 
 __all__ = [
     "ArenaPlan",
@@ -174,75 +174,6 @@ def lower_to_calls(mod: Any, tvm_target: dict) -> Any:
                 relax.transform.CallTIRRewrite(),
             ]
         )(mod)
-
-
-# TVM's LowerTVMBuiltin keeps a CPU buffer of constant size up to this many bytes on the stack
-# (runtime::kMaxStackAlloca in tvm/runtime/device_api.h); larger ones go through
-# TVMBackendAllocWorkspace, i.e. into the arena.
-MAX_STACK_ALLOCA_BYTES = 1024
-# Stack arrays are aligned to 64 bytes (TVM's kAllocAlignment): count that much slack per array.
-_STACK_ARRAY_SLACK = 64
-
-
-@dataclass(frozen=True)
-class KernelMemory:
-    """What one kernel allocates besides its arguments.
-
-    Attributes:
-        workspace_bytes: Buffers that become ``TVMBackendAllocWorkspace`` calls (in the arena),
-            each rounded up to the shim's 16-byte alignment.
-        stack_bytes: Buffers that become stack arrays, with alignment slack.
-    """
-
-    workspace_bytes: int
-    stack_bytes: int
-
-
-def kernel_memory(mod: Any, tvm_target: dict) -> dict[str, KernelMemory]:
-    """Workspace and stack arrays of every kernel, read from the lowered TIR.
-
-    Runs the default TIR pipeline (as ``tirx.build`` will: after ``StorageRewrite`` has merged
-    buffers, before ``LowerTVMBuiltin`` decides stack array or workspace) and walks each
-    kernel's ``AllocBuffer`` nodes with TVM FFI's structural walker; every buffer is counted as if
-    all were live at once, an upper bound. The shim refuses (and the kernel fails) rather than
-    overflow the planned workspace, so a wrong figure cannot corrupt memory.
-    """
-    import tvm
-    import tvm_ffi
-
-    target = tvm.target.Target(tvm_target)
-    funcs = {
-        gv: func.with_attr("global_symbol", gv.name_hint)
-        for gv, func in mod.functions.items()
-        if isinstance(func, tvm.tirx.PrimFunc)
-    }
-    if not funcs:
-        return {}
-    tir_mod = tvm.tirx.transform.BindTarget(target.with_host(target))(tvm.IRModule(funcs))
-    pipeline, _, _ = tvm.tirx.get_tir_pipeline("default")
-    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
-        lowered = pipeline(tir_mod)
-    memory = {}
-    for gv, func in lowered.functions.items():
-        buffers: list[Any] = []
-        tvm_ffi.structural_walk(
-            func.body, (tvm.tirx.AllocBuffer, lambda node, found=buffers: found.append(node.buffer))
-        )
-        workspace = stack = 0
-        for buffer in buffers:
-            if str(buffer.scope()) not in ("global", ""):
-                continue  # local/shared scopes are registers or GPU memory, not CPU buffers
-            extents = [int(e) if isinstance(e, tvm.tirx.IntImm) else None for e in buffer.shape]
-            dtype = tvm_ffi.dtype(str(buffer.dtype))
-            if None in extents:
-                raise EdgecError(f"kernel '{gv.name_hint}' allocates a buffer of dynamic size {buffer.shape}")
-            nbytes = int(np.prod(extents, dtype=np.int64)) * dtype.bits * dtype.lanes // 8
-            if nbytes <= MAX_STACK_ALLOCA_BYTES:
-                stack += nbytes + _STACK_ARRAY_SLACK
-            else:
-                workspace += align_up(nbytes, 16)
-        memory[gv.name_hint] = KernelMemory(workspace, stack)
-    return memory
 
 
 def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Program:

@@ -30,7 +30,7 @@ reduction (a first layer on a grey or RGB image), output channels not a multiple
 depthwise convolutions, float, packed weights - returns ``None`` and falls back to the plain
 rules. :func:`relayout_constant_weights` applies the weight layout to the Relax module's
 constants at build time (:mod:`.int8_rules`); :func:`.build.optimize_for_cpu` calls it.
-``EDGEC_X86_INT8=0`` switches the rule off (for comparisons).
+``edgec compile --no-micro-kernels`` switches the rule off (for comparisons).
 
 Not here: AVX-512 (the rule emits the 256-bit form there too) and VNNI ``vpdpbusd`` (one
 instruction for 4 u8 x s8 products, with the input shifted by 128 and the shift's ``128·Σw``
@@ -39,7 +39,6 @@ folded into the bias) - the development host has neither, so neither could be ru
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -76,9 +75,7 @@ _MAX_ACCUMULATORS = 8
 
 
 def has_avx2(target: Target | dict) -> bool:
-    """Whether ``target`` is an x86 LLVM target whose CPU has AVX2, and the rule is on."""
-    if os.environ.get("EDGEC_X86_INT8", "1") == "0":
-        return False
+    """Whether ``target`` is an x86 LLVM target whose CPU has AVX2."""
     from tvm.target import codegen
 
     target = target if isinstance(target, Target) else Target(target)

@@ -103,6 +103,16 @@ def test_intermediate_with_two_consumers_is_not_matched():
     assert match_pattern(pattern, _root(graph, "Relu"), _outputs(graph)) is None
 
 
+def test_any_inputs_matches_a_node_whatever_its_inputs_and_binds_none():
+    graph = _add_relu()
+    pattern = Op("Relu", Op("Add", any_inputs=True, name="add"), name="relu")
+    match = match_pattern(pattern, _root(graph, "Relu"), _outputs(graph))
+    assert match is not None and match["add"].op == "Add" and set(match.tensors) == set()
+    assert (
+        match_pattern(Op("Relu", Op("Sub", any_inputs=True)), _root(graph, "Relu"), _outputs(graph)) is None
+    )
+
+
 def test_intermediate_that_is_a_graph_output_is_not_matched():
     graph = _add_relu(extra_outputs={"s": (F, [1, 4])})
     pattern = Op("Relu", Op("Add", Var("x"), Const("c")))

@@ -37,11 +37,13 @@ def manifest_of(graph: EdgeGraph) -> dict:
 
 
 def build(target_name: str, model: onnx.ModelProto, out_dir: Path, name: str) -> tuple[Artifact, dict]:
-    """Lowers and builds ``model`` (no pass pipeline) into ``out_dir``; returns artifact, manifest."""
+    """Legalizes, lowers and builds ``model`` (no user pipeline) into ``out_dir``; returns artifact,
+    manifest."""
     target = get_target(target_name)
     graph = EdgeGraph.from_onnx(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    artifact = target.build(target.lower(graph).module, out_dir, name)
+    legal = target.legalize(graph.copy()).graph
+    artifact = target.build(target.lower(legal).module, out_dir, name)
     return artifact, manifest_of(graph)
 
 

@@ -4,6 +4,7 @@ plain schedule, and the results equal the x86 integer build bit for bit."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
@@ -84,7 +85,8 @@ def odd_qdq(tmp_path_factory) -> onnx.ModelProto:
 
 def _dsp_kernels(model: onnx.ModelProto, target: str) -> dict[str, list[int]]:
     """Kernel name -> shape of the weight the SMLAD rule re-laid out, for the lowered module."""
-    module = get_target(target).lower(EdgeGraph.from_onnx(model)).module
+    chosen = get_target(target)
+    module = chosen.lower(chosen.legalize(EdgeGraph.from_onnx(model)).graph).module
     found = {}
     for gv, func in module.functions.items():
         if permutation := weight_permutation(func):
@@ -93,14 +95,15 @@ def _dsp_kernels(model: onnx.ModelProto, target: str) -> dict[str, list[int]]:
     return found
 
 
-def test_only_armv7em_cores_have_the_dsp_rule(monkeypatch) -> None:
+def test_only_armv7em_cores_have_the_dsp_rule() -> None:
     assert has_dsp(get_target("cortex-m4").tvm_target())
     assert has_dsp(get_target("cortex-m7").tvm_target())
     assert not has_dsp(get_target("cortex-m3").tvm_target())
     assert not has_dsp(get_target("cortex-m55").tvm_target())  # Helium: LLVM's own VMLAVA is better
     assert not has_dsp(get_target("cortex-a53").tvm_target())
-    monkeypatch.setenv("EDGEC_ARM_DSP", "0")
-    assert not has_dsp(get_target("cortex-m4").tvm_target())
+    off = dataclasses.replace(get_target("cortex-m4"), micro_kernels=False)
+    assert get_target("cortex-m4").capabilities().int8_micro_kernel == "smlad"
+    assert off.capabilities().int8_micro_kernel is None
 
 
 def test_digits_convolutions_and_dense_take_the_smlad_rule(digits_qdq) -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from edgec.targets.tvm.packed_layout import dequantize, pack, unpack
-from edgec.targets.tvm.packed_weights import constant_bytes, rewrite_packed_dequantize
+from edgec.targets.tvm.packed_weights import constant_bytes
 from edgec.verify import run_onnx
 from tests.targets.cortex_helpers import FP32_ATOL, max_error_vs_onnxruntime, needs_tools
-from tests.targets.test_packed_weights import EXAMPLES, _dq_only, _lower, _qdq_model, _run
+from tests.targets.test_packed_weights import EXAMPLES, _dq_only, _lower, _pack, _packed, _qdq_model, _run
 
 pytest.importorskip("tvm")
 
@@ -54,11 +54,9 @@ def test_binary_weights_stay_one_bit_and_match_onnxruntime(name: str) -> None:
     op, x_shape, w_shape, axis, block, attrs = CASES[name]
     model, signs = _binary(*_qdq_model(op, x_shape, w_shape, TensorProto.INT2, axis, block, **attrs))
 
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    (spec,) = rewrite_packed_dequantize(work)
+    graph, (spec,) = _pack(model)
     assert spec.bits == 1 and spec.nbytes == -(-signs.size // 8)
-    packed = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}["w_q__packed"]
+    packed = _packed(graph)
     np.testing.assert_array_equal(unpack(packed, 1, True, signs.size).reshape(signs.shape), signs)
     # The numpy reference dequantizes exactly like onnxruntime's DequantizeLinear on the INT2 tensor.
     np.testing.assert_array_equal(dequantize(spec, packed), run_onnx(_dq_only(model), {})["w"])
@@ -87,7 +85,7 @@ def test_int2_tensors_that_are_not_binary_keep_two_bits(kind: str) -> None:
         model.graph.initializer[0].CopyFrom(
             helper.make_tensor("w_q", TensorProto.INT2, [61, 5], signs.reshape(-1).tolist())
         )
-    (spec,) = rewrite_packed_dequantize(model)
+    _, (spec,) = _pack(model)
     assert spec.bits == 2
 
 

@@ -17,7 +17,8 @@ from tests.targets.cortex_helpers import DIGITS_ONNX, FP32_ATOL, build, max_erro
 def digits_program():
     target = get_target("c")
     lowered = relax_program.lower_to_calls(
-        target.lower(EdgeGraph.from_onnx(onnx.load(DIGITS_ONNX))).module, target.tvm_target()
+        target.lower(target.legalize(EdgeGraph.from_onnx(onnx.load(DIGITS_ONNX))).graph).module,
+        target.tvm_target(),
     )
     workspaces = relax_program.kernel_memory(lowered, target.tvm_target())
     return lowered, relax_program.read_program(lowered, workspaces)
@@ -69,3 +70,23 @@ def test_an_operation_without_a_kernel_is_named():
     lowered = relax_program.lower_to_calls(builder.get(), {"kind": "llvm"})
     with pytest.raises(UnsupportedNodeError, match=r"relax\.argsort .*cannot emit this Relax operation"):
         relax_program.read_program(lowered)
+
+
+@pytest.mark.parametrize(("floats", "workspace"), [(255, False), (256, True)])
+def test_kernel_memory_puts_a_buffer_where_tvm_allocates_it(floats, workspace):
+    """TVM keeps a buffer below 1024 bytes on the stack and allocates one of 1024 bytes or more
+    from the workspace (the arena): the estimate must agree with the generated code exactly."""
+    import tvm
+    from tvm import te
+
+    from edgec.targets.tvm.kernel_memory import kernel_memory
+
+    a = te.placeholder((floats,), "float32", name="a")
+    b = te.compute((floats,), lambda i: a[i] * 2, name="b")
+    c = te.compute((floats,), lambda i: b[floats - 1 - i] + 1, name="c")  # b must be materialised
+    mod = tvm.IRModule({"k": te.create_prim_func([a, c]).with_attr("global_symbol", "k")})
+    memory = kernel_memory(mod, {"kind": "c"})["k"]
+    assert (memory.workspace_bytes, memory.stack_bytes > 0) == ((1024, False) if workspace else (0, True))
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        source = tvm.tirx.build(mod, target=tvm.target.Target({"kind": "c"})).inspect_source()
+    assert ("TVMBackendAllocWorkspace" in source) == workspace

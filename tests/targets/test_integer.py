@@ -1,9 +1,9 @@
-"""Integer lowering of QDQ models (targets/tvm/integer.py).
+"""Integer lowering of QDQ models (targets/integer/, the group-qdq legalization, targets/tvm/translate.py).
 
 Three properties, on models quantized by onnxruntime's own ``quantize_static`` (QDQ, per-channel
 int8 weights, int8 activations, seeded calibration data):
 
-* the TVM build equals the numpy reference of the same integer arithmetic bit for bit;
+* the TVM build of the legal graph equals the numpy reference of its integer nodes bit for bit;
 * it is within one quantization step of onnxruntime running the QDQ model (≥ 99.9 % of outputs);
 * between the input quantize and the output dequantize, the kernels do no float arithmetic.
 """
@@ -20,16 +20,17 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.errors import EdgecError
-from edgec.targets.tvm.integer import (
-    INTEGER_DOMAIN,
-    has_qdq,
-    lower_onnx,
-    lower_quantized,
-    plan_quantized,
+from edgec.ir import EdgeGraph
+from edgec.pm import PassManager
+from edgec.targets.integer.fixed_point import (
+    multiply_by_quantized_multiplier,
     quantize_multiplier,
     requantize,
 )
-from edgec.targets.tvm.integer_reference import multiply_by_quantized_multiplier, reference_quantized
+from edgec.targets.integer.reference import run_reference
+from edgec.targets.legalize.group_qdq import refusals
+from edgec.targets.tvm.translate import translate
+from tests.helpers import legalize
 
 ort = pytest.importorskip("onnxruntime")
 quantization = pytest.importorskip("onnxruntime.quantization")
@@ -187,8 +188,16 @@ def test_double_rounding_is_tflite_double_rounding():
 
 
 def test_unknown_rounding_is_an_error():
-    with pytest.raises(EdgecError, match="unknown requantization rounding 'nearest'"):
-        plan_quantized(onnx.ModelProto(), rounding="nearest")
+    with pytest.raises(EdgecError, match="rounding"):
+        PassManager("group-qdq{rounding=nearest}")
+
+
+def _kinds(legal: EdgeGraph) -> Counter:
+    return Counter(node.op for node in legal.nodes if node.domain == "edgec")
+
+
+def _by_output(legal: EdgeGraph) -> dict:
+    return {node.outputs[0].name: node for node in legal.nodes}
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,32 +267,32 @@ def small_qdq(tmp_path_factory) -> onnx.ModelProto:
 
 
 def test_small_model_plan_lowers_every_group(small_qdq):
-    plan = plan_quantized(small_qdq)
-    kinds = Counter(op.kind for op in plan.ops)
-    assert kinds == {
-        "conv": 4,
-        "matmul": 2,
-        "add": 1,
-        "avgpool": 2,
-        "rescale": 2,
-        "quantize": 1,
-        "dequantize": 1,
+    legal = legalize(small_qdq)
+    assert _kinds(legal) == {
+        "IntegerConv": 4,
+        "IntegerMatMul": 2,
+        "IntegerAdd": 1,
+        "IntegerAveragePool": 2,
+        "IntegerRescale": 2,
+        "IntegerQuantize": 1,
+        "IntegerDequantize": 1,
     }
-    assert plan.float_nodes == []
-    others = Counter(n.op_type for n in plan.model.graph.node if n.domain != INTEGER_DOMAIN)
+    assert refusals(legal) == {}
+    others = Counter(n.op for n in legal.nodes if n.domain != "edgec")
     assert others == {"MaxPool": 1, "Concat": 1, "Flatten": 1, "Reshape": 1, "Transpose": 1}  # on int8
-    avgpool = next(op for op in plan.ops if op.kind == "avgpool" and not op.params["global"])
-    assert avgpool.params["exclude_pad"] and avgpool.params["divide"]
-    conv1 = plan.ops[[op.kind for op in plan.ops].index("conv")]
-    assert conv1.params["zx"] != 0 and any(conv1.params["pads"])  # padding by the input zero point
+    avgpool = next(n for n in legal.nodes if n.op == "IntegerAveragePool" and "kernel_shape" in n.attrs)
+    divisor = next(t for t in avgpool.inputs if "divisor" in t.name)
+    assert divisor.values.shape == (1, 1, 5, 5) and avgpool.attrs["divide"] == 1  # padding excluded
+    conv1 = next(n for n in legal.nodes if n.op == "IntegerConv")
+    assert conv1.attrs["x_zero_point"] != 0 and any(conv1.attrs["pads"])  # padding by the input zero point
 
 
 @pytest.mark.parametrize("rounding", ["double", "single"])
 def test_small_model_tvm_equals_reference_bit_exactly(small_qdq, rounding):
-    vm = _compile(lower_quantized(small_qdq, rounding=rounding))
-    plan = plan_quantized(small_qdq, rounding)
+    legal = legalize(small_qdq, rounding=rounding)
+    vm = _compile(translate(legal))
     for x in _samples((1, 3, 9, 9), 5, seed=1):
-        want = reference_quantized(small_qdq, {"x": x}, plan)["y"]
+        want = run_reference(legal, {"x": x})["y"]
         np.testing.assert_array_equal(_run(vm, x), want)
 
 
@@ -293,8 +302,9 @@ def test_small_model_close_to_onnxruntime(small_qdq):
     compound through GAP→Gemm→MatMul, so the output is allowed two steps."""
     session = _ort_session(small_qdq)
     step = _output_step(small_qdq, "y")
+    legal = legalize(small_qdq)
     for x in _samples((1, 3, 9, 9), 5, seed=1):
-        got = reference_quantized(small_qdq, {"x": x})["y"]
+        got = run_reference(legal, {"x": x})["y"]
         want = session.run(None, {"x": x})[0]
         assert np.max(np.abs(got - want)) <= 2 * step + 1e-6
 
@@ -364,25 +374,30 @@ def _hand_qdq() -> onnx.ModelProto:
 
 def test_fused_clamps_requantize_and_gemm_variants():
     model = _hand_qdq()
-    plan = plan_quantized(model)
-    assert plan.float_nodes == []
-    by_output = {op.output: op for op in plan.ops}
-    assert Counter(op.kind for op in plan.ops) == {
-        "quantize": 1, "conv": 2, "rescale": 2, "matmul": 1, "dequantize": 1,
+    legal = legalize(model)
+    assert refusals(legal) == {}
+    by_output = _by_output(legal)
+    assert _kinds(legal) == {
+        "IntegerQuantize": 1, "IntegerConv": 2, "IntegerRescale": 2, "IntegerMatMul": 1,
+        "IntegerDequantize": 1,
     }  # fmt: skip
-    assert (by_output["r1q"].params["lo"], by_output["r1q"].params["hi"]) == (-20, 127)  # Relu: z_y
-    assert (by_output["k2q"].params["lo"], by_output["k2q"].params["hi"]) == (5 - 20, 5 + 50)  # Clip
-    assert by_output["k3q"].kind == "rescale"  # DQ→Q to another scale
-    assert (by_output["k3q"].params["lo"], by_output["k3q"].params["hi"]) == (-128, 127)
-    assert by_output["grq"].kind == "rescale" and by_output["grq"].params["lo"] == -7  # DQ→Relu→Q
-    assert by_output["gq"].kind == "matmul"  # Gemm transB=0, per-tensor weight scale
-    vm = _compile(lower_quantized(model))
+
+    def bounds(name: str) -> tuple[int, int]:
+        return by_output[name].attrs["lo"], by_output[name].attrs["hi"]
+
+    assert bounds("r1q") == (-20, 127)  # Relu: z_y
+    assert bounds("k2q") == (5 - 20, 5 + 50)  # Clip
+    assert by_output["k3q"].op == "IntegerRescale"  # DQ→Q to another scale
+    assert bounds("k3q") == (-128, 127)
+    assert by_output["grq"].op == "IntegerRescale" and bounds("grq")[0] == -7  # DQ→Relu→Q
+    assert by_output["gq"].op == "IntegerMatMul"  # Gemm transB=0, per-tensor weight scale
+    vm = _compile(translate(legal))
     session = _ort_session(model)
     within, clipped = [], []
     for x in _samples((1, 2, 5, 5), 20, seed=5):
         x = x * 2
         got = _run(vm, x)
-        values = reference_quantized(model, {"x": x}, plan, keep_all=True)
+        values = run_reference(legal, {"x": x}, keep_all=True)
         np.testing.assert_array_equal(got, values["y"])
         clipped.append(values["k2q"])
         want = session.run(None, {"x": x})[0]
@@ -404,13 +419,13 @@ def test_uint8_activations_stay_float_with_reason(small_qdq, tmp_path):
     model = _ort_qdq(
         _small_fp32(), _samples((1, 3, 9, 9), 4), tmp_path, activation="QUInt8", preprocess=False
     )
-    plan = plan_quantized(model)
-    assert not any(op.kind in ("conv", "matmul", "add") for op in plan.ops)
-    reasons = dict(plan.float_nodes)
+    legal = legalize(model)
+    assert not {"IntegerConv", "IntegerMatMul", "IntegerAdd"} & set(_kinds(legal))
+    reasons = refusals(legal)
     assert any("only int8 activations are lowered" in why for why in reasons.values()), reasons
     # Still compiles (float path through the frontend's DequantizeLinear/QuantizeLinear).
     x = _samples((1, 3, 9, 9), 1, seed=3)[0]
-    got = _run(_compile(lower_quantized(model)), x)
+    got = _run(_compile(translate(legal)), x)
     want = _ort_session(model).run(None, {"x": x})[0]
     assert np.max(np.abs(got - want)) <= 2 * _output_step(model, "y") + 1e-6
 
@@ -422,10 +437,10 @@ def test_asymmetric_weights_and_unknown_ops_are_refused():
         node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
         node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
         node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
-        node("Conv", ["xf", "wf"], ["c"]),
+        node("Conv", ["xf", "wf"], ["c"], name="conv"),
         node("QuantizeLinear", ["c", "s", "z"], ["cq"]),
         node("DequantizeLinear", ["cq", "s", "z"], ["cf"]),
-        node("Softmax", ["cf"], ["sm"], axis=1),
+        node("Softmax", ["cf"], ["sm"], name="softmax", axis=1),
         node("QuantizeLinear", ["sm", "s", "z"], ["smq"]),
         node("DequantizeLinear", ["smq", "s", "z"], ["y"]),
     ]
@@ -441,15 +456,19 @@ def test_asymmetric_weights_and_unknown_ops_are_refused():
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    reasons = dict(plan_quantized(model).float_nodes)
-    assert "non-zero zero point" in reasons["<Conv -> c>"]
-    assert "Softmax has no integer lowering" in reasons["<Softmax -> sm>"]
+    legal = legalize(model)
+    assert "non-zero zero point" in refusals(legal)["conv"]
+    # Softmax has no integer kind: it stays a float node between an integer dequantize and quantize.
+    assert [n.op for n in legal.nodes if n.op in ("Conv", "Softmax")] == ["Conv", "Softmax"]
+    softmax = legal.node("softmax")
+    assert softmax.inputs[0].inputs[0].op == "IntegerDequantize"
+    assert softmax.outputs[0].outputs[0].op == "IntegerQuantize"
 
 
 def test_float_model_takes_the_float_import():
-    model = onnx.load(DIGITS / "digits_cnn.onnx")
-    assert not has_qdq(model)
-    text = lower_onnx(model).script()
+    legal = legalize(onnx.load(DIGITS / "digits_cnn.onnx"))
+    assert not any(node.domain for node in legal.nodes)
+    text = translate(legal).script()
     assert "int8" not in text and "float32" in text
 
 
@@ -467,12 +486,12 @@ def digits_qdq(tmp_path_factory) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def digits_x86(digits_qdq, tmp_path_factory):
-    """The QDQ digits CNN through edgec's x86 flow: lower_onnx → optimize_for_cpu → shared library."""
+    """The QDQ digits CNN through edgec's x86 flow: legalize → translate → optimize_for_cpu → library."""
     from edgec.targets.tvm.build import build_shared_library, optimize_for_cpu
     from edgec.targets.x86 import host_cpu_name
 
     target = {"kind": "llvm", "mcpu": host_cpu_name()}
-    module = optimize_for_cpu(lower_onnx(digits_qdq, {"input": (1, 1, 8, 8)}), target)
+    module = optimize_for_cpu(translate(legalize(digits_qdq)), target)
     library = tmp_path_factory.mktemp("digits_x86") / "model.so"
     build_shared_library(module, target, library)
     return module, library
@@ -485,13 +504,11 @@ def test_digits_x86_int8_bit_exact_close_to_onnxruntime_and_accurate(digits_qdq,
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
     data = np.load(DIGITS / "digits_test.npz")
     x, label = data["input"], data["label"]
-    plan = plan_quantized(digits_qdq)
+    legal = legalize(digits_qdq)
     q_session, f_session = _ort_session(digits_qdq), _ort_session(onnx.load(DIGITS / "digits_cnn.onnx"))
     step = _output_step(digits_qdq, "logits")
     got = np.concatenate([_run(vm, x[i : i + 1]) for i in range(len(x))])
-    ref = np.concatenate(
-        [reference_quantized(digits_qdq, {"input": x[i : i + 1]}, plan)["logits"] for i in range(len(x))]
-    )
+    ref = np.concatenate([run_reference(legal, {"input": x[i : i + 1]})["logits"] for i in range(len(x))])
     ort_q = np.concatenate([q_session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
     ort_f = np.concatenate([f_session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
     np.testing.assert_array_equal(got, ref)
@@ -559,13 +576,13 @@ def _check_light(name: str, tmp: Path, rounding: str, min_within: float, inputs:
     qdq = _ort_qdq(fp32, _samples(shape, 4), tmp)
     cut, out, step = _cut_before_softmax(qdq)
     in_name = cut.graph.input[0].name
-    plan = plan_quantized(cut, rounding)
-    vm = _compile(lower_quantized(cut, rounding=rounding))
+    legal = legalize(cut, rounding=rounding)
+    vm = _compile(translate(legal))
     session = _ort_session(cut)
     within = []
     for x in _samples(shape, inputs, seed=100):
         got = _run(vm, x)
-        np.testing.assert_array_equal(got, reference_quantized(cut, {in_name: x}, plan)[out])
+        np.testing.assert_array_equal(got, run_reference(legal, {in_name: x})[out])
         within.append(_within_one_step(got, session.run(None, {in_name: x})[0], step))
     assert np.mean(within) >= min_within, within
 

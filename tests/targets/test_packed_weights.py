@@ -1,9 +1,11 @@
-"""Packed weights (targets/tvm/packed_weights.py, packed_layout.py): stored packed, unpacked at run time.
+"""Packed weights (the pack-weights legalization, targets/tvm/packed_weights.py, packed_layout.py):
+stored packed, unpacked at run time.
 
 Each case is a one-op model ``DequantizeLinear(q packed, scale[, zero point]) → MatMul | Gemm | Conv``
-lowered through edgec's x86 path (``lower_onnx`` → ``optimize_for_cpu`` → ``tvm.compile``); the
-checks are the ONNX bit layout, the Relax constants (the packed ``uint8`` bytes, no float copy of
-the weight), the consumer kernel's TIR (it reads the ``uint8`` buffer and no kernel holds a float
+legalized (``pack-weights``) and lowered through edgec's x86 path (``translate`` →
+``optimize_for_cpu`` → ``tvm.compile``); the checks are the ONNX bit layout, the legal graph's
+``PackedDequantize`` node, the Relax constants (the packed ``uint8`` bytes, no float copy of the
+weight), the consumer kernel's TIR (it reads the ``uint8`` buffer and no kernel holds a float
 weight: targets/tvm/weight_fusion.py), outputs against onnxruntime on the same QDQ model, and the
 digits CNN end to end through ``edgec.compile`` (x86, and Cortex-M4 under qemu: arena and flash).
 """
@@ -19,19 +21,31 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.errors import EdgecError
-from edgec.targets.tvm.packed_layout import dequantize, pack, unpack
-from edgec.targets.tvm.packed_weights import (
+from edgec.ir import EdgeGraph, op_sequence
+from edgec.targets.tvm.packed_layout import (
     PACKED_OP,
-    PACKED_TYPES,
-    constant_bytes,
-    rewrite_packed_dequantize,
+    PackedWeight,
+    dequantize,
+    pack,
+    packed_bytes,
+    spec_of,
+    unpack,
 )
+from edgec.targets.tvm.packed_weights import constant_bytes
 from edgec.verify import run_onnx
+from tests.helpers import covers, legalize, run_pipeline
 
 ort = pytest.importorskip("onnxruntime")
 tvm = pytest.importorskip("tvm")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "digits"
+# ONNX element type → (bits, signed).
+PACKED_TYPES = {
+    TensorProto.INT4: (4, True),
+    TensorProto.UINT4: (4, False),
+    TensorProto.INT2: (2, True),
+    TensorProto.UINT2: (2, False),
+}
 RANGES = {
     TensorProto.INT4: (-8, 7),
     TensorProto.UINT4: (0, 15),
@@ -110,9 +124,20 @@ def _case(name: str) -> tuple[onnx.ModelProto, np.ndarray, int]:
 
 def _lower(model: onnx.ModelProto) -> tvm.IRModule:
     from edgec.targets.tvm.build import optimize_for_cpu
-    from edgec.targets.tvm.integer import lower_onnx
+    from edgec.targets.tvm.translate import translate
 
-    return optimize_for_cpu(lower_onnx(model), {"kind": "llvm"})
+    return optimize_for_cpu(translate(legalize(model)), {"kind": "llvm"})
+
+
+def _pack(model: onnx.ModelProto) -> tuple[EdgeGraph, list[PackedWeight]]:
+    """The model after ``pack-weights`` alone, and the spec of each packed node in graph order."""
+    graph, _ = run_pipeline("pack-weights", model, verify=False)
+    return graph, [spec_of(node) for node in graph.nodes if node.op == PACKED_OP]
+
+
+def _packed(graph: EdgeGraph) -> np.ndarray:
+    """The stored bytes of the graph's (first) packed weight."""
+    return packed_bytes(next(node for node in graph.nodes if node.op == PACKED_OP))
 
 
 def _float_weight_buffers(mod: tvm.IRModule, shape: tuple[int, ...]) -> list[str]:
@@ -161,18 +186,18 @@ def test_pack_is_the_onnx_layout(elem_type: int) -> None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
+@covers("pack-weights", kind="structural")
+@covers("pack-weights", kind="numeric")
 def test_packed_weights_stay_packed_and_match_onnxruntime(name: str) -> None:
     model, q, bits = _case(name)
     fp32_bytes = q.size * 4
 
-    # ONNX rewrite: one uint8 initializer of the packed size, no packed initializer left.
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    specs = rewrite_packed_dequantize(work)
-    assert [n.op_type for n in work.graph.node] == [PACKED_OP, model.graph.node[1].op_type]
-    packed = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}["w_q__packed"]
+    # The legalization: one uint8 constant of the packed size, no packed initializer left.
+    graph, specs = _pack(model)
+    assert op_sequence(graph) == [PACKED_OP, model.graph.node[1].op_type]
+    packed = _packed(graph)
     assert packed.dtype == np.uint8 and packed.size == -(-q.size * bits // 8) == specs[0].nbytes
-    assert not any(t.data_type in PACKED_TYPES for t in work.graph.initializer)
+    assert not any(t.data_type in PACKED_TYPES for t in graph.to_onnx().graph.initializer)
     reference_weight = numpy_helper.to_array(model.graph.initializer[0])  # ml_dtypes int4/int2
     assert np.array_equal(unpack(packed, bits, specs[0].signed, q.size).reshape(q.shape), reference_weight)
 
@@ -241,12 +266,12 @@ def _dq_only(model: onnx.ModelProto) -> onnx.ModelProto:
     return dq
 
 
-def test_float_import_path_keeps_weights_packed() -> None:
-    """``import_onnx`` (the Cortex targets' path) lowers packed weights the same way."""
-    from edgec.targets.tvm.frontend import import_onnx
+def test_cortex_legalization_keeps_weights_packed() -> None:
+    """The Cortex targets' legalization packs weights the same way (one legalization for all)."""
+    from edgec.targets.tvm.translate import translate
 
     model, q, _ = _case("int4-per-axis-matmul")
-    constants = constant_bytes(import_onnx(model))
+    constants = constant_bytes(translate(legalize(model, "cortex-m4")))
     assert constants["uint8"] == -(-q.size // 2)
 
 
@@ -254,8 +279,10 @@ def test_packed_tensor_read_by_another_op_is_refused() -> None:
     """A packed initializer that feeds something other than DequantizeLinear cannot be lowered."""
     model, _, _ = _case("int4-per-axis-matmul")
     model.graph.node.append(helper.make_node("Identity", ["w_q"], ["raw"], name="leak"))
-    with pytest.raises(EdgecError, match=r"read by nodes other than DequantizeLinear"):
-        rewrite_packed_dequantize(model)
+    with pytest.raises(
+        EdgecError, match=r"int4 weight 'w_q' cannot be packed: .*not only by DequantizeLinear"
+    ):
+        _pack(model)
 
 
 def test_non_constant_scale_is_refused() -> None:
@@ -263,7 +290,7 @@ def test_non_constant_scale_is_refused() -> None:
     model.graph.input.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, [19]))
     model.graph.node[0].input[1] = "s"
     with pytest.raises(EdgecError, match=r"non-constant scale"):
-        rewrite_packed_dequantize(model)
+        _pack(model)
 
 
 def test_weight_only_int8_weights_stay_int8_and_match_onnxruntime(tmp_path: Path) -> None:
@@ -299,9 +326,7 @@ def test_fp16_weights_stay_float16_and_match_onnxruntime(tmp_path: Path) -> None
     half = [t for t in model.graph.initializer if t.data_type == TensorProto.FLOAT16 and len(t.dims) >= 2]
     half_bytes = sum(numpy_helper.to_array(t).nbytes for t in half)
     assert len(half) == 4 and half_bytes > 28_000
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    specs = rewrite_packed_dequantize(work, whole_bytes=True)
+    _, specs = _pack(model)
     assert sorted(spec.bits for spec in specs) == [16] * 4
     mod = _lower(model)
     constants = constant_bytes(mod)
@@ -325,14 +350,12 @@ def test_dynamic_int8_weights_stay_uint8_and_match_onnxruntime() -> None:
     model = quantize.run(graph, PassContext(calibration=normal_samples(float_model, 4))).graph.to_onnx()
     weights = [t for t in model.graph.initializer if t.data_type == TensorProto.UINT8 and t.dims]
     assert sorted(tuple(t.dims) for t in weights) == [(16, 8), (32, 16)]
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    specs = rewrite_packed_dequantize(work, whole_bytes=True)
-    assert [spec.integer for spec in specs] == [True, True]
-    packed = {t.name: numpy_helper.to_array(t) for t in work.graph.initializer}
+    graph, _ = _pack(model)
+    nodes = [node for node in graph.nodes if node.op == PACKED_OP]
+    assert [spec_of(node).integer for node in nodes] == [True, True]
     for weight in weights:
-        spec = next(s for s in specs if s.shape == tuple(weight.dims))
-        decoded = dequantize(spec, packed[f"{weight.name}__packed"])
+        node = next(n for n in nodes if spec_of(n).shape == tuple(weight.dims))
+        decoded = dequantize(spec_of(node), packed_bytes(node))
         np.testing.assert_array_equal(decoded, numpy_helper.to_array(weight))
     mod = _lower(model)
     constants = constant_bytes(mod)
@@ -341,14 +364,21 @@ def test_dynamic_int8_weights_stay_uint8_and_match_onnxruntime() -> None:
     np.testing.assert_allclose(_run(mod, x), run_onnx(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
 
 
-def test_models_without_packed_weights_are_untouched() -> None:
+@covers("pack-weights", kind="negative")
+def test_weights_that_cannot_keep_their_width_are_left_alone_with_the_reason() -> None:
+    """Negative: an int8 weight that another op also reads must stay an initializer (the pass
+    refuses, with the reason, and changes nothing); a float model has nothing to pack."""
     model, _, _ = _case("int4-per-axis-matmul")
-    model.graph.initializer[0].CopyFrom(
-        numpy_helper.from_array(np.ones((37, 19), np.int8), "w_q")  # int8: the stock path
-    )
-    before = model.SerializeToString()
-    assert rewrite_packed_dequantize(model) == []
-    assert model.SerializeToString() == before
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((37, 19), np.int8), "w_q"))
+    model.graph.node.append(helper.make_node("Cast", ["w_q"], ["w_raw"], name="leak", to=TensorProto.FLOAT))
+    before = op_sequence(EdgeGraph.from_onnx(model))
+    graph, records = run_pipeline("pack-weights", model, verify=False)
+    assert op_sequence(graph) == before and not records[0].changed
+    reasons = {r["rule"]: r["reason"] for r in records[0].stats["refused"]}
+    assert "also read by ['Cast']" in reasons["dequantize"]
+    assert reasons["float16-cast"] == "not a float16 weight cast to float32"
+    float_model = onnx.load(EXAMPLES / "digits_cnn.onnx")
+    assert run_pipeline("pack-weights", float_model, verify=False)[1][0].changed is False
 
 
 def _ort_accuracy(model_path: Path, data: Path) -> float:
@@ -378,17 +408,19 @@ def test_digits_weight_int4_end_to_end(tmp_path: Path) -> None:
     assert accuracy["artifact"] == pytest.approx(expected, abs=1e-6)
     assert accuracy["artifact"] == pytest.approx(0.9778, abs=1e-4)
     assert accuracy["original"] - accuracy["artifact"] <= 0.02  # issue 4: int4 loses ≤ 2 points
-    # Each unpacked weight is made just before its consumer (not all first, as exported), so the
-    # memory planner holds one float weight at a time.
-    work = onnx.load(tmp_path / "build" / "optimized.onnx")
-    assert len(rewrite_packed_dequantize(work)) == 4
-    nodes = list(work.graph.node)
+    # Each unpacked weight is made just before its consumer (not all first, as a topological
+    # order has them), so the memory planner holds one float weight at a time.
+    from edgec.targets.tvm.translate import just_in_time
+
+    legal = legalize(onnx.load(tmp_path / "build" / "optimized.onnx"))
+    specs = [spec_of(node) for node in legal.nodes if node.op == PACKED_OP]
+    assert len(specs) == 4
+    nodes = just_in_time(list(legal.to_onnx().graph.node))
     for index, node in enumerate(nodes):
         if node.op_type == PACKED_OP:
             assert node.output[0] in nodes[index + 1].input
     # ... and then each is fused into that consumer (three Conv, one Gemm): no float weight at all.
     mod = _lower(onnx.load(tmp_path / "build" / "optimized.onnx"))
-    specs = rewrite_packed_dequantize(onnx.load(tmp_path / "build" / "optimized.onnx"))
     assert [_float_weight_buffers(mod, spec.shape) for spec in specs] == [[]] * 4
 
 

@@ -13,6 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgec.errors import EdgecError, UnsupportedNodeError
 from edgec.targets.tvm import build, frontend, schedules
+from edgec.targets.tvm.translate import translate
+from tests.helpers import legalize
 
 tvm = pytest.importorskip("tvm")
 
@@ -76,7 +78,7 @@ def _ort(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 def _compile(model: onnx.ModelProto, path: pathlib.Path, target: dict | None = None):
     target = target or HOST_TARGET
-    mod = build.optimize_for_cpu(frontend.import_onnx(model), target)
+    mod = build.optimize_for_cpu(translate(legalize(model)), target)
     build.build_shared_library(mod, target, path)
     return mod
 

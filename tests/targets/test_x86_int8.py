@@ -5,6 +5,7 @@ reference (and the build with the rule off) bit for bit."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -15,10 +16,10 @@ from onnx import TensorProto, helper
 
 import edgec
 from edgec.targets import get_target
-from edgec.targets.tvm.integer import lower_onnx, plan_quantized
-from edgec.targets.tvm.integer_reference import reference_quantized
+from edgec.targets.integer.reference import run_reference
+from edgec.targets.tvm.translate import translate
 from edgec.targets.tvm.x86_int8 import has_avx2, pair_interleave, relayout_constant_weights, weight_layout
-from tests.helpers import DIGITS, make_model, rng
+from tests.helpers import DIGITS, legalize, make_model, rng
 
 tvm = pytest.importorskip("tvm")
 
@@ -31,14 +32,13 @@ needs_avx2 = pytest.mark.skipif(
 )
 
 
-def _build(model: onnx.ModelProto, shapes: dict, path: Path, monkeypatch, rule: bool):
+def _build(model: onnx.ModelProto, path: Path, rule: bool):
     """(module, relax VM) of ``model`` through the x86 flow, with the vpmaddwd rule on or off."""
     from tvm import relax
 
     from edgec.targets.tvm.build import build_shared_library, optimize_for_cpu
 
-    monkeypatch.setenv("EDGEC_X86_INT8", "1" if rule else "0")
-    module = optimize_for_cpu(lower_onnx(model, shapes), AVX2)
+    module = optimize_for_cpu(translate(legalize(model)), AVX2, micro_kernels=rule)
     build_shared_library(module, AVX2, path)
     return module, relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
 
@@ -73,7 +73,7 @@ def _pmaddwd_per_kernel(module) -> dict[str, int]:
     return counts
 
 
-def test_only_avx2_x86_targets_have_the_rule(monkeypatch) -> None:
+def test_only_avx2_x86_targets_have_the_rule() -> None:
     assert has_avx2(get_target("x86-64-v3").tvm_target())
     assert has_avx2({"kind": "llvm", "mcpu": "znver3"})
     assert has_avx2({"kind": "llvm", "mcpu": "x86-64", "mattr": ["+avx2"]})
@@ -82,8 +82,10 @@ def test_only_avx2_x86_targets_have_the_rule(monkeypatch) -> None:
     assert not has_avx2(get_target("cortex-a53").tvm_target())
     assert not has_avx2(get_target("cortex-m4").tvm_target())
     assert not has_avx2({"kind": "c"})
-    monkeypatch.setenv("EDGEC_X86_INT8", "0")
-    assert not has_avx2(get_target("x86-64-v3").tvm_target())
+    # Switched off, the target declares no micro-kernel (and the manifest records the choice).
+    off = dataclasses.replace(get_target("x86-64-v3"), micro_kernels=False)
+    assert get_target("x86-64-v3").capabilities().int8_micro_kernel == "vpmaddwd"
+    assert off.capabilities().int8_micro_kernel is None and off.describe()["micro_kernels"] is False
 
 
 def test_pair_interleave_puts_each_input_channel_pair_next_to_each_other() -> None:
@@ -97,10 +99,8 @@ def test_pair_interleave_puts_each_input_channel_pair_next_to_each_other() -> No
 
 
 @needs_avx2
-def test_digits_convolutions_take_the_rule_and_run_vpmaddwd_bit_exactly(
-    edgec_digits_qdq, tmp_path, monkeypatch
-):
-    module, vm = _build(edgec_digits_qdq, {"input": (1, 1, 8, 8)}, tmp_path / "on.so", monkeypatch, rule=True)
+def test_digits_convolutions_take_the_rule_and_run_vpmaddwd_bit_exactly(edgec_digits_qdq, tmp_path):
+    module, vm = _build(edgec_digits_qdq, tmp_path / "on.so", rule=True)
     kernels = _laid_out(module)
     # conv2 (16 -> 32) and conv3 (32 -> 32) as (3, 3, C/2, 32/8, 8, 2); conv1 has one input channel
     # and the classifier 10 outputs: both keep the plain schedule.
@@ -111,12 +111,12 @@ def test_digits_convolutions_take_the_rule_and_run_vpmaddwd_bit_exactly(
     # Re-laying out again finds nothing to do (the weights would be interleaved twice otherwise).
     assert relayout_constant_weights(module) is module
 
-    _, plain = _build(edgec_digits_qdq, {"input": (1, 1, 8, 8)}, tmp_path / "off.so", monkeypatch, rule=False)
-    plan = plan_quantized(edgec_digits_qdq)
+    _, plain = _build(edgec_digits_qdq, tmp_path / "off.so", rule=False)
+    legal = legalize(edgec_digits_qdq)
     x = np.load(DIGITS / "digits_test.npz")["input"][:64]
     name = edgec_digits_qdq.graph.output[0].name
     for i in range(len(x)):
-        want = reference_quantized(edgec_digits_qdq, {"input": x[i : i + 1]}, plan)[name]
+        want = run_reference(legal, {"input": x[i : i + 1]})[name]
         np.testing.assert_array_equal(_run(vm, x[i : i + 1]), want)
         np.testing.assert_array_equal(_run(plain, x[i : i + 1]), want)
 
@@ -170,44 +170,68 @@ def _odd_shapes_fp32() -> onnx.ModelProto:
 
 
 @needs_avx2
-def test_layers_that_do_not_fit_fall_back_and_everything_stays_bit_exact(tmp_path, monkeypatch) -> None:
+def test_layers_that_do_not_fit_fall_back_and_everything_stays_bit_exact(tmp_path) -> None:
     model, calib = tmp_path / "odd.onnx", tmp_path / "calib.npz"
     onnx.save(_odd_shapes_fp32(), str(model))
     np.savez(calib, x=rng(5).standard_normal((16, 1, 3, 7, 7)).astype(np.float32))
     edgec.optimize(model, tmp_path / "odd_int8.onnx", pipeline="default,quantize", calib=calib)
     qdq = onnx.load(str(tmp_path / "odd_int8.onnx"))
-    shapes = {"x": (1, 3, 7, 7)}
-    module, vm = _build(qdq, shapes, tmp_path / "on.so", monkeypatch, rule=True)
+    module, vm = _build(qdq, tmp_path / "on.so", rule=True)
     # 16 -> 16 (odd width: one-column tiles of 2 vectors), stride-2 16 -> 24 (3 vectors) and the
     # 24 -> 16 Gemm; not the 3-channel input layer, the depthwise and grouped convolutions, the
     # 12-output 1x1 or the 10-output Gemms.
     assert sorted(_laid_out(module).values()) == [[3, 3, 8, 2, 8, 2], [3, 3, 8, 3, 8, 2], [12, 2, 8, 2]]
     assert set(_pmaddwd_per_kernel(module)) == set(_laid_out(module))
-    _, plain = _build(qdq, shapes, tmp_path / "off.so", monkeypatch, rule=False)
-    plan = plan_quantized(qdq)
+    _, plain = _build(qdq, tmp_path / "off.so", rule=False)
+    legal = legalize(qdq)
     # Inputs 4x the calibration range: activations saturate at -128/127, the extreme products.
     for seed in range(4):
         x = (rng(seed).standard_normal((1, 3, 7, 7)) * 4).astype(np.float32)
-        want = reference_quantized(qdq, {"x": x}, plan)["y"]
+        want = run_reference(legal, {"x": x})["y"]
         np.testing.assert_array_equal(_run(vm, x), want)
         np.testing.assert_array_equal(_run(plain, x), want)
 
 
 @needs_avx2
-def test_squeezenet_convolutions_run_vpmaddwd_and_equal_the_reference(tmp_path, monkeypatch) -> None:
+def test_squeezenet_convolutions_run_vpmaddwd_and_equal_the_reference(tmp_path) -> None:
     from tests.targets.test_integer import _cut_before_softmax, _input_shape, _light_fp32, _ort_qdq, _samples
 
     fp32 = _light_fp32("squeezenet")
     shape = _input_shape(fp32)
     cut, out, _ = _cut_before_softmax(_ort_qdq(fp32, _samples(shape, 4), tmp_path))
     name = cut.graph.input[0].name
-    module, vm = _build(cut, {name: shape}, tmp_path / "on.so", monkeypatch, rule=True)
+    module, vm = _build(cut, tmp_path / "on.so", rule=True)
     kernels = _laid_out(module)
     counts = _pmaddwd_per_kernel(module)
     # Every conv kernel but conv1 (3 input channels); identical fire layers share a kernel.
     convs = [gv.name_hint for gv in module.functions if gv.name_hint.startswith("fused_conv2d")]
     assert len(kernels) == len(convs) - 1 == 21, sorted(set(convs) - set(kernels))
     assert set(counts) == set(kernels)
-    plan = plan_quantized(cut)
     x = _samples(shape, 1, seed=100)[0]
-    np.testing.assert_array_equal(_run(vm, x), reference_quantized(cut, {name: x}, plan)[out])
+    np.testing.assert_array_equal(_run(vm, x), run_reference(legalize(cut), {name: x})[out])
+
+
+@needs_avx2
+def test_switching_micro_kernels_off_is_an_option_recorded_in_the_manifest(tmp_path) -> None:
+    """``--no-micro-kernels`` changes the generated code and says so: no vpmaddwd in the library,
+    the manifest's target and capabilities record the choice."""
+    import subprocess
+
+    import edgec
+    from tests.helpers import REPO
+
+    digits = REPO / "examples" / "digits"
+    result = edgec.compile(
+        digits / "digits_cnn.onnx",
+        tmp_path / "off",
+        target="x86-64-v3",
+        quantize="int8",
+        calib=digits / "digits_calib.npz",
+        micro_kernels=False,
+    )
+    assert result.manifest["target"]["micro_kernels"] is False
+    assert result.manifest["capabilities"]["int8_micro_kernel"] is None
+    disassembly = subprocess.run(
+        ["objdump", "-d", str(tmp_path / "off" / "model.so")], capture_output=True, text=True, check=True
+    ).stdout
+    assert "vpmaddwd" not in disassembly

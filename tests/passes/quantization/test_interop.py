@@ -1,4 +1,4 @@
-"""edgec's QDQ output lowers through edgec's integer kernels (targets/tvm/integer.py)."""
+"""edgec's QDQ output lowers through edgec's integer kernels (targets/integer, group-qdq)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgec.verify import accuracy, run_onnx_batch
-from tests.helpers import run_pipeline
+from tests.helpers import legalize, run_pipeline
 from tests.passes.quantization.models import digits
 
 
@@ -16,12 +16,16 @@ def test_quantized_digits_lowers_to_integer_kernels():
     tvm = pytest.importorskip("tvm")
     from tvm import relax
 
-    integer = pytest.importorskip("edgec.targets.tvm.integer")
+    from edgec.targets.legalize.group_qdq import refusals
+    from edgec.targets.tvm.translate import translate
+
     model, calibration, test = digits()
     graph, _ = run_pipeline("quantize", model, verify=False, calibration=calibration)
     qdq = graph.to_onnx()
-    assert integer.plan_quantized(qdq).float_nodes == []
-    vm = relax.VirtualMachine(tvm.compile(integer.lower_quantized(qdq), "llvm"), tvm.cpu())
+    legal = legalize(qdq)
+    assert refusals(legal) == {}
+    assert not [n.name for n in legal.nodes if not n.domain and n.op not in ("MaxPool", "Flatten", "Reshape")]
+    vm = relax.VirtualMachine(tvm.compile(translate(legal), "llvm"), tvm.cpu())
     inputs = test["input"][:, None]
     expected = run_onnx_batch(qdq, {"input": inputs})["logits"]
     got = []

@@ -1,0 +1,113 @@
+"""The requantization epilogue shared by the integer kinds, in Relax and in numpy:
+``y = clamp(z_y + MultiplyByQuantizedMultiplier(acc, m, shift), lo, hi)`` as int8.
+
+The node supplies ``y_zero_point``, ``lo``, ``hi`` and ``rounding`` (attributes); ``m`` and
+``shift`` are a scalar or one value per channel along ``axis`` (or already an array of the
+accumulator's rank, e.g. per output position of an average pool). The Relax form is the shift-only
+:func:`~.fixed_point.requantize`; the numpy form is TFLite's
+:func:`~.fixed_point.multiply_by_quantized_multiplier`, so a bit-exact match checks both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from edgec.targets.integer.fixed_point import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
+
+__all__ = ["channel_const", "clamp", "emit_finish", "emit_multiply", "finish"]
+
+
+def _broadcast(values: Any, rank: int, axis: int) -> np.ndarray:
+    """A scalar, an array already of rank ``rank``, or per-channel values laid along ``axis``."""
+    values = np.asarray(values, np.int64)
+    if values.size == 1:
+        return values.reshape(())
+    if values.ndim == rank:
+        return values
+    shape = [1] * rank
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+# ----- numpy -------------------------------------------------------------------------------------
+
+
+def finish(acc: np.ndarray, node: gs.Node, axis: int, mult: Any, shift: Any) -> np.ndarray:
+    """numpy: ``clamp(z_y + MultiplyByQuantizedMultiplier(acc, m, shift), lo, hi)`` as int8."""
+    rank = acc.ndim
+    r = multiply_by_quantized_multiplier(
+        acc, _broadcast(mult, rank, axis), _broadcast(shift, rank, axis), str(node.attrs["rounding"])
+    )
+    return np.clip(r + int(node.attrs["y_zero_point"]), int(node.attrs["lo"]), int(node.attrs["hi"])).astype(
+        np.int8
+    )
+
+
+# ----- Relax -------------------------------------------------------------------------------------
+
+
+def channel_const(values: np.ndarray, dtype: str, rank: int, axis: int) -> Any:
+    """A Relax constant of per-channel values shaped to broadcast along ``axis``."""
+    from tvm import relax
+
+    shape = [1] * rank
+    shape[axis] = values.size
+    return relax.const(np.asarray(values).astype(dtype).reshape(shape), dtype)
+
+
+def clamp(x: Any, lo: float, hi: float, dtype: str) -> Any:
+    """``min(max(x, lo), hi)``: unlike ``relax.op.clip``, these have layout inference, so the clamp
+    stays in the conv's NHWC epilogue instead of costing two layout transposes."""
+    from tvm import relax
+
+    return relax.op.minimum(relax.op.maximum(x, relax.const(lo, dtype)), relax.const(hi, dtype))
+
+
+def emit_multiply(x: Any, mult: Any, shift: Any, rank: int, axis: int, rounding: str) -> Any:
+    """Relax ops for ``MultiplyByQuantizedMultiplier(x, m, shift)`` on int64 (shift-only form).
+
+    ``double``: ``x' = sat32(x << left)``, ``h = (x'·m + 2^30) >> 31``,
+    ``r = (h + 2^(right-1) - [h<0]) >> right``. ``single``: ``r = (x·m + 2^(30-shift)) >> (31 - shift)``.
+    Terms that are zero for every channel are not emitted.
+    """
+    from tvm import relax
+
+    def const(values: np.ndarray) -> Any:
+        shaped = _broadcast(values, rank, axis)
+        if shaped.ndim == 0:
+            return relax.const(int(shaped), "int64")
+        return relax.const(shaped, "int64")
+
+    mult = np.asarray(mult, np.int64)
+    shift = np.asarray(shift, np.int64)
+    if rounding == "single":
+        total = 31 - shift
+        product = relax.op.multiply(x, const(mult))
+        return relax.op.right_shift(relax.op.add(product, const(np.int64(1) << (total - 1))), const(total))
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    if np.any(left > 0):
+        x = clamp(relax.op.left_shift(x, const(left)), INT32_MIN, INT32_MAX, "int64")
+    h = relax.op.right_shift(
+        relax.op.add(relax.op.multiply(x, const(mult)), const(np.int64(1 << 30))), const(np.int64(31))
+    )
+    if np.any(right > 0):
+        nudge = (np.int64(1) << right) >> 1
+        neg = relax.op.astype(relax.op.less(h, relax.const(0, "int64")), "int64")
+        if not np.all(right > 0):
+            neg = relax.op.multiply(neg, const((right > 0).astype(np.int64)))
+        h = relax.op.right_shift(relax.op.subtract(relax.op.add(h, const(nudge)), neg), const(right))
+    return h
+
+
+def emit_finish(bb: Any, acc: Any, node: gs.Node, rank: int, axis: int, mult: Any, shift: Any) -> Any:
+    """Relax: ``clamp(z_y + MultiplyByQuantizedMultiplier(acc, m, shift), lo, hi)`` → int8."""
+    from tvm import relax
+
+    h = emit_multiply(relax.op.astype(acc, "int64"), mult, shift, rank, axis, str(node.attrs["rounding"]))
+    y = relax.op.add(h, relax.const(int(node.attrs["y_zero_point"]), "int64"))
+    y = clamp(y, int(node.attrs["lo"]), int(node.attrs["hi"]), "int64")
+    return bb.normalize(relax.op.astype(y, "int8"))

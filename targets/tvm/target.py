@@ -1,0 +1,82 @@
+"""The base of every TVM target: what it runs natively, its legalization, and the one ``lower``.
+
+x86 (a TVM runtime library) and Cortex-A/M/``c`` (runtime-free C) differ in how they build and
+run an artifact, not in how they lower: both translate the legal graph (:mod:`.translate`),
+optimize it for a CPU (:func:`.build.optimize_for_cpu`) and report per node what they built
+(:mod:`.report`). What they run natively is declared here once (:meth:`TvmTarget.capabilities`)
+and read by the passes, the legalization and the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The legalization passes these targets name register on import: a target is usable whatever the
+# state of the installed entry points (which list them for `edgec passes`).
+import edgec.targets.legalize  # noqa: F401
+from edgec.capabilities import Capabilities
+from edgec.errors import UnsupportedNodeError
+from edgec.ir import EdgeGraph
+from edgec.targets.base import Lowered, Target
+from edgec.targets.integer.kernels import INTEGER_KERNELS
+
+__all__ = ["PACKED_WEIGHT_BITS", "TvmTarget", "legalization"]
+
+# Weight widths kept at their width in the artifact and decoded in the kernels (16: float16).
+PACKED_WEIGHT_BITS = frozenset({1, 2, 4, 8, 16})
+
+
+def legalization(rounding: str) -> str:
+    """The pipeline that makes a graph lowerable by the TVM targets: n-ary Sum as Add (the
+    frontend's Sum breaks NHWC), inference Dropout/Identity removed (relax's dropout returns a tuple
+    that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed."""
+    return f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights"
+
+
+@dataclass(frozen=True)
+class TvmTarget(Target):
+    """A target lowered through TVM Relax with edgec's integer kernels and packed weights.
+
+    Attributes:
+        vector_bits: the SIMD register width its kernels use (0: scalar).
+        micro_kernel: the int8 dot-product instruction of its integer conv/matmul kernels
+            (``vpmaddwd`` on x86 AVX2, ``smlad`` on Cortex-M4/M7), ``None`` for plain code.
+    """
+
+    vector_bits: int = 0
+    micro_kernel: str | None = None
+
+    def simd_bits(self) -> int:
+        """The SIMD width of this target's CPU (subclasses may detect the host's)."""
+        return self.vector_bits
+
+    def int8_micro_kernel(self) -> str | None:
+        """The int8 dot-product instruction its kernels use; ``None`` when it has none or the
+        micro-kernels are switched off."""
+        return self.micro_kernel if self.micro_kernels else None
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            target=self.name,
+            integer_kernels=INTEGER_KERNELS,
+            packed_weight_bits=PACKED_WEIGHT_BITS,
+            fp16_arithmetic=self.has_fp16_arithmetic(),
+            vector_bits=self.simd_bits(),
+            int8_micro_kernel=self.int8_micro_kernel(),
+            requantize_rounding=self.requantize_rounding,
+            legalization=legalization(self.requantize_rounding),
+        )
+
+    def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
+        from edgec.targets.tvm.frontend import unsupported
+
+        return unsupported(graph.to_onnx())
+
+    def lower(self, graph: EdgeGraph) -> Lowered:
+        from edgec.targets.tvm.build import optimize_for_cpu
+        from edgec.targets.tvm.report import built_nodes
+        from edgec.targets.tvm.translate import translate
+
+        self.check_float16_compute(graph)
+        module = optimize_for_cpu(translate(graph), self.tvm_target(), self.micro_kernels)
+        return Lowered(module, built_nodes(graph, self.capabilities()))

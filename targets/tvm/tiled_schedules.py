@@ -1,0 +1,174 @@
+"""Register-tiled CPU schedules of the two reductions that dominate a CNN: the NHWC/HWIO conv2d
+(:class:`Conv2dNHWC`) and ``x @ W`` (:class:`Matmul`), each with its elementwise epilogue fused in.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import s_tir
+
+from .schedule_common import (
+    COMM_REDUCE,
+    DATA_PAR,
+    CpuRule,
+    extent,
+    is_spatial,
+    iter_types,
+    root_blocks,
+    vectorize_tail,
+)
+
+__all__ = ["Conv2dNHWC", "Matmul"]
+
+
+class Conv2dNHWC(CpuRule):
+    """Register-tiled NHWC/HWIO conv2d with its elementwise epilogue fused in."""
+
+    def pick_tiles(self, width: int, out_channels: int) -> tuple[int, int]:
+        """The (output columns, output channels) register tile for a conv layer.
+
+        Maximises the tile area (FMAs per loaded value) such that the accumulators, one
+        register per weight vector and one for the broadcast input fit in the register file,
+        and the tile divides the layer exactly (no tail loops: a tail would stop LLVM from
+        keeping the accumulators in registers). W=13 with 64 channels, say, gives 13 x 16
+        rather than 1 x 64.
+
+        Args:
+            width: Output width (W).
+            out_channels: Output channels (CO).
+
+        Returns:
+            ``(wi, oci)``: columns and channels per tile.
+        """
+        lanes, regs = self.info.lanes, self.info.registers
+        # Channel tiles: divisors of CO up to 8 vectors (1000 classes -> 8, 40, 125 ...; LLVM
+        # splits a 40-lane vector into 16+16+8). A tile must divide CO: a tail would put a
+        # predicate inside the unrolled tile.
+        candidates = [c for c in range(1, 8 * lanes + 1) if out_channels % c == 0]
+        best: tuple[tuple[int, int, int], int, int] | None = None
+        for oc in candidates:
+            vecs = math.ceil(oc / lanes)
+            budget = min(self.info.max_accumulators, regs - vecs - 1)
+            for wi in range(1, min(width, 16) + 1):
+                if width % wi or wi * vecs > budget:
+                    continue
+                # Most accumulators first (each weight vector is reused wi times and each
+                # broadcast input vecs times), then the most columns: weight reuse matters most,
+                # since late layers stream megabytes of weights (W=13, CO=1000: 13x8 runs 4x
+                # faster than 1x125).
+                key = (wi * vecs, wi, oc)
+                if best is None or key > best[0]:
+                    best = (key, wi, oc)
+        if best is None:
+            return 1, 1
+        return best[1], best[2]
+
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        blocks = root_blocks(sch)
+        names = [sch.get(b).name_hint for b in blocks]
+        convs = [i for i, n in enumerate(names) if n.startswith("conv2d_nhwc")]
+        if len(convs) != 1:
+            return None
+        ci = convs[0]
+        conv = blocks[ci]
+        if iter_types(sch, conv) != [DATA_PAR] * 4 + [COMM_REDUCE] * 3:
+            return None
+        producers, epilogue = blocks[:ci], blocks[ci + 1 :]
+        if not all(sch.get(b).name_hint.startswith("pad_temp") for b in producers):
+            return None
+        if not all(is_spatial(sch, b) for b in epilogue):
+            return None
+        loops = sch.get_loops(conv)
+        if len(loops) != 7:
+            return None
+        n, h, w, co, rh, rw, rc = loops
+        width, out_channels = extent(sch, w), extent(sch, co)
+        if width is None or out_channels is None:
+            return None
+        # bias -> BN scale/shift -> residual add -> ReLU: one block, computed per tile.
+        for block in epilogue[:-1]:
+            sch.compute_inline(block)
+        wi, oci = self.pick_tiles(width, out_channels)
+        wo, wi_loop = sch.split(w, [None, wi])
+        coo, coi = sch.split(co, [None, oci])
+        # Reduction outside the tile: each step broadcasts one input value per column and loads
+        # the weight row (contiguous in HWIO) as vectors into the accumulators.
+        kh, kw, cin = (extent(sch, lp) for lp in (rh, rw, rc))
+        weight_elems = out_channels * (kh or 1) * (kw or 1) * (cin or 1)
+        rows = extent(sch, h) or 1
+        if weight_elems > rows * width * (cin or 1):
+            # Weights outweigh the input (late 1x1 layers, classifiers): walk the rows inside a
+            # channel block so its weight slice stays in L1 instead of streaming from L3 per row.
+            sch.reorder(n, coo, h, wo, rh, rw, rc, wi_loop, coi)
+            outer = sch.fuse(n, coo, h)
+        else:
+            sch.reorder(n, h, coo, wo, rh, rw, rc, wi_loop, coi)
+            outer = sch.fuse(n, h, coo)
+        sch.parallel(outer)
+        if epilogue:
+            last = epilogue[-1]
+            sch.reverse_compute_at(last, wo)
+            tail = sch.get_loops(last)[-1]
+            tail_ext = extent(sch, tail)
+            if tail_ext is not None and tail_ext == oci and oci <= self.info.lanes:
+                sch.vectorize(tail)
+            else:
+                vectorize_tail(sch, tail, self.info.lanes)
+        sch.unroll(wi_loop)
+        sch.vectorize(coi)
+        # Must follow vectorize/unroll: the other order fails with "not compact dataflow".
+        sch.decompose_reduction(conv, rh)
+        for pad in producers:
+            block = sch.get(pad)
+            src, dst = block.reads[0].source.shape, block.writes[0].source.shape
+            if [int(d) for d in src] == [int(d) for d in dst]:
+                # No padding (1x1 / valid conv): a copy per tile would cost as much as the FMAs.
+                sch.compute_inline(pad)
+                continue
+            sch.compute_at(pad, outer)
+            pad_loops = sch.get_loops(pad)
+            vectorize_tail(sch, pad_loops[-1], self.info.lanes)
+        return sch
+
+
+class Matmul(CpuRule):
+    """``out[i, j] = sum_k x[i, k] * W[k, j]`` (+ epilogue), vectorised over ``j``.
+
+    This is the form Gemm/MatMul layers with constant weights take after import (the frontend
+    transposes ``W`` for ``transB=1`` and FoldConstant materialises it), so the weight row for a
+    given ``k`` is contiguous.
+    """
+
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        blocks = root_blocks(sch)
+        names = [sch.get(b).name_hint for b in blocks]
+        if not names or not names[0].startswith("matmul"):
+            return None
+        mm, epilogue = blocks[0], blocks[1:]
+        if iter_types(sch, mm) != [DATA_PAR, DATA_PAR, COMM_REDUCE]:
+            return None
+        if not all(is_spatial(sch, b) for b in epilogue):
+            return None
+        loops = sch.get_loops(mm)
+        if len(loops) != 3:
+            return None
+        i, j, k = loops
+        cols = extent(sch, j)
+        lanes = self.info.lanes
+        if cols is None or cols % lanes:
+            return None
+        for block in epilogue[:-1]:
+            sch.compute_inline(block)
+        # Up to 4 vectors of columns per tile; column blocks are the parallel (and cache) unit.
+        tile = next(t for t in (4 * lanes, 2 * lanes, lanes) if cols % t == 0)
+        jo, ji = sch.split(j, [None, tile])
+        sch.reorder(jo, i, k, ji)
+        sch.parallel(jo)
+        if epilogue:
+            last = epilogue[-1]
+            sch.reverse_compute_at(last, i)
+            vectorize_tail(sch, sch.get_loops(last)[-1], lanes)
+        sch.vectorize(ji)
+        sch.decompose_reduction(mm, k)
+        return sch
