@@ -26,7 +26,7 @@ from edgec.train.losses import LossSpec
 # Ops a user may meet in ``missing_gradients`` and what to do about them.
 _WAY_OUT = {
     "relax.call_tir": "an ONNX op the frontend imports as a plain kernel",
-    "relax.nn.dropout": "export the model in inference mode (Dropout as Identity)",
+    "relax.nn.dropout": "run the default pipeline first (eliminate-identity removes inference Dropout)",
     "relax.quantize": "a QuantizeLinear without its DequantizeLinear",
     "relax.dequantize": "integer weights: train the float model (or use --qat), then quantize",
 }
@@ -85,11 +85,15 @@ class TrainStep:
 def _import(graph: TrainingGraph) -> Any:
     from tvm.relax.frontend.onnx import from_onnx
 
-    from edgec.targets.tvm.frontend import prepare_for_frontend, run_frontend
+    from edgec.errors import UnsupportedNodeError
+    from edgec.targets.tvm.frontend import input_signature, run_frontend, unsupported_nodes
 
-    model, shapes, dtypes = prepare_for_frontend(graph.model)
+    problems = unsupported_nodes(graph.model)
+    if problems:
+        raise UnsupportedNodeError(*problems[0])
+    shapes, dtypes = input_signature(graph.model, None)
     return run_frontend(
-        lambda: from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=True)
+        lambda: from_onnx(graph.model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=True)
     )
 
 
