@@ -136,6 +136,8 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
         seed=options.seed,
         calibration=samples_of(load_dataset(options.calib, original), original) if options.calib else None,
         evaluation=load_dataset(options.eval, original, labelled=True) if options.eval else None,
+        training=load_dataset(options.train, original) if options.train else None,
+        reference=original,
         dump_after=frozenset(options.dump_after),
         warn=progress.warn,
         progress=progress.bar,
