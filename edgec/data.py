@@ -94,6 +94,20 @@ class Dataset:
         runs = {k: group_rows(self.rows(v)[:count], self.batch) for k, v in self.runs.items()}
         return Dataset(runs, count, self.batch, labels)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The named-array form (the runs by input name, the labels under ``label``), which the
+        training engine reads: one sample per run.
+
+        Raises:
+            EdgecError: for samples grouped into runs of a declared batch.
+        """
+        if self.batch > 1:
+            raise EdgecError(
+                f"training reads one sample per run, but these samples fill runs of the declared batch "
+                f"{self.batch}; fix the batch to 1 with --input-shape"
+            )
+        return {**self.runs, **({} if self.labels is None else {LABEL_KEY: self.labels})}
+
     def describe(self) -> dict[str, int]:
         """For the manifest: samples, samples per run, runs, repeated rows."""
         counts = (self.samples, self.batch, self.run_count, self.repeated)
@@ -171,7 +185,7 @@ def dataset_from_arrays(
         arrays: per input name, its samples (see the module docstring for the layouts).
         graph: the model (fixed input shapes).
         where: what the arrays are, for messages (``'calib.npz'``, ``calibration data``).
-        labelled: require ``label``, one per sample.
+        labelled: require ``label`` (one per sample; kept when present anyway).
         batch: the declared dynamic batch size (:func:`declared_batch`), if any.
         extra_allowed: ignore names that are neither inputs nor ``label``.
 
@@ -207,11 +221,10 @@ def dataset_from_arrays(
             raise EdgecError(f"{where}: input '{name}' contains NaN or Inf")
         runs[name], samples = found
         counts.add(samples)
-    labels = None
-    if labelled:
-        if LABEL_KEY not in arrays:
-            raise EdgecError(f"{where} has no '{LABEL_KEY}' array; accuracy needs labels")
-        labels = np.asarray(arrays[LABEL_KEY])
+    if labelled and LABEL_KEY not in arrays:
+        raise EdgecError(f"{where} has no '{LABEL_KEY}' array; accuracy needs labels")
+    labels = np.asarray(arrays[LABEL_KEY]) if LABEL_KEY in arrays else None
+    if labels is not None:
         counts.add(len(labels))
     if len(counts) > 1:
         raise EdgecError(f"{where}: arrays hold different sample counts {sorted(counts)}")
@@ -228,6 +241,13 @@ def as_dataset(
     if isinstance(data, Dataset):
         return data
     return dataset_from_arrays(data, graph, where=where, labelled=labelled)
+
+
+def as_arrays(data: Dataset | Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """``data`` in the named-array form (see :meth:`Dataset.arrays`); named arrays as they are."""
+    if isinstance(data, Dataset):
+        return data.arrays()
+    return None if data is None else dict(data)
 
 
 def load_inputs(path: str | Path, graph: EdgeGraph) -> dict[str, np.ndarray]:
@@ -248,7 +268,8 @@ def load_inputs(path: str | Path, graph: EdgeGraph) -> dict[str, np.ndarray]:
 def load_dataset(
     path: str | Path, graph: EdgeGraph, *, labelled: bool = False, batch: int | None = None
 ) -> Dataset:
-    """Many samples; ``label`` required if ``labelled``; ``batch``: see :func:`declared_batch`."""
+    """Many samples; ``label`` required if ``labelled`` (kept if present); ``batch``: see
+    :func:`declared_batch`."""
     path = Path(path)
     return dataset_from_arrays(
         read_npz(path), graph, where=f"'{path}'", labelled=labelled, batch=batch, extra_allowed=False
