@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 import edgec
-from edgec.compile import run_build
 from edgec.ir import EdgeGraph
+from edgec.run import run_build
 from edgec.verify import random_inputs
 
 

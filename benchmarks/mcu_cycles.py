@@ -50,7 +50,7 @@ import edgec
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, graph_cost, infer_shapes
 from edgec.targets import get_target
-from edgec.targets.runners import default_timeout, qemu_system_command
+from edgec.targets.runners import build_harness, default_timeout, qemu_system_command
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "examples" / "digits"
@@ -163,7 +163,7 @@ def count_inferences(
 ) -> tuple[Path, dict[int, int]]:
     """Links the harness around a built artifact (C prefix ``name``) and counts the instructions of
     a run with no timed inference and of one with ``inferences``; returns the image and both counts."""
-    image = target.build_harness([build], [(name, len(inputs), outputs)], work)
+    image = build_harness(target, [build], [(name, len(inputs), outputs)], work)
     for index, array in enumerate(inputs):
         (work / f"in{index}.bin").write_bytes(np.ascontiguousarray(array).tobytes())
     command = qemu_system_command(target.machine, target.qemu_cpu, image)

@@ -42,9 +42,9 @@ from rich.table import Table
 
 import edgec
 from edgec.architectures import mobilenet_style, yolo_style
-from edgec.compile import run_build
 from edgec.ir import EdgeGraph
 from edgec.pm import PassContext, PassManager
+from edgec.run import run_build
 from edgec.targets import get_target
 from edgec.verify import random_inputs, run_onnx
 from edgec.zoo import light_model

@@ -73,7 +73,7 @@ def main() -> None:
 
     digits = os.path.join(os.path.dirname(__file__), "..", "examples", "digits")
     graph = load(os.path.join(digits, "digits_cnn.onnx"))
-    data = load_dataset(os.path.join(digits, "digits_train.npz"), graph, labelled=True)
+    data = load_dataset(os.path.join(digits, "digits_train.npz"), graph, labelled=True).arrays()
     inputs = [np.ascontiguousarray(data["input"][: args.batch, 0])]
     targets = [data["label"][: args.batch]]
     training = training_graph(graph, args.batch)

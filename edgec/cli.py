@@ -284,16 +284,21 @@ def inspect(model: str, input_shape: tuple[str, ...], groups: bool, as_json: boo
 
 @main.command()
 @click.argument("build_dir", type=click.Path())
-@click.option("--inputs", required=True, type=click.Path(), help=".npz with one array per model input")
+@click.option(
+    "--inputs",
+    required=True,
+    type=click.Path(),
+    help=".npz with one array per model input: one sample, or many on a leading axis",
+)
 @click.option("--output", "-o", type=click.Path(), help="write outputs to this .npz")
 @click.option("--repeat", type=click.IntRange(min=0), default=0, help="time N runs (min/median latency)")
 @click.option("--json", "as_json", is_flag=True)
 def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: bool) -> None:
-    """Run a built artifact on inputs from a .npz file."""
+    """Run a built artifact on inputs from a .npz file (one sample or a dataset, in one run)."""
     import numpy as np
 
-    from edgec.compile import run_build
     from edgec.ir import atomic_path
+    from edgec.run import run_build
 
     outputs, times = run_build(build_dir, Path(inputs), repeat)
     if output:
@@ -324,7 +329,7 @@ def check(model: str, as_json: bool, **params: Any) -> None:
 
     options = _options(params)
     get_target(options.target)
-    graph, _ = load_model(Path(model), options)
+    graph = load_model(Path(model), options).graph
     report = check_model(graph, options.target, pipeline=IMPORT_PIPELINE if options.simplify else "")
     if as_json:
         _echo_json(report.as_dict())

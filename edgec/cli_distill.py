@@ -61,8 +61,10 @@ def distill(**params: Any) -> None:
     shapes = dict(map(parse_input_shape, params["input_shape"]))
     teacher = _load(params["teacher"], shapes)
     student = _load(params["student"], shapes)
-    data = load_dataset(params["data"], student)
-    evaluation = load_dataset(params["eval_path"], student, labelled=True) if params["eval_path"] else None
+    data = load_dataset(params["data"], student).arrays()
+    evaluation = (
+        load_dataset(params["eval_path"], student, labelled=True).arrays() if params["eval_path"] else None
+    )
     progress = Progress(quiet=params["quiet"] or params["as_json"])
     config = TrainConfig(
         epochs=params["epochs"],

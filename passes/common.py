@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
-from edgec.data import as_samples
+from edgec.data import Dataset, as_dataset
 from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, static_shape
+from edgec.ir import EdgeGraph
 from edgec.pm import Pass, PassContext, PassResult
 from edgec.rewrite import RuleSet
 from edgec.verify import accuracy, error_metrics, random_inputs, run_onnx_batch
@@ -54,10 +54,7 @@ def error_samples(graph: EdgeGraph, ctx: PassContext) -> tuple[dict[str, np.ndar
     """Samples (leading sample axis) for measuring a lossy pass's error, and where they come from:
     the calibration data if given, else ``RANDOM_SAMPLES`` seeded random inputs."""
     if ctx.calibration is not None:
-        shapes = {t.name: static_shape(t) or () for t in graph.inputs}
-        return {
-            k: as_samples(np.asarray(v), shapes.get(k, ())) for k, v in ctx.calibration.items()
-        }, "calibration"
+        return as_dataset(ctx.calibration, graph, where="calibration data").runs, "calibration"
     draws = [random_inputs(graph, seed=ctx.seed + i) for i in range(RANDOM_SAMPLES)]
     return {name: np.stack([d[name] for d in draws]) for name in draws[0]}, "random"
 
@@ -69,7 +66,7 @@ class Evaluator:
 
     reference: EdgeGraph
     samples: dict[str, np.ndarray]
-    evaluation: dict[str, np.ndarray] | None = None
+    evaluation: Dataset | dict[str, np.ndarray] | None = None
     labels: tuple[str, str] = ("original", "variant")
     _reference_outputs: dict[str, np.ndarray] = field(default_factory=dict)
     _reference_accuracy: float | None = None
@@ -78,24 +75,21 @@ class Evaluator:
         count = len(next(iter(self.samples.values())))
         self.samples = {k: v[: min(count, ERROR_SAMPLES)] for k, v in self.samples.items()}
         model = self.reference.to_onnx()
-        self._reference_outputs = run_onnx_batch(model, self.samples)
+        self._reference_outputs = run_onnx_batch(model, self.samples, f"the {self.labels[0]} model")
         if self.evaluation is not None:
-            self._reference_accuracy = self._accuracy(model)
+            self._reference_accuracy = self._accuracy(model, f"the {self.labels[0]} model")
 
-    def _accuracy(self, model: onnx.ModelProto) -> float:
-        inputs = {
-            t.name: as_samples(np.asarray(self.evaluation[t.name]), static_shape(t) or ())
-            for t in self.reference.inputs
-        }
-        outputs = run_onnx_batch(model, inputs)
+    def _accuracy(self, model: onnx.ModelProto, purpose: str) -> float:
+        data = as_dataset(self.evaluation, self.reference, where="evaluation data", labelled=True)
         first = model.graph.output[0].name
-        return accuracy(outputs[first], self.evaluation["label"])
+        outputs = run_onnx_batch(model, data.runs, purpose)[first]
+        return accuracy(data.rows(outputs, f"output '{first}'"), data.labels)
 
     def measure(self, graph: EdgeGraph) -> dict[str, Any]:
         """``error`` (max/mean abs, cosine, and ``relative`` = mean|y' - y| / mean|y|) and, with
         evaluation data, ``accuracy`` (reference, variant, and the drop as a fraction)."""
         model = graph.to_onnx()
-        outputs = run_onnx_batch(model, self.samples)
+        outputs = run_onnx_batch(model, self.samples, f"a {self.labels[1]} model")
         count = len(next(iter(self.samples.values())))
         metrics = error_metrics(self._reference_outputs, outputs, samples=count)
         scale = float(np.mean([np.abs(v).mean() for v in self._reference_outputs.values()]))
@@ -103,7 +97,7 @@ class Evaluator:
             "error": {**metrics.as_dict(), "relative": float(f"{metrics.mean_abs / max(scale, 1e-12):.6g}")}
         }
         if self.evaluation is not None:
-            variant = self._accuracy(model)
+            variant = self._accuracy(model, f"a {self.labels[1]} model")
             reference_label, variant_label = self.labels
             report["accuracy"] = {
                 reference_label: round(self._reference_accuracy, 6),

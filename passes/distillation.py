@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from edgec.data import LABEL_KEY
+from edgec.data import LABEL_KEY, as_arrays
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, infer_shapes, load
 from edgec.pm import Pass, PassContext, PassResult, register
@@ -63,7 +63,7 @@ class Distill(Pass):
             temperature=self.temperature,
             features=self.features,
             feature_weight=self.feature_weight,
-            evaluation=ctx.evaluation,
+            evaluation=as_arrays(ctx.evaluation),
             progress=ctx.progress,
             warn=ctx.warn,
         )

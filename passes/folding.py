@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from edgec.errors import EdgecError
+from edgec.errors import EdgecError, NativeCrashError
 from edgec.ir import EdgeGraph, static_shape
 from edgec.passes.common import refresh_shapes
 from edgec.pm import Pass, PassContext, PassResult, register
@@ -80,7 +80,9 @@ def _evaluate(node: gs.Node, graph: EdgeGraph, max_bytes: int) -> tuple[list[np.
             if size > max_bytes:  # refuse before materialising
                 return None, f"result '{output.name}' would be {size} bytes (max_bytes={max_bytes})"
     try:
-        results = run_onnx(model, {})
+        results = run_onnx(model, {}, f"the constant {node.op} '{node.name}' (fold-constants)")
+    except NativeCrashError:
+        raise  # a crash is an error of its own, not a reason to leave one node unfolded
     except EdgecError as exc:
         return None, str(exc)
     values = [np.asarray(results[out.name]) for out in node.outputs]

@@ -180,10 +180,26 @@ class Target:
         """Builds ``module`` into ``out_dir`` and returns what was written."""
         raise NotImplementedError
 
+    def prepare_run(self) -> None:
+        """Starts in the background what ``run`` will need (a worker process), so that its startup
+        overlaps the build; nothing by default."""
+
     def run(
         self, build_dir: Path, manifest: dict[str, Any], inputs: list[np.ndarray], repeat: int = 0
     ) -> tuple[list[np.ndarray], list[float]]:
-        """Runs a built artifact; returns outputs in order and, if ``repeat``, per-run seconds."""
+        """Runs a built artifact on a batch of samples, loading (or linking and booting) it once.
+
+        Args:
+            build_dir: the build directory.
+            manifest: its manifest (at least ``inputs``/``outputs`` with names, dtypes, shapes).
+            inputs: one array per model input, in order, each with a leading sample axis
+                (``[N, *input shape]``).
+            repeat: how many timed runs of the first sample, 0 for none.
+
+        Returns:
+            One array per output, in order, with the same leading sample axis, and the seconds
+            of each timed run.
+        """
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

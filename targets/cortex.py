@@ -5,7 +5,7 @@ runtime-free emitter (:mod:`edgec.targets.tvm.c_emitter`): LLVM kernels for the 
 point with static tables, const weights, a one-arena memory plan, and ``lib<name>.a`` from the
 GNU cross toolchain (plus ``lib<name>.so`` on Linux). ``run`` builds a test harness around the
 library and executes it under ``qemu-aarch64-static`` or ``qemu-system-arm`` (MPS2 boards,
-semihosting), always with a time limit.
+semihosting), always with a time limit (:mod:`edgec.targets.runners`).
 
 Board budgets: ``cortex-m4`` is an STM32F407VG (1 MiB flash; of its 192 KiB RAM only the 128 KiB
 main SRAM is one contiguous, DMA-capable block, so that is the RAM budget; the 64 KiB CCM is left
@@ -31,15 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import EdgecError
 from edgec.targets.base import Artifact, Toolchain
 from edgec.targets.registry import register_target
-from edgec.targets.runners import exchange, qemu_system_command, run_emulator, write_harness_config
+from edgec.targets.runners import run_harness
 from edgec.targets.toolchains import (
     CrossToolchain,
     frame_sizes,
     read_stack_usage,
-    require_tool,
     section_sizes,
     stack_estimate,
 )
@@ -231,67 +229,7 @@ class RuntimeFreeTarget(TvmTarget):
     def run(
         self, build_dir: Path, manifest: dict[str, Any], inputs: list[np.ndarray], repeat: int = 0
     ) -> tuple[list[np.ndarray], list[float]]:
-        build_dir = Path(build_dir)
-        libraries = sorted(build_dir.glob("lib*.a"))
-        if len(libraries) != 1:
-            raise EdgecError(f"'{build_dir}' has {len(libraries)} lib*.a files; expected the one edgec built")
-        name = libraries[0].stem.removeprefix("lib")
-        outputs = [(o["dtype"], o["shape"]) for o in manifest["outputs"]]
-        with tempfile.TemporaryDirectory(prefix="edgec-run-") as work_name:
-            work = Path(work_name)
-            models = [(name, len(manifest["inputs"]), len(manifest["outputs"]))]
-            image = self.build_harness([build_dir], models, work)
-            result = exchange(work, inputs, outputs, repeat, lambda cwd: self._launch(image, cwd))
-        return result.outputs, result.seconds
-
-    def build_harness(self, build_dirs: list[Path], models: list[tuple[str, int, int]], work: Path) -> Path:
-        """Compiles and links the file-based test harness around one or more model libraries.
-
-        Args:
-            build_dirs: The build directory of each model (same order as ``models``).
-            models: ``(name, inputs, outputs)`` per model, see :func:`write_harness_config`.
-            work: A scratch folder for the harness and its files.
-        """
-        from edgec.targets.tvm.c_emitter import runtime_dir
-
-        cross = self.cross()
-        write_harness_config(work / "harness_config.h", models)
-        runtime = runtime_dir()
-        image = work / "harness.elf"
-        libraries = [d / f"lib{name}.a" for d, (name, _, _) in zip(build_dirs, models, strict=True)]
-        includes = [f"-I{d}" for d in build_dirs]
-        common = [f"-I{work}", *includes, "-O2", "-std=c11", "-Wl,--gc-sections"]
-        if self.bare_metal:
-            cross.link(
-                image,
-                [runtime / "harness.c", runtime / "cortex_m" / "startup.c", *libraries],
-                (
-                    *common,
-                    "-DEDGEC_BARE_METAL",
-                    "-nostartfiles",
-                    "--specs=nano.specs",
-                    "--specs=rdimon.specs",
-                    f"-L{runtime / 'cortex_m'}",
-                    f"-T{runtime / 'cortex_m' / self.linker_script}",
-                    "-lm",
-                ),
-            )
-        else:
-            static = ("-static",) if self.runner == "qemu-aarch64" else ()
-            cross.link(image, [runtime / "harness.c", *libraries], (*common, *static, "-lm"))
-        return image
-
-    def _launch(self, image: Path, cwd: Path, timeout: float | None = None) -> str:
-        from edgec.targets.runners import default_timeout
-
-        limit = timeout if timeout is not None else default_timeout()
-        if self.bare_metal:
-            command = qemu_system_command(self.machine, self.qemu_cpu, image)
-            return run_emulator(command, cwd, limit, f"qemu-system-arm ({self.machine})")
-        if self.runner == "host":
-            return run_emulator([str(image)], cwd, limit, "the host test harness")
-        qemu = require_tool("qemu-aarch64-static", "qemu-user-static")
-        return run_emulator([qemu, "-cpu", self.qemu_cpu or "max", str(image)], cwd, limit, "qemu-aarch64")
+        return run_harness(self, build_dir, manifest, inputs, repeat)
 
 
 _AARCH64 = Toolchain("aarch64-linux-gnu-gcc", debian_package="gcc-aarch64-linux-gnu")

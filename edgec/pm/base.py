@@ -16,6 +16,7 @@ from edgec.pm.analysis import AnalysisManager
 
 if TYPE_CHECKING:
     from edgec.capabilities import Capabilities
+    from edgec.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,10 @@ class PassContext:
             weight widths ...); ``None`` when no target constrains the passes.
         verify: check every lossless pass numerically against onnxruntime.
         seed: seed of every random choice (verification inputs, sampling).
-        calibration: named arrays with a leading sample dimension, for calibrating passes.
-        evaluation: labelled named arrays (``label`` key) for passes that measure accuracy.
+        calibration: data for calibrating passes: a :class:`edgec.data.Dataset` (how edgec loads
+            ``--calib``), or named arrays with a leading sample axis.
+        evaluation: labelled data for passes that measure accuracy: a ``Dataset``, or named
+            arrays with a ``label`` key.
         dump_after: pass names after which the graph's text form is written to ``dump_dir``.
         dump_dir: where dumps go (stderr when ``None``).
         warn: callback for warnings (the CLI prints them on stderr).
@@ -61,8 +64,8 @@ class PassContext:
     capabilities: Capabilities | None = None
     verify: bool = False
     seed: int = 0
-    calibration: dict[str, np.ndarray] | None = None
-    evaluation: dict[str, np.ndarray] | None = None
+    calibration: Dataset | dict[str, np.ndarray] | None = None
+    evaluation: Dataset | dict[str, np.ndarray] | None = None
     training: dict[str, np.ndarray] | None = None
     reference: EdgeGraph | None = None
     dump_after: frozenset[str] = frozenset()

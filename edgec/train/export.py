@@ -52,16 +52,15 @@ def run_batched(
     """Runs ``graph`` (batch-1 inputs) on all samples ``[N, 1, ...]`` at once, the batch axis made
     symbolic; returns ``outputs`` (default: the graph's) as ``[N, ...]`` arrays."""
     model = batched_model(graph, "batch", outputs)
-    session = onnx_session(model)
-    names = [o.name for o in session.get_outputs()]
+    session = onnx_session(model, "the model with a symbolic batch (training)")
     count = len(next(iter(inputs.values())))
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in session.output_names}
     for start in range(0, count, CHUNK):
         feeds = {
             k: np.ascontiguousarray(v[start : start + CHUNK].reshape(-1, *v.shape[2:]))
             for k, v in inputs.items()
         }
-        for name, value in zip(names, session.run(names, feeds), strict=True):
+        for name, value in session.run(feeds).items():
             parts[name].append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}
 

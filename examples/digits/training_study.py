@@ -43,11 +43,11 @@ VALIDATION = 300
 
 
 def split(graph: EdgeGraph) -> tuple[dict, dict, dict]:
-    data = load_dataset(HERE / "digits_train.npz", graph, labelled=True)
+    data = load_dataset(HERE / "digits_train.npz", graph, labelled=True).arrays()
     order = np.random.default_rng(1234).permutation(len(data["label"]))
     train = {k: v[order[VALIDATION:]] for k, v in data.items()}
     valid = {k: v[order[:VALIDATION]] for k, v in data.items()}
-    test = load_dataset(HERE / "digits_test.npz", graph, labelled=True)
+    test = load_dataset(HERE / "digits_test.npz", graph, labelled=True).arrays()
     return train, valid, test
 
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher = load(HERE / "digits_cnn.onnx")
     infer_shapes(teacher)
     train, valid, test = split(teacher)
-    calib = {"input": load_dataset(HERE / "digits_calib.npz", teacher)["input"]}
+    calib = {"input": load_dataset(HERE / "digits_calib.npz", teacher).runs["input"]}
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         np.savez(folder / "valid.npz", input=valid["input"][:, 0], label=valid["label"])

@@ -82,7 +82,7 @@ def _output_shift(node: gs.Node, mean: np.ndarray, error: np.ndarray, opset: int
         opset_imports=[helper.make_opsetid("", max(opset, 11))],
     )
     model.ir_version = 8
-    shifted = run_onnx(model, {"x": mean})["y"]
+    shifted = run_onnx(model, {"x": mean}, "a layer's weight error (bias correction)")["y"]
     return shifted.mean(axis=tuple(i for i in range(shifted.ndim) if i != 1))
 
 

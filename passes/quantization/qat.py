@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from edgec.data import LABEL_KEY
+from edgec.data import LABEL_KEY, as_arrays
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
 from edgec.pm import Pass, PassContext, PassResult, get_pass, register
@@ -90,7 +90,7 @@ class QuantizationAwareTraining(Pass):
             LossSpec.distillation(alpha, self.temperature),
             config,
             qdq_exporter(ptq, trainable, training.sources),
-            ctx.evaluation,
+            as_arrays(ctx.evaluation),
             quantized={names[scale]: spec for scale, spec in trainable.specs.items() if scale in names},
             rate_multipliers={names[n]: SCALE_RATE for n in _scale_names(trainable.graph) if n in names},
             progress=ctx.progress,

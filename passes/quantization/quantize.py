@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from edgec.data import Dataset
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
 from edgec.passes.common import budget_metric, error_samples
@@ -161,7 +162,7 @@ class Quantize(Pass):
 
         stats: dict[str, Any] = {
             "calibration": self.calibration,
-            "calibration_samples": len(next(iter(samples.values()))),
+            **_calibration_counts(ctx.calibration, samples),
             "per_channel": self.per_channel,
             "symmetric_activations": symmetric,
         }
@@ -222,6 +223,17 @@ class Quantize(Pass):
         }
         stats.update(evaluator.measure(quantized))
         return quantized, stats
+
+
+def _calibration_counts(data: Dataset | dict | None, runs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """How many samples calibrated the ranges; with a declared batch (see ``edgec.data``), also how
+    they filled the runs of the model."""
+    used = len(next(iter(runs.values())))
+    if not isinstance(data, Dataset) or data.batch == 1:
+        return {"calibration_samples": used}
+    samples = min(data.samples, used * data.batch)
+    grouping = {"batch": data.batch, "runs": used, "repeated": used * data.batch - samples}
+    return {"calibration_samples": samples, "calibration_runs": grouping}
 
 
 def _first_reasons(plan: Plan, count: int = 3) -> str:

@@ -2,7 +2,7 @@
 
 The flow: :func:`optimize_for_cpu` (inference decompositions, NHWC layout, the Relax zero pipeline
 and edgec's default schedules), :func:`build_shared_library` (``tvm.compile`` + link), and the
-runners :func:`run_shared_library` / :func:`time_shared_library` used by ``edgec run``.
+runner in :mod:`.library_runner` (``edgec run``, in the x86 target's worker process).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import os
 import pathlib
 import tempfile
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
 __all__ = [
     "build_shared_library",
     "optimize_for_cpu",
-    "run_shared_library",
-    "time_shared_library",
 ]
 
 
@@ -212,84 +209,3 @@ def build_shared_library(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-
-
-def _load_vm(lib_path: pathlib.Path) -> Any:
-    import tvm
-    from tvm import relax
-
-    lib_path = pathlib.Path(lib_path)
-    if not lib_path.is_file():
-        raise EdgecError(f"no compiled library at {lib_path}; build the model first")
-    lib = tvm.runtime.load_module(str(lib_path))
-    return relax.VirtualMachine(lib, tvm.cpu())
-
-
-def _flatten(value: Any, out: list[np.ndarray]) -> list[np.ndarray]:
-    """Relax outputs (a tensor or nested tuples of tensors) as numpy arrays, in order."""
-    if hasattr(value, "numpy"):
-        out.append(value.numpy())
-    elif isinstance(value, list | tuple) or type(value).__name__ in ("Array", "Tuple"):
-        for item in value:
-            _flatten(item, out)
-    else:
-        # tvm_ffi containers (Array) are sequences without numpy(); anything else is a bug.
-        try:
-            items = list(value)
-        except TypeError as err:
-            raise EdgecError(f"unexpected output of type {type(value).__name__}") from err
-        for item in items:
-            _flatten(item, out)
-    return out
-
-
-def _to_device(inputs: list[np.ndarray]) -> list[Any]:
-    import tvm
-
-    dev = tvm.cpu()
-    # np.asarray keeps 0-d arrays 0-d; np.ascontiguousarray would make a scalar input 1-d, which
-    # the VM refuses ("expect Tensor with ndim 0 but get 1").
-    return [tvm.runtime.tensor(np.asarray(x, order="C"), dev) for x in inputs]
-
-
-def run_shared_library(lib_path: pathlib.Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """Run a library built by :func:`build_shared_library` on the host CPU.
-
-    Args:
-        lib_path: The ``.so``.
-        inputs: One array per model input, in the model's input order.
-
-    Returns:
-        The outputs as numpy arrays, tuple outputs flattened in order.
-    """
-    vm = _load_vm(lib_path)
-    result = vm["main"](*_to_device(inputs))
-    return _flatten(result, [])
-
-
-def time_shared_library(lib_path: pathlib.Path, inputs: list[np.ndarray], repeat: int) -> list[float]:
-    """Time ``repeat`` runs of a library (after one warm-up run).
-
-    Inputs are copied to the device once; each timing covers one call of ``main`` including
-    its output allocation, as a user of the library would see it.
-
-    Args:
-        lib_path: The ``.so``.
-        inputs: One array per model input.
-        repeat: How many timed runs (at least 1).
-
-    Returns:
-        Seconds per run, in run order.
-    """
-    if repeat < 1:
-        raise EdgecError(f"repeat must be at least 1, got {repeat}")
-    vm = _load_vm(lib_path)
-    main = vm["main"]
-    args = _to_device(inputs)
-    main(*args)
-    times: list[float] = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        main(*args)
-        times.append(time.perf_counter() - start)
-    return times

@@ -30,8 +30,8 @@ def teacher() -> EdgeGraph:
 @pytest.fixture(scope="session")
 def digits(teacher) -> dict[str, dict[str, np.ndarray]]:
     """640 training samples and 120 test samples (``[N, 1, 1, 8, 8]`` inputs, labels)."""
-    train = load_dataset(DIGITS / "digits_train.npz", teacher, labelled=True)
-    test = load_dataset(DIGITS / "digits_test.npz", teacher, labelled=True)
+    train = load_dataset(DIGITS / "digits_train.npz", teacher, labelled=True).arrays()
+    test = load_dataset(DIGITS / "digits_test.npz", teacher, labelled=True).arrays()
     return {
         "train": {k: v[:640] for k, v in train.items()},
         "test": {k: v[:120] for k, v in test.items()},
