@@ -4,33 +4,36 @@ The ``sparse-weights`` legalization gives a conv/matmul a weight in a sparse for
 (:mod:`.sparse_layout`); its emission (``IntegerConv``/``IntegerMatMul`` in
 :mod:`edgec.targets.integer`, a float ``Conv``/``Gemm``/``MatMul`` in :mod:`.translate`) calls
 :func:`emit_sparse_conv2d` / :func:`emit_sparse_matmul` here instead of the dense op. The weight
-stays in the artifact as its compressed arrays; the kernel decodes it where it multiplies:
+stays in the artifact as its compressed arrays, and the kernel decodes it where it is used, one
+output channel (row) at a time (rows in parallel when the layer is large enough):
 
-* one output channel (row) at a time, parallel over rows; the row's non-zeros are walked in
-  order, and each one is multiplied into the whole output plane of its row
-  (``out[o, :, :] += w · x_padded[c, kh:, kw:]`` with the strides and dilations), so the
-  decode costs one step per non-zero, not per multiply-accumulate, and the inner loop is a
-  plain multiply-add over output pixels;
-* ``bitmap``: the walk reads one mask byte per 8 weights and skips a zero byte whole (a block
-  of 8 zeros), then each set bit; the first value of each row is found by a prologue that
-  counts the set bits of the rows before it (so nothing but the mask and the values is stored);
-* ``nm``: every group of ``m`` weights has ``n`` value slots and packed positions: fixed steps,
-  an empty slot (value 0) is skipped.
+1. decode: the row's non-zeros are walked once, into a short list of (where the weight reads
+   in the flat input, its value) -- ``bitmap``: one mask byte per 8 weights, a zero byte skipped
+   whole, then each set bit (lowest first, ``clz``); the row's first value is where the previous
+   row's ended (rows in order) or the count of the mask's set bits before it (rows in parallel);
+   ``nm``: every group of ``m`` weights has ``n`` slots and packed positions, empty slots skipped;
+2. multiply: for each tile of up to 8 output pixels along a row of the output, the accumulators
+   stay in registers while the list is walked: per non-zero, two loads (offset, value) and a
+   multiply-add per pixel, with no test and no index arithmetic per multiply-accumulate.
 
-A multiply-accumulate is done only for a non-zero weight: at sparsity ``s`` the kernel does
-``1 - s`` of the dense kernel's arithmetic, with scalar code (no SIMD across output channels).
-Integer accumulation is exact, so int8 results are bit-exact with the dense kernel; float sums
-are reordered (within float32 rounding).
+Only non-zero weights are multiplied: at sparsity ``s`` the kernel does ``1 - s`` of the dense
+kernel's multiply-accumulates, as scalar code (no SIMD dot product across input channels: the
+dense int8 kernels' ``vpmaddwd``/``SMLAD`` do two or more per instruction). Integer accumulation is
+exact, so int8 results are bit-exact with the dense kernel; float sums are reordered (within
+float32 rounding). The requantization or bias that follows is fused into the kernel and runs per
+row (:mod:`.sparse_schedule`), so the accumulator never holds more than a row.
 
-Layout: NCHW (the input is padded first, with the zero point for int8, which is what real zero
-quantizes to), accumulator out. A matmul ``x[M, K] @ W`` runs as a 1x1 convolution over
-``x^T`` seen as ``[1, K, M, 1]``.
+Layout: the input is NCHW, padded first (with the zero point for int8, which is what real zero
+quantizes to) and read flat; the output accumulator is NCHW. A matmul ``x[M, K] @ W`` is a 1x1
+convolution whose output pixels are the ``M`` rows of ``x``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .schedule_common import MIN_PARALLEL_ELEMENTS
 from .sparse_layout import Encoded, index_bits, sparse_producer, spec_of
@@ -50,68 +53,117 @@ __all__ = [
 KERNEL_PREFIX = "edgec_sparse"
 # The bitmap kernel's prologue block (the first value of each row).
 ROW_STARTS = f"{KERNEL_PREFIX}_row_starts"
+# Output pixels per tile: accumulators kept in registers while a row's non-zeros are walked.
+MAX_TILE = 8
 # Ops whose emission reads a SparseWeight at input 1 (float ones through emit_sparse_reader).
 SPARSE_READERS = ("IntegerConv", "IntegerMatMul", "Conv", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """A convolution's shapes: input ``[batch, channels, height, width]`` (already padded), output
-    ``[batch, rows, out_height, out_width]``, kernel ``kernel_height x kernel_width``."""
+    """Where a kernel reads and writes, in elements of the flat input ``x``.
+
+    The output is ``[batch, rows, out_height, out_width]``; output pixel ``(n, oh, ow)`` reads
+    from ``n · batch_step + oh · row_step + ow · col_step``, plus, for the weight ``k`` of row
+    ``o`` (``k = (kh · kernel_width + kw) · channels + c`` in group ``o // (rows / groups)``),
+    ``group · group_step + c · channel_step + kh · kh_step + kw · kw_step``.
+    """
 
     batch: int
-    channels: int
-    height: int
-    width: int
     rows: int
     out_height: int
     out_width: int
-    kernel_height: int
     kernel_width: int
-    strides: tuple[int, int] = (1, 1)
-    dilations: tuple[int, int] = (1, 1)
-    groups: int = 1
+    channels: int  # input channels per group
+    groups: int
+    batch_step: int
+    row_step: int
+    col_step: int
+    group_step: int
+    channel_step: int
+    kh_step: int
+    kw_step: int
+
+    @property
+    def tile(self) -> int:
+        return min(MAX_TILE, self.out_width)
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.out_width // self.tile)
+
+    def input_size(self, kernel_height: int) -> int:
+        """Elements the kernel may read (the last tile reads up to a tile past the output width)."""
+        last_pixel = (self.batch - 1) * self.batch_step + (self.out_height - 1) * self.row_step
+        last_pixel += (self.tiles * self.tile - 1) * self.col_step
+        last_weight = (self.groups - 1) * self.group_step + (self.channels - 1) * self.channel_step
+        last_weight += (kernel_height - 1) * self.kh_step + (self.kernel_width - 1) * self.kw_step
+        return last_pixel + last_weight + 1
 
 
-def conv_kernel(encoded: Encoded, geometry: Geometry, x_dtype: str, acc_dtype: str) -> Any:
+def _row_nonzeros(encoded: Encoded) -> int:
+    """The most non-zeros of any row (the size of a row's decoded list)."""
+    spec = encoded.spec
+    if spec.format == "bitmap":
+        bits = np.unpackbits(encoded.index.reshape(spec.rows, -1), axis=1)
+    else:
+        bits = encoded.values.reshape(spec.rows, -1) != 0
+    return max(1, int(bits.sum(axis=1).max(initial=0)))
+
+
+def conv_kernel(encoded: Encoded, geometry: Geometry, x_size: int, x_dtype: str, acc_dtype: str) -> Any:
     """The TIR kernel ``(x, values, index) -> out`` for one sparse weight (see the module
-    docstring); ``out`` is the ``acc_dtype`` accumulator, NCHW."""
+    docstring); ``x`` is flat (``x_size`` elements), ``out`` the ``acc_dtype`` accumulator."""
     from tvm.script import tirx as T
 
     spec, g = encoded.spec, geometry
-    n_batch, channels, height, width = g.batch, g.channels, g.height, g.width
-    rows, out_h, out_w = g.rows, g.out_height, g.out_width
-    kernel_w = g.kernel_width
-    stride_h, stride_w = g.strides
-    dil_h, dil_w = g.dilations
-    in_group = channels // g.groups  # input channels per group
-    out_group = rows // g.groups  # output channels per group
+    rows, n_batch, out_h, out_w = spec.rows, g.batch, g.out_height, g.out_width
+    tile, tiles = g.tile, g.tiles
+    in_group, out_group, kernel_w = g.channels, rows // g.groups, g.kernel_width
     n_values, n_index = int(encoded.values.size), int(encoded.index.size)
     v_dtype = str(encoded.values.dtype)
     row_bytes = spec.mask_bytes_per_row
-    # Rows in parallel (one thread on a core without threads) when there is enough work.
-    rows_loop = T.parallel if n_batch * rows * out_h * out_w >= MIN_PARALLEL_ELEMENTS else T.serial
-
+    most = _row_nonzeros(encoded)
+    # Rows in parallel (one thread on a core without threads) when there is enough work; in order,
+    # a bitmap row's first value is where the previous row's ended, and no prologue counts them
+    # (on Cortex-M4 a population count is a dozen instructions, unrolled over the mask).
+    parallel = n_batch * rows * out_h * out_w >= MIN_PARALLEL_ELEMENTS
+    rows_loop = T.parallel if parallel else T.serial
     # Argument shapes in int64, as Relax's legalized kernels have them: FuseTIR maps a Relax
     # value to one buffer type in every kernel of a fused group.
-    x_shape = tuple(T.int64(d) for d in (n_batch, channels, height, width))
+    x_shape, values_shape, index_shape = (T.int64(x_size),), (T.int64(n_values),), (T.int64(n_index),)
     out_shape = tuple(T.int64(d) for d in (n_batch, rows, out_h, out_w))
-    values_shape, index_shape = (T.int64(n_values),), (T.int64(n_index),)
 
     @T.macro
-    def accumulate(x, out, vo, k, weight):
-        c = T.meta_var(vo // out_group * in_group + k % in_group)
+    def append(offsets, weights, count, vo, k, weight):
+        """One non-zero of row ``vo`` into the row's list: where it reads, and its value."""
+        c = T.meta_var(k % in_group)
         kh = T.meta_var(k // in_group // kernel_w)
         kw = T.meta_var(k // in_group % kernel_w)
-        for n, oh, ow in T.grid(n_batch, out_h, out_w):
-            out[n, vo, oh, ow] = out[n, vo, oh, ow] + T.Cast(acc_dtype, weight) * T.Cast(
-                acc_dtype, x[n, c, oh * stride_h + kh * dil_h, ow * stride_w + kw * dil_w]
-            )
+        group_base = T.meta_var(vo // out_group * g.group_step)
+        offsets[count[0]] = group_base + c * g.channel_step + kh * g.kh_step + kw * g.kw_step
+        weights[count[0]] = T.Cast(acc_dtype, weight)
+        count[0] = count[0] + 1
 
     @T.macro
-    def clear(out, vo):
-        for n, oh, ow in T.grid(n_batch, out_h, out_w):
-            out[n, vo, oh, ow] = T.Cast(acc_dtype, 0)
+    def multiply(x, out, offsets, weights, count, acc, cursor, vo):
+        """The row's output, a tile of pixels at a time, from its list of non-zeros."""
+        offsets[count[0]] = -1  # the list's end mark
+        for n, oh, t in T.grid(n_batch, out_h, tiles):
+            for i in T.unroll(tile):
+                acc[i] = T.Cast(acc_dtype, 0)
+            base = T.meta_var(n * g.batch_step + oh * g.row_step + t * tile * g.col_step)
+            cursor[0] = 0
+            # Up to the end mark: a loop with no trip count LLVM could compute is not unrolled (the
+            # counted form was, four times over, for a third more code on Cortex-M4).
+            while offsets[cursor[0]] >= 0:
+                j = T.meta_var(cursor[0])
+                for i in T.unroll(tile):
+                    acc[i] = acc[i] + weights[j] * T.Cast(acc_dtype, x[base + offsets[j] + i * g.col_step])
+                cursor[0] = cursor[0] + 1
+            for i in T.unroll(tile):
+                if t * tile + i < out_w:  # the last tile may reach past the output width
+                    out[n, vo, oh, t * tile + i] = acc[i]
 
     if spec.format == "bitmap":
 
@@ -124,37 +176,44 @@ def conv_kernel(encoded: Encoded, geometry: Geometry, x_dtype: str, acc_dtype: s
         ):
             T.func_attr({"tirx.noalias": True, "op_pattern": 4})
             with T.sblock("root"):
-                first = T.sblock_alloc_buffer((rows + 1,), "int32")
+                first = T.sblock_alloc_buffer((rows,), "int32")  # each row's first value
                 with T.sblock(ROW_STARTS):
                     T.reads(index[0:n_index])
-                    T.writes(first[0 : rows + 1])
+                    T.writes(first[0:rows])
                     first[0] = 0
-                    for o in range(rows):
-                        first[o + 1] = first[o]
-                        for j in range(row_bytes):
-                            first[o + 1] = first[o + 1] + T.popcount(
-                                T.Cast("int32", index[o * row_bytes + j])
-                            )
+                    if parallel:  # rows in any order: count the set bits of the rows before
+                        for o in range(rows - 1):
+                            first[o + 1] = first[o]
+                            for j in range(row_bytes):
+                                first[o + 1] = first[o + 1] + T.popcount(
+                                    T.Cast("int32", index[o * row_bytes + j])
+                                )
                 for o in rows_loop(rows):
                     with T.sblock("edgec_sparse_bitmap"):
                         vo = T.axis.spatial(rows, o)
-                        T.reads(
-                            x[0:n_batch, 0:channels, 0:height, 0:width],
-                            values[0:n_values],
-                            index[vo * row_bytes : vo * row_bytes + row_bytes],
-                            first[vo],
-                        )
-                        T.writes(out[0:n_batch, vo, 0:out_h, 0:out_w], first[vo])
-                        clear(out, vo)
-                        pending = T.alloc_buffer((1,), "int32")  # the byte's bits not yet walked
+                        row_mask = T.meta_var(index[vo * row_bytes : vo * row_bytes + row_bytes])
+                        T.reads(x[0:x_size], values[0:n_values], row_mask, first[vo])
+                        T.writes(out[0:n_batch, vo, 0:out_h, 0:out_w], first[0:rows])
+                        offsets = T.alloc_buffer((most + 1,), "int32")
+                        weights = T.alloc_buffer((most,), acc_dtype)
+                        count = T.alloc_buffer((1,), "int32")
+                        pending = T.alloc_buffer((1,), "int32")  # the mask byte's bits not yet walked
+                        acc = T.alloc_buffer((tile,), acc_dtype)
+                        cursor = T.alloc_buffer((1,), "int32")
+                        count[0] = 0
                         for j in range(row_bytes):
                             pending[0] = T.Cast("int32", index[vo * row_bytes + j])
                             while pending[0] != 0:  # a byte of 8 zeros is skipped whole
                                 low = T.meta_var(T.bitwise_and(pending[0], -pending[0]))  # lowest set bit
-                                # The row's start is its cursor from here on.
-                                accumulate(x, out, vo, j * 8 + 31 - T.clz(low), values[first[vo]])
-                                first[vo] = first[vo] + 1
+                                k = T.meta_var(j * 8 + 31 - T.clz(low))
+                                append(offsets, weights, count, vo, k, values[first[vo] + count[0]])
                                 pending[0] = T.bitwise_xor(pending[0], low)
+                        # Rows in order: the next row starts where this one ends. (A Python test when
+                        # the kernel is generated, around a TIR one: not one `if`.)
+                        if not parallel:  # noqa: SIM102
+                            if vo + 1 < rows:
+                                first[vo + 1] = first[vo] + count[0]
+                        multiply(x, out, offsets, weights, count, acc, cursor, vo)
 
         return bitmap
 
@@ -175,40 +234,49 @@ def conv_kernel(encoded: Encoded, geometry: Geometry, x_dtype: str, acc_dtype: s
             for o in rows_loop(rows):
                 with T.sblock("edgec_sparse_nm"):
                     vo = T.axis.spatial(rows, o)
-                    T.reads(
-                        x[0:n_batch, 0:channels, 0:height, 0:width],
-                        values[vo * slots : vo * slots + slots],
-                        index[0:n_index],
-                    )
+                    T.reads(x[0:x_size], values[vo * slots : vo * slots + slots], index[0:n_index])
                     T.writes(out[0:n_batch, vo, 0:out_h, 0:out_w])
-                    clear(out, vo)
+                    offsets = T.alloc_buffer((most + 1,), "int32")
+                    weights = T.alloc_buffer((most,), acc_dtype)
+                    count = T.alloc_buffer((1,), "int32")
+                    acc = T.alloc_buffer((tile,), acc_dtype)
+                    cursor = T.alloc_buffer((1,), "int32")
+                    count[0] = 0
                     for slot in range(slots):
                         at = T.meta_var(vo * slots + slot)
                         if values[at] != T.Cast(v_dtype, 0):  # an empty slot
+                            shift = T.meta_var(at % per_byte * bits)
                             position = T.meta_var(
-                                T.bitwise_and(
-                                    T.shift_right(
-                                        T.Cast("int32", index[at // per_byte]), at % per_byte * bits
-                                    ),
-                                    (1 << bits) - 1,
-                                )
-                            )
-                            accumulate(x, out, vo, slot // n_kept * group + position, values[at])
+                                T.bitwise_and(T.shift_right(T.Cast("int32", index[at // per_byte]), shift),
+                                              (1 << bits) - 1)
+                            )  # fmt: skip
+                            append(offsets, weights, count, vo, slot // n_kept * group + position, values[at])
+                    multiply(x, out, offsets, weights, count, acc, cursor, vo)
 
     return nm
 
 
-def _emit_kernel(bb: Any, x: Any, encoded: Encoded, geometry: Geometry, acc_dtype: str) -> Any:
+def _emit_kernel(bb: Any, x: Any, encoded: Encoded, geometry: Geometry, kernel_h: int, acc_dtype: str) -> Any:
+    """The kernel's call on ``x`` flattened (and zero-extended so that the last tile's reads stay
+    inside it)."""
     from tvm import relax
 
-    kernel = conv_kernel(encoded, geometry, str(x.ty.dtype), acc_dtype)
-    name = f"{KERNEL_PREFIX}_{encoded.spec.format}"
-    gv = bb.add_func(kernel, name)
+    size = 1
+    for d in x.ty.shape:
+        size *= int(d)
+    flat = relax.op.reshape(x, [size])
+    needed = geometry.input_size(kernel_h)
+    if needed > size:
+        flat = relax.op.nn.pad(flat, [0, needed - size])
+        size = needed
+    flat = bb.normalize(flat)
+    kernel = conv_kernel(encoded, geometry, size, str(flat.ty.dtype), acc_dtype)
+    gv = bb.add_func(kernel, f"{KERNEL_PREFIX}_{encoded.spec.format}")
     g = geometry
     out = relax.TensorType((g.batch, g.rows, g.out_height, g.out_width), acc_dtype)
     values = relax.const(encoded.values, str(encoded.values.dtype))
     index = relax.const(encoded.index, "uint8")
-    return bb.emit(relax.call_tir(gv, [x, values, index], out))
+    return bb.emit(relax.call_tir(gv, [flat, values, index], out))
 
 
 def emit_sparse_conv2d(
@@ -227,7 +295,7 @@ def emit_sparse_conv2d(
     Args:
         bb: The block builder.
         x: The NCHW input (normalized, static shape).
-        encoded: The weight, ``conv`` layout, shape ``[O, I / groups, KH, KW]``.
+        encoded: The weight, ``conv`` layout, shape ``[O, I / groups, KH, KW]`` (or ``[O, I, KW]``).
         strides, dilations: Two each.
         pads: ``(top, left, bottom, right)``.
         groups: The convolution's groups.
@@ -248,18 +316,22 @@ def emit_sparse_conv2d(
     kernel_h, kernel_w = (1, int(shape[-1])) if len(shape) == 3 else (int(shape[2]), int(shape[3]))
     stride_h, stride_w = (int(s) for s in strides)
     dil_h, dil_w = (int(d) for d in dilations)
+    plane = height * width
     geometry = Geometry(
-        batch, channels, height, width, encoded.spec.rows,
-        (height - dil_h * (kernel_h - 1) - 1) // stride_h + 1,
-        (width - dil_w * (kernel_w - 1) - 1) // stride_w + 1,
-        kernel_h, kernel_w, (stride_h, stride_w), (dil_h, dil_w), int(groups),
+        batch=batch, rows=encoded.spec.rows,
+        out_height=(height - dil_h * (kernel_h - 1) - 1) // stride_h + 1,
+        out_width=(width - dil_w * (kernel_w - 1) - 1) // stride_w + 1,
+        kernel_width=kernel_w, channels=channels // groups, groups=int(groups),
+        batch_step=channels * plane, row_step=stride_h * width, col_step=stride_w,
+        group_step=channels // groups * plane, channel_step=plane, kh_step=dil_h * width, kw_step=dil_w,
     )  # fmt: skip
-    return _emit_kernel(bb, x, encoded, geometry, acc_dtype)
+    return _emit_kernel(bb, x, encoded, geometry, kernel_h, acc_dtype)
 
 
 def emit_sparse_matmul(bb: Any, x: Any, encoded: Encoded, acc_dtype: str) -> Any:
-    """``x[..., K] @ W`` for a sparse weight (``matmul`` or ``matmul-transposed`` layout), as a
-    1x1 convolution of ``x^T`` (a reshape when ``x`` has one row).
+    """``x[..., K] @ W`` for a sparse weight (``matmul`` or ``matmul-transposed`` layout): a 1x1
+    convolution whose pixels are the rows of ``x`` (the output transposed back when there are
+    several).
 
     Returns:
         ``acc_dtype[..., N]``.
@@ -269,14 +341,13 @@ def emit_sparse_matmul(bb: Any, x: Any, encoded: Encoded, acc_dtype: str) -> Any
     x = bb.normalize(x)
     shape = [int(d) for d in x.ty.shape]
     lead, length = shape[:-1], shape[-1]
-    rows = 1
-    for d in lead:
-        rows *= d
-    columns = x if rows == 1 else relax.op.permute_dims(relax.op.reshape(x, [rows, length]), [1, 0])
-    image = bb.normalize(relax.op.reshape(columns, [1, length, rows, 1]))
+    rows = int(np.prod(lead, dtype=np.int64))
     n_out = encoded.spec.rows
-    geometry = Geometry(1, length, rows, 1, n_out, rows, 1, 1, 1)
-    acc = _emit_kernel(bb, image, encoded, geometry, acc_dtype)
+    geometry = Geometry(
+        batch=1, rows=n_out, out_height=1, out_width=rows, kernel_width=1, channels=length, groups=1,
+        batch_step=0, row_step=0, col_step=length, group_step=0, channel_step=1, kh_step=0, kw_step=0,
+    )  # fmt: skip
+    acc = _emit_kernel(bb, x, encoded, geometry, 1, acc_dtype)
     flat = relax.op.reshape(acc, [n_out, rows])
     if rows != 1:
         flat = relax.op.permute_dims(flat, [1, 0])
