@@ -37,5 +37,15 @@ def onnxruntime_latency(
     return statistics.median(times)
 
 
+def interleaved_minimum(timers: dict, rounds: int) -> dict:
+    """Milliseconds per run of each timer, the minimum over ``rounds`` interleaved rounds: a shared
+    machine's load drifts, and round-robin rounds expose every variant to the same drift."""
+    best = {key: float("inf") for key in timers}
+    for _ in range(rounds):
+        for key, timer in timers.items():
+            best[key] = min(best[key], 1e3 * min(timer()))
+    return best
+
+
 def scratch() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="edgec-bench-")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from _common import scratch
+from _common import interleaved_minimum, scratch
 from mcu_cycles import DIGITS, build_plugin, count_inferences
 from rich.console import Console
 from rich.table import Table
@@ -53,16 +53,6 @@ def _options(point: str) -> dict[str, Any]:
 
 def _sparse_stats(manifest: dict[str, Any]) -> dict[str, Any]:
     return next(r["stats"] for r in manifest["legalization"] if r["name"] == "sparse-weights")
-
-
-def interleaved_minimum(timers: dict[Any, Any], rounds: int) -> dict[Any, float]:
-    """Milliseconds per run of each timer: the minimum over interleaved rounds (a shared machine's
-    load drifts; round-robin exposes every variant to the same drift)."""
-    best = {key: float("inf") for key in timers}
-    for _ in range(rounds):
-        for key, timer in timers.items():
-            best[key] = min(best[key], 1e3 * min(timer()))
-    return best
 
 
 def _times(build: Path, inputs: Path) -> list[float]:
@@ -242,7 +232,10 @@ def print_tables(report: dict[str, Any]) -> None:
         {"model": "digits", "precision": "int8", "point": r["point"], "x86_ms": r["x86_ms"]} for r in rows
     ] + report.get("latency", [])
     if latency:
-        title = "x86 latency, one thread, sparse vs dense build of the same pruned model (ms, minimum)"
+        threads = os.environ.get("TVM_NUM_THREADS", "default")
+        title = (
+            f"x86 latency (TVM_NUM_THREADS={threads}), sparse vs dense build of the same pruned model (ms)"
+        )
         table = Table(
             "model", "precision", "zeros", "dense ms", "sparse ms", "sparse/dense", box=None, title=title
         )
@@ -264,7 +257,11 @@ def main() -> None:
     parser.add_argument("--no-mcu", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    print_tables_or_json(run(args), args.json)
+    report = run(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_tables(report)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -276,13 +273,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "digits": digits_rows(args.points, folder, args.repeat, not args.no_mcu, args.inferences),
             "latency": latency_rows(args.models, args.sparsity, folder, args.repeat),
         }
-
-
-def print_tables_or_json(report: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_tables(report)
 
 
 if __name__ == "__main__":
