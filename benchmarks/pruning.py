@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from _common import interleaved_minimum, onnxruntime_latency, scratch
+from _common import interleaved_minimum, onnxruntime_latency, save_with_inputs, scratch
 from mcu_cycles import DIGITS, build_plugin, count_inferences
 from rich.console import Console
 from rich.table import Table
@@ -109,11 +109,7 @@ def x86_rows(
     rows = []
     for name in names:
         model = x86_model(name)
-        path = folder / f"{name}.onnx"
-        onnx.save(model, str(path))
-        feeds = random_inputs(EdgeGraph.from_onnx(model), seed=0)
-        inputs = folder / f"{name}-x.npz"
-        np.savez(inputs, **feeds)
+        path, feeds, inputs = save_with_inputs(model, name, folder)
         builds = {0.0: (folder / f"{name}-base", edgec.compile(path, folder / f"{name}-base", target="x86"))}
         for ratio in ratios:
             build = folder / f"{name}-{ratio}"

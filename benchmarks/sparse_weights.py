@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-from _common import interleaved_minimum, scratch
+from _common import interleaved_minimum, save_with_inputs, scratch
 from mcu_cycles import DIGITS, build_plugin, count_inferences
 from rich.console import Console
 from rich.table import Table
@@ -39,7 +38,6 @@ import edgec
 from edgec.compile import run_build
 from edgec.ir import EdgeGraph
 from edgec.targets import get_target
-from edgec.verify import random_inputs
 
 CALIB = DIGITS / "digits_calib.npz"
 TEST = DIGITS / "digits_test.npz"
@@ -156,12 +154,8 @@ def latency_rows(models: list[str], sparsity: float, folder: Path, repeat: int) 
 
     rows = []
     for name in models:
-        model = x86_model(name)
-        path = folder / f"{name}.onnx"
-        onnx.save(model, str(path))
-        feeds = random_inputs(EdgeGraph.from_onnx(model), seed=0)
-        inputs, calib = folder / f"{name}-x.npz", folder / f"{name}-calib.npz"
-        np.savez(inputs, **feeds)
+        path, feeds, inputs = save_with_inputs(x86_model(name), name, folder)
+        calib = folder / f"{name}-calib.npz"
         rng = np.random.default_rng(1)
         np.savez(calib, **{k: rng.standard_normal((8, *v.shape)).astype(v.dtype) for k, v in feeds.items()})
         for precision in ("float32", "int8"):

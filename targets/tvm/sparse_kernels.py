@@ -165,18 +165,54 @@ def conv_kernel(encoded: Encoded, geometry: Geometry, x_size: int, x_dtype: str,
                 if t * tile + i < out_w:  # the last tile may reach past the output width
                     out[n, vo, oh, t * tile + i] = acc[i]
 
-    if spec.format == "bitmap":
+    @T.macro
+    def decode_bitmap(index, values, first, offsets, weights, count, pending, vo):
+        """The set bits of the row's mask bytes, lowest first; a zero byte is skipped whole."""
+        for j in range(row_bytes):
+            pending[0] = T.Cast("int32", index[vo * row_bytes + j])
+            while pending[0] != 0:
+                low = T.meta_var(T.bitwise_and(pending[0], -pending[0]))  # the lowest set bit
+                append(offsets, weights, count, vo, j * 8 + 31 - T.clz(low), values[first[vo] + count[0]])
+                pending[0] = T.bitwise_xor(pending[0], low)
+        # Rows in order: the next row starts where this one ends. (A Python test when the kernel
+        # is generated, around a TIR one: not one `if`.)
+        if not parallel:  # noqa: SIM102
+            if vo + 1 < rows:
+                first[vo + 1] = first[vo] + count[0]
 
-        @T.prim_func(private=True, s_tir=True)
-        def bitmap(
-            x: T.Buffer(x_shape, x_dtype),
-            values: T.Buffer(values_shape, v_dtype),
-            index: T.Buffer(index_shape, "uint8"),
-            out: T.Buffer(out_shape, acc_dtype),
-        ):
-            T.func_attr({"tirx.noalias": True, "op_pattern": 4})
-            with T.sblock("root"):
-                first = T.sblock_alloc_buffer((rows,), "int32")  # each row's first value
+    n_kept, group = spec.n, spec.m
+    bits = index_bits(group) if spec.format == "nm" else 0
+    per_byte = 8 // bits if bits else 0
+    slots = spec.slots_per_row if spec.format == "nm" else 0
+
+    @T.macro
+    def decode_nm(index, values, offsets, weights, count, vo):
+        """The row's N:M slots in order; an empty slot (value 0) is skipped."""
+        for slot in range(slots):
+            at = T.meta_var(vo * slots + slot)
+            if values[at] != T.Cast(v_dtype, 0):
+                shift = T.meta_var(at % per_byte * bits)
+                position = T.meta_var(
+                    T.bitwise_and(
+                        T.shift_right(T.Cast("int32", index[at // per_byte]), shift), (1 << bits) - 1
+                    )
+                )
+                append(offsets, weights, count, vo, slot // n_kept * group + position, values[at])
+
+    bitmap = spec.format == "bitmap"
+    block_name = f"{KERNEL_PREFIX}_{spec.format}"
+
+    @T.prim_func(private=True, s_tir=True)
+    def kernel(
+        x: T.Buffer(x_shape, x_dtype),
+        values: T.Buffer(values_shape, v_dtype),
+        index: T.Buffer(index_shape, "uint8"),
+        out: T.Buffer(out_shape, acc_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True, "op_pattern": 4})
+        with T.sblock("root"):
+            first = T.sblock_alloc_buffer((rows,), "int32")  # bitmap: each row's first value
+            if bitmap:
                 with T.sblock(ROW_STARTS):
                     T.reads(index[0:n_index])
                     T.writes(first[0:rows])
@@ -188,72 +224,25 @@ def conv_kernel(encoded: Encoded, geometry: Geometry, x_size: int, x_dtype: str,
                                 first[o + 1] = first[o + 1] + T.popcount(
                                     T.Cast("int32", index[o * row_bytes + j])
                                 )
-                for o in rows_loop(rows):
-                    with T.sblock("edgec_sparse_bitmap"):
-                        vo = T.axis.spatial(rows, o)
-                        row_mask = T.meta_var(index[vo * row_bytes : vo * row_bytes + row_bytes])
-                        T.reads(x[0:x_size], values[0:n_values], row_mask, first[vo])
-                        T.writes(out[0:n_batch, vo, 0:out_h, 0:out_w], first[0:rows])
-                        offsets = T.alloc_buffer((most + 1,), "int32")
-                        weights = T.alloc_buffer((most,), acc_dtype)
-                        count = T.alloc_buffer((1,), "int32")
-                        pending = T.alloc_buffer((1,), "int32")  # the mask byte's bits not yet walked
-                        acc = T.alloc_buffer((tile,), acc_dtype)
-                        cursor = T.alloc_buffer((1,), "int32")
-                        count[0] = 0
-                        for j in range(row_bytes):
-                            pending[0] = T.Cast("int32", index[vo * row_bytes + j])
-                            while pending[0] != 0:  # a byte of 8 zeros is skipped whole
-                                low = T.meta_var(T.bitwise_and(pending[0], -pending[0]))  # lowest set bit
-                                k = T.meta_var(j * 8 + 31 - T.clz(low))
-                                append(offsets, weights, count, vo, k, values[first[vo] + count[0]])
-                                pending[0] = T.bitwise_xor(pending[0], low)
-                        # Rows in order: the next row starts where this one ends. (A Python test when
-                        # the kernel is generated, around a TIR one: not one `if`.)
-                        if not parallel:  # noqa: SIM102
-                            if vo + 1 < rows:
-                                first[vo + 1] = first[vo] + count[0]
-                        multiply(x, out, offsets, weights, count, acc, cursor, vo)
-
-        return bitmap
-
-    n_kept, group = spec.n, spec.m
-    bits = index_bits(group)
-    per_byte = 8 // bits
-    slots = spec.slots_per_row
-
-    @T.prim_func(private=True, s_tir=True)
-    def nm(
-        x: T.Buffer(x_shape, x_dtype),
-        values: T.Buffer(values_shape, v_dtype),
-        index: T.Buffer(index_shape, "uint8"),
-        out: T.Buffer(out_shape, acc_dtype),
-    ):
-        T.func_attr({"tirx.noalias": True, "op_pattern": 4})
-        with T.sblock("root"):
             for o in rows_loop(rows):
-                with T.sblock("edgec_sparse_nm"):
+                with T.sblock(block_name):
                     vo = T.axis.spatial(rows, o)
-                    T.reads(x[0:x_size], values[vo * slots : vo * slots + slots], index[0:n_index])
-                    T.writes(out[0:n_batch, vo, 0:out_h, 0:out_w])
+                    T.reads(x[0:x_size], values[0:n_values], index[0:n_index], first[0:rows])
+                    T.writes(out[0:n_batch, vo, 0:out_h, 0:out_w], first[0:rows])
                     offsets = T.alloc_buffer((most + 1,), "int32")
                     weights = T.alloc_buffer((most,), acc_dtype)
                     count = T.alloc_buffer((1,), "int32")
+                    pending = T.alloc_buffer((1,), "int32")  # a mask byte's bits not yet walked
                     acc = T.alloc_buffer((tile,), acc_dtype)
                     cursor = T.alloc_buffer((1,), "int32")
                     count[0] = 0
-                    for slot in range(slots):
-                        at = T.meta_var(vo * slots + slot)
-                        if values[at] != T.Cast(v_dtype, 0):  # an empty slot
-                            shift = T.meta_var(at % per_byte * bits)
-                            position = T.meta_var(
-                                T.bitwise_and(T.shift_right(T.Cast("int32", index[at // per_byte]), shift),
-                                              (1 << bits) - 1)
-                            )  # fmt: skip
-                            append(offsets, weights, count, vo, slot // n_kept * group + position, values[at])
+                    if bitmap:
+                        decode_bitmap(index, values, first, offsets, weights, count, pending, vo)
+                    else:
+                        decode_nm(index, values, offsets, weights, count, vo)
                     multiply(x, out, offsets, weights, count, acc, cursor, vo)
 
-    return nm
+    return kernel
 
 
 def _emit_kernel(bb: Any, x: Any, encoded: Encoded, geometry: Geometry, kernel_h: int, acc_dtype: str) -> Any:
