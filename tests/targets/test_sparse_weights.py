@@ -401,6 +401,20 @@ def test_weights_that_stay_dense_say_why():
         PassManager("sparse-weights{min_saving=1.5}", PassContext(capabilities=none))
 
 
+def test_packed_weights_with_zeros_say_they_stay_packed():
+    graph, _ = run_pipeline(
+        "prune-magnitude{sparsity=0.8},quantize{scheme=weight-int4}", _small_cnn(), verify=False
+    )
+    _, stats = _legal(graph)
+    rows = {row["node"]: row for row in stats["weights"]}
+    assert (
+        rows["conv_a"]["reason"]
+        == "pack-weights stores it at 4 bits (no sparse format of packed weights yet)"
+    )
+    assert rows["conv_a"]["format"] == "dense" and rows["conv_a"]["sparsity"] >= 0.8
+    assert stats["sparse"] == 0
+
+
 def test_min_saving_keeps_a_weight_dense_that_saves_too_little(pruned_int8):
     capabilities = get_target("x86").capabilities()
     run = PassManager("group-qdq,sparse-weights{min_saving=0.9}", PassContext(capabilities=capabilities)).run(
