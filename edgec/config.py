@@ -59,6 +59,10 @@ class CompileOptions:
         prune_nm: N:M sparsity appended to the pipeline (``prune-nm``), e.g. ``2:4``.
         micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
         sparse_weights: store weights with zeros sparse where that is smaller (the target's formats).
+        train: .npz training dataset (``label`` optional) for passes that train (``qat``,
+            ``distill``).
+        qat: fine-tune the ``quantize`` scheme with quantization-aware training on ``train``.
+        epochs: training epochs of ``--qat``.
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -85,6 +89,9 @@ class CompileOptions:
     prune_nm: str | None = None
     micro_kernels: bool = True
     sparse_weights: bool = True
+    train: Path | None = None
+    qat: bool = False
+    epochs: int | None = None
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
@@ -96,13 +103,18 @@ class CompileOptions:
 
         ``--quantize S --calibration M --max-accuracy-drop D`` expands to
         ``quantize{scheme=S,calibration=M,budget=D,budget_metric=accuracy}``; ``--quantize
-        fp16-compute`` to ``quantize{scheme=fp16,compute=float16}``.
+        fp16-compute`` to ``quantize{scheme=fp16,compute=float16}``; ``--quantize S --qat
+        --epochs N`` to ``qat{scheme=S,calibration=M,epochs=N}``.
         """
         parts = ["import"] if self.simplify else []
         if self.pipeline:
             parts.append(self.pipeline)
         parts += self._pruning()
-        if self.quantize:
+        if self.qat:
+            parts.append(self._qat_pass())
+        elif self.epochs is not None:
+            raise EdgecError("--epochs sets how long --qat trains; add --qat (and --train data)")
+        elif self.quantize:
             if self.quantize == FP16_COMPUTE:
                 options = ["scheme=fp16", "compute=float16"]
             else:
@@ -127,6 +139,22 @@ class CompileOptions:
             steps.append(f"prune-magnitude{{sparsity={self.prune}}}")
         return steps
 
+    def _qat_pass(self) -> str:
+        if not self.quantize:
+            raise EdgecError(
+                "--qat fine-tunes a quantization scheme: add --quantize int8 (or weight-int4 ...)"
+            )
+        if not self.train:
+            raise EdgecError("--qat trains on data: add --train train.npz")
+        if self.max_accuracy_drop is not None:
+            raise EdgecError("--max-accuracy-drop searches PTQ mixed precision; it does not apply to --qat")
+        options = [f"scheme={self.quantize}"]
+        if self.calibration:
+            options.append(f"calibration={self.calibration}")
+        if self.epochs is not None:
+            options.append(f"epochs={self.epochs}")
+        return f"qat{{{','.join(options)}}}"
+
     def merged(self, overrides: dict[str, Any]) -> CompileOptions:
         """A copy with the given non-``None`` values applied (validated like config keys)."""
         values = dataclasses.asdict(self)
@@ -137,7 +165,7 @@ class CompileOptions:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(CompileOptions)} - {"config_file"}
-_PATH_FIELDS = {"inputs", "eval", "calib"}
+_PATH_FIELDS = {"inputs", "eval", "calib", "train"}
 
 
 def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> dict[str, Any]:
@@ -162,11 +190,11 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify", "micro_kernels", "sparse_weights") and not isinstance(
+        elif name in ("simplify", "verify", "micro_kernels", "sparse_weights", "qat") and not isinstance(
             value, bool
         ):
             raise EdgecError(f"{source}: '{key}' must be true or false")
-        elif name in ("seed", "flash_budget", "ram_budget") and (
+        elif name in ("seed", "flash_budget", "ram_budget", "epochs") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0
         ):
             raise EdgecError(f"{source}: '{key}' must be a non-negative integer")
