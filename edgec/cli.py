@@ -67,6 +67,8 @@ def _options(ctx_params: dict[str, Any]):
         overrides["freeze_inputs"] = {**base.freeze_inputs, **specs}
     if ctx_params.pop("no_micro_kernels", False):
         overrides["micro_kernels"] = False
+    if ctx_params.pop("no_sparse_weights", False):
+        overrides["sparse_weights"] = False
     no_simplify = ctx_params.pop("no_simplify", False)
     if no_simplify:
         overrides["simplify"] = False
@@ -177,6 +179,12 @@ def main() -> None:
     "no_micro_kernels",
     is_flag=True,
     help="schedule int8 kernels without the target's micro-kernels (vpmaddwd, SMLAD), for comparisons",
+)
+@click.option(
+    "--no-sparse-weights",
+    "no_sparse_weights",
+    is_flag=True,
+    help="store every weight dense, also where a sparse format would be smaller (for comparisons)",
 )
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")

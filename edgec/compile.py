@@ -120,7 +120,7 @@ def load_model(source: Path, options: CompileOptions) -> LoadedModel:
 
 def target_of(options: CompileOptions) -> Any:
     """The target the options name, with the code-generation choices the options make (its
-    requantization rounding, its int8 micro-kernels); the manifest records them."""
+    requantization rounding, its int8 micro-kernels, sparse weights); the manifest records them."""
     from edgec.targets import get_target
 
     target = get_target(options.target)
@@ -128,6 +128,8 @@ def target_of(options: CompileOptions) -> Any:
         target = dataclasses.replace(target, requantize_rounding=options.rounding)
     if not options.micro_kernels:
         target = dataclasses.replace(target, micro_kernels=False)
+    if not options.sparse_weights:
+        target = dataclasses.replace(target, sparse_weights=False)
     return target
 
 

@@ -58,6 +58,7 @@ class CompileOptions:
         prune_channels: channel ratio appended to the pipeline (``prune-channels``), 0.3 = 30%.
         prune_nm: N:M sparsity appended to the pipeline (``prune-nm``), e.g. ``2:4``.
         micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
+        sparse_weights: store weights with zeros sparse where that is smaller (the target's formats).
         train: .npz training dataset (``label`` optional) for passes that train (``qat``,
             ``distill``).
         qat: fine-tune the ``quantize`` scheme with quantization-aware training on ``train``.
@@ -87,6 +88,7 @@ class CompileOptions:
     prune_channels: float | None = None
     prune_nm: str | None = None
     micro_kernels: bool = True
+    sparse_weights: bool = True
     train: Path | None = None
     qat: bool = False
     epochs: int | None = None
@@ -188,7 +190,9 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify", "micro_kernels", "qat") and not isinstance(value, bool):
+        elif name in ("simplify", "verify", "micro_kernels", "sparse_weights", "qat") and not isinstance(
+            value, bool
+        ):
             raise EdgecError(f"{source}: '{key}' must be true or false")
         elif name in ("seed", "flash_budget", "ram_budget", "epochs") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0

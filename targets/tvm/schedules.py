@@ -143,6 +143,18 @@ class _Reduction(dlight.cpu.Reduction):
         return super().apply(func, target, tunable)
 
 
+class _Gemv(dlight.cpu.GEMV):
+    """dlight's CPU GEMV rule, declining (``None``) where TVM 0.27's ``normalize`` asserts instead:
+    an element-wise chain fused with a reduction that has no spatial loop left (the requantization
+    of a sparse conv's accumulator fused with a global average pool's sum)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        try:
+            return super().apply(func, target, tunable)
+        except AssertionError:
+            return None
+
+
 _IEEE_FLOAT_BITS = {"float16": 16, "float32": 32, "float64": 64}
 
 
@@ -190,6 +202,7 @@ def default_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRu
     """The CPU rules in priority order for ``target`` (with its int8 micro-kernel rule first, when
     it has one and ``micro_kernels``)."""
     from .arm_dsp import Int8DspConv, has_dsp
+    from .sparse_schedule import SparseRows
     from .x86_int8 import Int8PmaddwdConv, has_avx2
 
     info = cpu_vector_info(target)
@@ -198,11 +211,12 @@ def default_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRu
     dsp: list[ScheduleRule] = [Int8DspConv()] if micro_kernels and has_dsp(target) else []
     pmaddwd: list[ScheduleRule] = [Int8PmaddwdConv()] if micro_kernels and has_avx2(target) else []
     return [
+        SparseRows(),
         *dsp,
         *pmaddwd,
         _LanesByDtype(Conv2dNHWC, info),
         _LanesByDtype(Matmul, info),
-        dlight.cpu.GEMV(),
+        _Gemv(),
         _Reduction(),
         _LanesByDtype(ParallelVectorize, info),
     ]

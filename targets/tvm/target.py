@@ -20,17 +20,20 @@ from edgec.ir import EdgeGraph
 from edgec.targets.base import Lowered, Target
 from edgec.targets.integer.kernels import INTEGER_KERNELS
 
-__all__ = ["PACKED_WEIGHT_BITS", "TvmTarget", "legalization"]
+__all__ = ["PACKED_WEIGHT_BITS", "SPARSE_FORMATS", "TvmTarget", "legalization"]
 
 # Weight widths kept at their width in the artifact and decoded in the kernels (16: float16).
 PACKED_WEIGHT_BITS = frozenset({1, 2, 4, 8, 16})
+# Sparse weight formats the conv/matmul kernels read compressed (edgec.targets.tvm.sparse_layout).
+SPARSE_FORMATS = frozenset({"bitmap", "nm"})
 
 
 def legalization(rounding: str) -> str:
     """The pipeline that makes a graph lowerable by the TVM targets: n-ary Sum as Add (the
     frontend's Sum breaks NHWC), inference Dropout/Identity removed (relax's dropout returns a tuple
-    that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed."""
-    return f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights"
+    that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed, weights with
+    zeros stored sparse where that is smaller."""
+    return f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights,sparse-weights"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TvmTarget(Target):
             fp16_arithmetic=self.has_fp16_arithmetic(),
             vector_bits=self.simd_bits(),
             int8_micro_kernel=self.int8_micro_kernel(),
+            sparse_formats=SPARSE_FORMATS if self.sparse_weights else frozenset(),
             requantize_rounding=self.requantize_rounding,
             legalization=legalization(self.requantize_rounding),
         )

@@ -55,7 +55,10 @@ def test_tvm_targets_declare_their_kernels_and_legalization(name, bits, kernel):
     assert {"Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "MaxPool", "Concat"} <= (
         capabilities.integer_kernels.ops
     )
-    assert capabilities.legalization == "split-sum,eliminate-identity,group-qdq{rounding=single},pack-weights"
+    assert capabilities.sparse_formats == frozenset({"bitmap", "nm"})
+    assert capabilities.legalization == (
+        "split-sum,eliminate-identity,group-qdq{rounding=single},pack-weights,sparse-weights"
+    )
     assert json.loads(json.dumps(capabilities.as_dict()))["legalization"] == capabilities.legalization
 
 
@@ -173,8 +176,15 @@ def _check_kws_manifest(manifest: dict, target: str) -> None:
         }  # fmt: skip
     assert "relu1" not in built  # folded into conv1's clamp
     legalization = {record["name"]: record for record in manifest["legalization"]}
-    assert list(legalization) == ["split-sum", "eliminate-identity", "group-qdq", "pack-weights"]
+    assert list(legalization) == [
+        "split-sum",
+        "eliminate-identity",
+        "group-qdq",
+        "pack-weights",
+        "sparse-weights",
+    ]
     assert legalization["group-qdq"]["stats"]["integer_nodes"]["IntegerConv"] == 2
+    assert legalization["sparse-weights"]["stats"]["sparse"] == 0  # not pruned: every weight stays dense
     # int8 from input to classifier, float only around the attention: within a few output steps
     # of onnxruntime running the QDQ graph.
     error = manifest["error"]
