@@ -334,6 +334,7 @@ register_target(
         description="Cortex-M3, soft float (board: STM32F103RE, 512 KiB flash / 64 KiB RAM); "
         "runtime-free C, runs on qemu mps2-an385",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=512 * KIB,
@@ -352,6 +353,7 @@ register_target(
         description="Cortex-M4F (board: STM32F407VG, 1 MiB flash / 128 KiB contiguous SRAM); "
         "runtime-free C, runs on qemu mps2-an386",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=1 * MIB,
@@ -372,6 +374,7 @@ register_target(
         description="Cortex-M7 with double-precision FPU (board: STM32F746NG, 1 MiB flash / "
         "320 KiB RAM); runtime-free C, runs on qemu mps2-an500",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=1 * MIB,
@@ -393,6 +396,7 @@ register_target(
         description="Cortex-M55 with Helium (MVE) and FPU (budget: 2 MiB flash / 1 MiB SRAM, an "
         "Alif Ensemble E3-class part); runtime-free C, runs on qemu mps3-an547",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=2 * MIB,
@@ -416,6 +420,7 @@ register_target(
         description="portable C99 kernels (TVM's C code generator) with the runtime-free entry point; "
         "built and run on this host with gcc",
         runtime="none",
+        memory_planning=True,
         runner="host",
         toolchain=Toolchain("gcc", debian_package="gcc"),
         cflags=("-std=c99",),

@@ -114,6 +114,10 @@ class IntegerKind:
         """``node`` computed in numpy with the kernels' integer arithmetic."""
         raise NotImplementedError(f"{type(self).__name__} has no numpy reference")
 
+    def replaced(self, node: gs.Node) -> list[tuple[str, str]]:
+        """``(name, op)`` of the float nodes this legal node computes (one, unless it fuses two)."""
+        return [(node.name, str(node.attrs["replaces"]))]
+
     def weights(self, node: gs.Node) -> str:
         """How the node's weights are stored (``int8``), empty when it has none."""
         return ""

@@ -7,7 +7,8 @@ runs and records like any other pipeline, so ``--dump-after``, ``edgec check`` a
 see every rewrite that happens before ``Target.lower``.
 """
 
+from edgec.targets.legalize.fuse_conv_pool import FuseConvPool
 from edgec.targets.legalize.group_qdq import GroupQdq
 from edgec.targets.legalize.pack_weights import PackWeights
 
-__all__ = ["GroupQdq", "PackWeights"]
+__all__ = ["FuseConvPool", "GroupQdq", "PackWeights"]

@@ -106,7 +106,8 @@ def built_nodes(graph: EdgeGraph, capabilities: Capabilities) -> dict[str, Built
         if node.op == "Constant" and not node.domain:
             continue
         if kind is not None:
-            built[node.name] = BuiltNode(str(node.attrs["replaces"]), "int8", kind.weights(node), kind.kernel)
+            for name, op in kind.replaced(node):
+                built[name] = BuiltNode(op, "int8", kind.weights(node), kind.kernel)
         elif _is_packed(node):
             spec = spec_of(node)
             precision = "int8" if spec.integer else "float16" if spec.scale.dtype == np.float16 else "float32"

@@ -20,7 +20,9 @@ __all__ = [
     "CpuVectorInfo",
     "cpu_vector_info",
     "extent",
+    "gather_input_copies",
     "inline_spatial_chain",
+    "is_padding",
     "is_spatial",
     "iter_types",
     "root_blocks",
@@ -143,3 +145,31 @@ class CpuRule(ScheduleRule):
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         raise NotImplementedError
+
+
+def is_padding(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    """Whether ``block`` stores a bounds-tested value (a padding copy), not a plain load."""
+    store = sch.get(block).body
+    value = getattr(store, "value", None)
+    return str(getattr(getattr(value, "op", None), "name", "")) == "tirx.if_then_else"
+
+
+def gather_input_copies(sch: s_tir.Schedule) -> s_tir.SBlockRV | None:
+    """Inlines the copies in front of the first reduction into the last of them (a convolution's
+    ``pad_temp``), which inlines too when it does not pad; returns the padding copy that is left.
+
+    The copies are the conv's own ``pad_temp`` plus, when a padding kernel was merged into the
+    conv (:func:`.fused_kernels.fuse_input_padding`), its layout transposes and zero-point pad.
+    """
+    blocks = root_blocks(sch)
+    first = next((i for i, b in enumerate(blocks) if not is_spatial(sch, b)), None)
+    if not first:
+        return None
+    copies = blocks[:first]
+    for block in copies[:-1]:
+        sch.compute_inline(block)
+    last = copies[-1]
+    if is_padding(sch, last):
+        return last
+    sch.compute_inline(last)
+    return None

@@ -26,11 +26,13 @@ __all__ = ["PACKED_WEIGHT_BITS", "TvmTarget", "legalization"]
 PACKED_WEIGHT_BITS = frozenset({1, 2, 4, 8, 16})
 
 
-def legalization(rounding: str) -> str:
+def legalization(rounding: str, memory_planning: bool = False) -> str:
     """The pipeline that makes a graph lowerable by the TVM targets: n-ary Sum as Add (the
     frontend's Sum breaks NHWC), inference Dropout/Identity removed (relax's dropout returns a tuple
-    that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed."""
-    return f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights"
+    that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed; with
+    ``memory_planning``, integer convolutions and the pools that read them fused."""
+    pipeline = f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights"
+    return pipeline + (",fuse-conv-pool" if memory_planning else "")
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,15 @@ class TvmTarget(Target):
         vector_bits: the SIMD register width its kernels use (0: scalar).
         micro_kernel: the int8 dot-product instruction of its integer conv/matmul kernels
             (``vpmaddwd`` on x86 AVX2, ``smlad`` on Cortex-M4/M7), ``None`` for plain code.
+        memory_planning: RAM is the budget that decides (microcontrollers; portable C): the
+            legalization fuses convolutions with their pools, and the lowering keeps padded
+            inputs and pre-pool tensors out of memory (``edgec compile --no-memory-planning``
+            switches it off, for comparisons).
     """
 
     vector_bits: int = 0
     micro_kernel: str | None = None
+    memory_planning: bool = False
 
     def simd_bits(self) -> int:
         """The SIMD width of this target's CPU (subclasses may detect the host's)."""
@@ -64,7 +71,7 @@ class TvmTarget(Target):
             vector_bits=self.simd_bits(),
             int8_micro_kernel=self.int8_micro_kernel(),
             requantize_rounding=self.requantize_rounding,
-            legalization=legalization(self.requantize_rounding),
+            legalization=legalization(self.requantize_rounding, self.memory_planning),
         )
 
     def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
@@ -78,5 +85,7 @@ class TvmTarget(Target):
         from edgec.targets.tvm.translate import translate
 
         self.check_float16_compute(graph)
-        module = optimize_for_cpu(translate(graph), self.tvm_target(), self.micro_kernels)
+        module = optimize_for_cpu(
+            translate(graph), self.tvm_target(), self.micro_kernels, self.memory_planning
+        )
         return Lowered(module, built_nodes(graph, self.capabilities()))

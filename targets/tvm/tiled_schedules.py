@@ -13,6 +13,7 @@ from .schedule_common import (
     DATA_PAR,
     CpuRule,
     extent,
+    gather_input_copies,
     is_spatial,
     iter_types,
     root_blocks,
@@ -71,12 +72,15 @@ class Conv2dNHWC(CpuRule):
         if len(convs) != 1:
             return None
         ci = convs[0]
-        conv = blocks[ci]
-        if iter_types(sch, conv) != [DATA_PAR] * 4 + [COMM_REDUCE] * 3:
+        if iter_types(sch, blocks[ci]) != [DATA_PAR] * 4 + [COMM_REDUCE] * 3:
             return None
-        producers, epilogue = blocks[:ci], blocks[ci + 1 :]
-        if not all(sch.get(b).name_hint.startswith("pad_temp") for b in producers):
+        if not all(is_spatial(sch, b) for b in blocks[:ci]):
             return None
+        # The conv's input copies (pad_temp, and a merged padding kernel) as one padding copy.
+        padding = gather_input_copies(sch)
+        producers = [padding] if padding is not None else []
+        conv = sch.get_sblock(names[ci])
+        epilogue = blocks[ci + 1 :]
         if not all(is_spatial(sch, b) for b in epilogue):
             return None
         loops = sch.get_loops(conv)
@@ -119,13 +123,7 @@ class Conv2dNHWC(CpuRule):
         sch.vectorize(coi)
         # Must follow vectorize/unroll: the other order fails with "not compact dataflow".
         sch.decompose_reduction(conv, rh)
-        for pad in producers:
-            block = sch.get(pad)
-            src, dst = block.reads[0].source.shape, block.writes[0].source.shape
-            if [int(d) for d in src] == [int(d) for d in dst]:
-                # No padding (1x1 / valid conv): a copy per tile would cost as much as the FMAs.
-                sch.compute_inline(pad)
-                continue
+        for pad in producers:  # copies that do not pad were inlined by gather_input_copies
             sch.compute_at(pad, outer)
             pad_loops = sch.get_loops(pad)
             vectorize_tail(sch, pad_loops[-1], self.info.lanes)
