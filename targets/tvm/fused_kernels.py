@@ -27,6 +27,7 @@ import tvm_ffi
 
 from edgec.errors import EdgecError
 from edgec.targets.integer.conv_pool import FUSED_MARKER
+from edgec.targets.tvm.schedule_common import is_select
 
 if TYPE_CHECKING:
     import tvm
@@ -172,8 +173,7 @@ def is_data_movement(func: Any) -> tuple[bool, bool]:
         value = store.value
         if isinstance(value, tvm.ir.TensorLoad):
             continue
-        selects = isinstance(value, tvm.ir.Call) and str(getattr(value.op, "name", "")) == "tirx.if_then_else"
-        if not selects or not all(
+        if not is_select(value) or not all(
             isinstance(arm, tvm.ir.TensorLoad | tirx.IntImm | tirx.FloatImm) for arm in value.args[1:]
         ):
             return False, False

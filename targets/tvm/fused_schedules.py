@@ -7,8 +7,7 @@ reduction, the elementwise requantization into the int8 pre-pool tensor ``y``, t
 ``pool_max`` reduction, or an average pool's window-sum convolution and its epilogue). Every one of
 them writes a whole tensor. :class:`ConvPool` moves the conv and ``y`` under the pool's output
 column loop (``compute_at``): for each pooled pixel ``(ph, pw)`` the ``k x k`` conv outputs it reads
-are computed, requantized and pooled; the padded input rows one pooled row reads are copied once
-per pooled row. With the Arm DSP extension the conv part is tiled and tensorized exactly as
+are computed, requantized and pooled, from a copy of the padded input window they read. With the Arm DSP extension the conv part is tiled and tensorized exactly as
 :class:`.arm_dsp.Int8DspConv` does a plain conv (two output columns by two output channels,
 ``SMLAD`` on four input channels; the pool window's ``k`` columns are the column tile), with the
 weight stored input channel innermost; without it (Cortex-M3, M55, portable C) the loops stay
@@ -108,13 +107,15 @@ class ConvPool(ScheduleRule):
         for block in requantize[:-1] + epilogue[:-1]:
             sch.compute_inline(block)
         y = requantize[-1]
-        _, pooled_row, pooled_column, *_ = sch.get_loops(pool)
+        pooled_column = sch.get_loops(pool)[2]
         if epilogue:
             sch.reverse_compute_at(epilogue[-1], pooled_column)
         sch.compute_at(y, pooled_column)
         sch.compute_at(conv, pooled_column)
         if padding is not None:
-            sch.compute_at(padding, pooled_row)
+            # The padded input window of one pooled pixel ((k + kh - 1)^2 · C bytes, on the stack):
+            # copying the overlap of neighbouring windows twice costs little next to their MACs.
+            sch.compute_at(padding, pooled_column)
         rows, columns, channels, ry, rx, rc = sch.get_loops(conv)[-6:]
         if weight is None:
             sch.reverse_compute_at(y, channels)

@@ -23,6 +23,7 @@ __all__ = [
     "gather_input_copies",
     "inline_spatial_chain",
     "is_padding",
+    "is_select",
     "is_spatial",
     "iter_types",
     "root_blocks",
@@ -147,11 +148,17 @@ class CpuRule(ScheduleRule):
         raise NotImplementedError
 
 
+def is_select(value: object) -> bool:
+    """Whether a TIR expression is an ``if_then_else`` (a padding copy's bounds-tested load)."""
+    import tvm
+
+    op = getattr(value, "op", None)
+    return isinstance(op, tvm.ir.Op) and op.same_as(tvm.ir.Op.get("prim.if_then_else"))
+
+
 def is_padding(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
     """Whether ``block`` stores a bounds-tested value (a padding copy), not a plain load."""
-    store = sch.get(block).body
-    value = getattr(store, "value", None)
-    return str(getattr(getattr(value, "op", None), "name", "")) == "tirx.if_then_else"
+    return is_select(getattr(sch.get(block).body, "value", None))
 
 
 def gather_input_copies(sch: s_tir.Schedule) -> s_tir.SBlockRV | None:
