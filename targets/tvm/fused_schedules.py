@@ -7,7 +7,8 @@ reduction, the elementwise requantization into the int8 pre-pool tensor ``y``, t
 ``pool_max`` reduction, or an average pool's window-sum convolution and its epilogue). Every one of
 them writes a whole tensor. :class:`ConvPool` moves the conv and ``y`` under the pool's output
 column loop (``compute_at``): for each pooled pixel ``(ph, pw)`` the ``k x k`` conv outputs it reads
-are computed, requantized and pooled, from a copy of the padded input window they read. With the Arm DSP extension the conv part is tiled and tensorized exactly as
+are computed, requantized and pooled, from a copy of the padded input window they read. With
+the Arm DSP extension the conv part is tiled and tensorized exactly as
 :class:`.arm_dsp.Int8DspConv` does a plain conv (two output columns by two output channels,
 ``SMLAD`` on four input channels; the pool window's ``k`` columns are the column tile), with the
 weight stored input channel innermost; without it (Cortex-M3, M55, portable C) the loops stay
