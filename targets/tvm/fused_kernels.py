@@ -185,7 +185,7 @@ def fuse_input_padding() -> tvm.transform.Pass:
     """The Relax pass (between ``FuseOps`` and ``FuseTIR``) merging padding kernels into the
     convolutions that read them (module docstring)."""
     import tvm
-    from tvm import relax, tirx
+    from tvm import relax, s_tir, tirx
 
     from .weight_fusion import _call_tir_targets, fuse_producers
 
@@ -199,7 +199,7 @@ def fuse_input_padding() -> tvm.transform.Pass:
     def convolves(mod: Any, func: Any) -> bool:
         names: list[str] = []
         for kernel in kernels(mod, func):
-            tvm_ffi.structural_walk(kernel.body, (tirx.SBlock, lambda b, n=names: n.append(b.name_hint)))
+            tvm_ffi.structural_walk(kernel.body, (s_tir.SBlock, lambda b, n=names: n.append(b.name_hint)))
         return any("conv2d" in name for name in names)
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecFuseInputPadding")

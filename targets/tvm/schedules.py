@@ -47,7 +47,7 @@ from .schedule_common import (
     root_blocks,
     vectorize_tail,
 )
-from .tiled_schedules import Conv2dNHWC, Matmul
+from .tiled_schedules import Conv2dNHWC, DepthwiseConvRows, Matmul
 
 __all__ = [
     "Conv2dNHWC",
@@ -207,11 +207,14 @@ def default_rules(
     # declines anything else).
     dsp: list[ScheduleRule] = [Int8DspConv()] if micro_kernels and has_dsp(target) else []
     pmaddwd: list[ScheduleRule] = [Int8PmaddwdConv()] if micro_kernels and has_avx2(target) else []
+    # Memory-first: a depthwise conv whose merged padding would otherwise be a bounds test per MAC.
+    depthwise: list[ScheduleRule] = [_LanesByDtype(DepthwiseConvRows, info)] if memory_first else []
     return [
         *fused,
         *dsp,
         *pmaddwd,
         _LanesByDtype(Conv2dNHWC, info),
+        *depthwise,
         _LanesByDtype(Matmul, info),
         dlight.cpu.GEMV(),
         _Reduction(),
