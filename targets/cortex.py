@@ -38,6 +38,7 @@ from edgec.targets.runners import exchange, qemu_system_command, run_emulator, w
 from edgec.targets.toolchains import (
     CrossToolchain,
     frame_sizes,
+    prologue_frames,
     read_stack_usage,
     require_tool,
     section_sizes,
@@ -96,6 +97,7 @@ class RuntimeFreeTarget(TvmTarget):
 
     # -- build, run ---------------------------------------------------------------------------
     def build(self, module, out_dir: Path, name: str) -> Artifact:
+        from edgec.targets.tvm import arena as arena_plan
         from edgec.targets.tvm import c_emitter, relax_program
 
         out_dir = Path(out_dir)
@@ -104,7 +106,8 @@ class RuntimeFreeTarget(TvmTarget):
         build_target = self.tvm_target()
         lowered = relax_program.lower_to_calls(module, build_target)
         program = relax_program.read_program(lowered, relax_program.kernel_memory(lowered, build_target))
-        arena = relax_program.plan_arena(program)
+        concatenations = arena_plan.alias_concatenations(program)
+        arena = arena_plan.plan_arena(program)
         stock = relax_program.stock_plan_bytes(lowered)
         kernels = c_emitter.build_kernels(
             lowered, program, build_target, f"{name}_", out_dir / f"{name}_kernels"
@@ -144,8 +147,10 @@ class RuntimeFreeTarget(TvmTarget):
                 base_sections = section_sizes(size_tool, baseline)
                 flash -= sum(v for k, v in base_sections.items() if k in _FLASH_SECTIONS)
             frames = {**stack_usage, **frame_sizes(cross, image)}
+            prologues = prologue_frames(cross, image) if self.mtriple.startswith("thumb") else {}
         weights = sum(int(np.asarray(c).nbytes) for c in program.constants)
-        stack, stack_detail = stack_estimate(frames, name, {s.kernel: s.stack_bytes for s in program.steps})
+        kernel_arrays = {s.kernel: s.stack_bytes for s in program.steps}
+        stack, stack_detail = stack_estimate(frames, name, kernel_arrays, prologues)
         sizes = {
             "flash_bytes": flash,
             "code_bytes": flash - weights,
@@ -163,13 +168,14 @@ class RuntimeFreeTarget(TvmTarget):
             "header": f"{name}.h",
             "kernels": len({s.kernel for s in program.steps}),
             "steps": len(program.steps),
-            "in_place_steps": arena.in_place,
+            "in_place_steps": len(arena.in_place) + len(concatenations),
             "workspace_bytes": sum(s.workspace_bytes for s in program.steps),
             "image_sections": sections,
             "image": "linked probe firmware (model minus empty baseline)" if self.bare_metal else image.name,
             "stack_estimate": stack_detail,
             "cflags": list(self.cflags),
             "tvm_stock_plan_includes_outputs": True,
+            "memory": arena_plan.memory_report(program, arena, concatenations, lowered),
         }
         return Artifact(out_dir, tuple(files), sizes=sizes, details=details)
 

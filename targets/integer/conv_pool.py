@@ -22,7 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from edgec.targets.integer.conv import IntegerConv
-from edgec.targets.integer.kind import DOMAIN, IntegerKind
+from edgec.targets.integer.kind import DOMAIN, IntegerKind, original_name
 from edgec.targets.integer.movement import run_movement
 from edgec.targets.integer.pool import IntegerAveragePool
 
@@ -78,7 +78,7 @@ class FusedConvPool(IntegerKind):
 
     def replaced(self, node: gs.Node) -> list[tuple[str, str]]:
         conv, pool = self.parts(node)
-        return [(conv.name, str(conv.attrs["replaces"])), (pool.name, self.pool_op)]
+        return [(original_name(node), str(conv.attrs["replaces"])), (pool.name, self.pool_op)]
 
     def weights(self, node: gs.Node) -> str:
         return "int8"

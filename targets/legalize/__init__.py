@@ -10,5 +10,6 @@ see every rewrite that happens before ``Target.lower``.
 from edgec.targets.legalize.fuse_conv_pool import FuseConvPool
 from edgec.targets.legalize.group_qdq import GroupQdq
 from edgec.targets.legalize.pack_weights import PackWeights
+from edgec.targets.legalize.patch_stages import PatchStages
 
-__all__ = ["FuseConvPool", "GroupQdq", "PackWeights"]
+__all__ = ["FuseConvPool", "GroupQdq", "PackWeights", "PatchStages"]
