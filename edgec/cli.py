@@ -66,6 +66,8 @@ def _options(ctx_params: dict[str, Any]):
         overrides["freeze_inputs"] = {**base.freeze_inputs, **specs}
     if ctx_params.pop("no_micro_kernels", False):
         overrides["micro_kernels"] = False
+    if ctx_params.pop("no_memory_planning", False):
+        overrides["memory_planning"] = False
     no_simplify = ctx_params.pop("no_simplify", False)
     if no_simplify:
         overrides["simplify"] = False
@@ -163,6 +165,12 @@ def main() -> None:
     "no_micro_kernels",
     is_flag=True,
     help="schedule int8 kernels without the target's micro-kernels (vpmaddwd, SMLAD), for comparisons",
+)
+@click.option(
+    "--no-memory-planning",
+    "no_memory_planning",
+    is_flag=True,
+    help="Cortex-M/c: no conv+pool fusion, row bands or padding merges (every layer output whole)",
 )
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")

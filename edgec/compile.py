@@ -99,7 +99,8 @@ def load_model(source: Path, options: CompileOptions) -> tuple[EdgeGraph, dict[s
 
 def target_of(options: CompileOptions) -> Any:
     """The target the options name, with the code-generation choices the options make (its
-    requantization rounding, its int8 micro-kernels); the manifest records them."""
+    requantization rounding, its int8 micro-kernels, its RAM budget, its memory planning); the
+    manifest records them."""
     from edgec.targets import get_target
 
     target = get_target(options.target)
@@ -107,6 +108,10 @@ def target_of(options: CompileOptions) -> Any:
         target = dataclasses.replace(target, requantize_rounding=options.rounding)
     if not options.micro_kernels:
         target = dataclasses.replace(target, micro_kernels=False)
+    if options.ram_budget:  # the budget the memory planner plans for and the build is checked against
+        target = dataclasses.replace(target, ram_bytes=options.ram_budget)
+    if not options.memory_planning and getattr(target, "memory_planning", False):
+        target = dataclasses.replace(target, memory_planning=False)
     return target
 
 

@@ -55,6 +55,9 @@ class CompileOptions:
         rounding: requantization rounding of the integer kernels, ``single`` or ``double``
             (TFLite's; default: the target's, ``single``).
         micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
+        memory_planning: on targets whose budget is RAM (Cortex-M, ``c``), fuse convolutions with
+            their pools, plan row bands of the first stages under the RAM budget and keep padded
+            inputs out of memory; off, every layer's output is a tensor (for comparisons).
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -77,6 +80,7 @@ class CompileOptions:
     max_accuracy_drop: float | None = None
     rounding: str | None = None
     micro_kernels: bool = True
+    memory_planning: bool = True
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
@@ -138,7 +142,7 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify", "micro_kernels") and not isinstance(value, bool):
+        elif name in ("simplify", "verify", "micro_kernels", "memory_planning") and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
         elif name in ("seed", "flash_budget", "ram_budget") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0

@@ -109,6 +109,7 @@ class RuntimeFreeTarget(TvmTarget):
         concatenations = arena_plan.alias_concatenations(program)
         arena = arena_plan.plan_arena(program)
         stock = relax_program.stock_plan_bytes(lowered)
+        lowered = arena_plan.without_noalias(lowered, program, arena)
         kernels = c_emitter.build_kernels(
             lowered, program, build_target, f"{name}_", out_dir / f"{name}_kernels"
         )

@@ -11,5 +11,6 @@ from edgec.targets.legalize.fuse_conv_pool import FuseConvPool
 from edgec.targets.legalize.group_qdq import GroupQdq
 from edgec.targets.legalize.pack_weights import PackWeights
 from edgec.targets.legalize.patch_stages import PatchStages
+from edgec.targets.legalize.plan_memory import PlanMemory
 
-__all__ = ["FuseConvPool", "GroupQdq", "PackWeights", "PatchStages"]
+__all__ = ["FuseConvPool", "GroupQdq", "PackWeights", "PatchStages", "PlanMemory"]

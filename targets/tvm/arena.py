@@ -1,12 +1,21 @@
 """The arena of a runtime-free program: which tensors share bytes, where each one lives, and the
 memory timeline of one call.
 
-Three ways for a tensor to take no bytes of its own, each decided here from the program and each
-listed in the report:
+Four ways for a tensor to take no bytes (or few) of its own, each decided here from the program and
+each listed in the report:
 
 * **element-wise in place**: an element-wise or broadcast kernel (TVM's ``op_pattern`` 0/1; a
   residual ``Add`` that did not fuse into its conv is one) writes its output over an input of the
   same size that dies at that step (:func:`in_place_pairs`);
+* **row streaming in place** (TinyEngine's in-place depthwise convolution, for any conv whose
+  schedule writes output rows in order, :data:`.relax_program.ROW_WINDOW_ATTR`): the output is
+  placed over its dying input, starting ``margin`` bytes ahead of it, where ``margin`` is the
+  least that keeps every output row clear of the input rows still to be read
+  (:func:`row_overlaps`). Output row ``y`` (``R_o`` bytes) is written after reading input rows
+  from ``y·s - p`` on (``R_i`` bytes each), so ``margin = max_y ((y+1)·R_o - max(0, y·s - p)·R_i)``:
+  two rows for a stride-1 3x3 depthwise conv, one output row for a stride-2 one, one output row for
+  a 1x1 conv that narrows the channels. Such a kernel loses TVM's ``noalias`` promise
+  (:func:`without_noalias`), so that the compiler keeps its loads and stores in program order;
 * **concatenation in place**: a ``concatenate`` kernel along an axis whose leading dimensions are
   all 1 (the rows of an NHWC tensor: a patched stage's bands, :mod:`edgec.targets.legalize.patch_stages`)
   copies contiguous slices; each input whose only reader is that kernel is instead written by its
@@ -27,8 +36,9 @@ from typing import Any
 from edgec.targets.memory_plan import (
     Buffer,
     MemoryPlan,
+    Overlap,
+    align_up,
     liveness_lower_bound,
-    merge_in_place,
     naive_bytes,
     plan_greedy_by_size,
 )
@@ -42,6 +52,8 @@ __all__ = [
     "memory_report",
     "memory_timeline",
     "plan_arena",
+    "row_overlaps",
+    "without_noalias",
 ]
 
 ARENA_ALIGNMENT = 16
@@ -124,6 +136,10 @@ def alias_concatenations(program: Program) -> list[dict[str, Any]]:
         ):
             index += 1
             continue
+        starts = [out.offset + sum(t.nbytes for t in inputs[:i]) for i in range(len(inputs))]
+        if any(start % ARENA_ALIGNMENT for start in starts):  # kernels expect aligned buffers
+            index += 1
+            continue
         offset = out.offset
         for source in inputs:
             old = source.storage
@@ -137,30 +153,94 @@ def alias_concatenations(program: Program) -> list[dict[str, Any]]:
     return aliased
 
 
+def row_overlaps(
+    program: Program, taken: set[str], alignment: int = ARENA_ALIGNMENT
+) -> list[tuple[str, str, int, int]]:
+    """``(input storage, output storage, margin, step)`` for each row-streaming kernel whose output
+    may start ``margin`` bytes ahead of its dying input (module docstring), when that saves bytes;
+    storages in ``taken`` (already written over) are left alone."""
+    last_use = _last_uses(program)
+    found = []
+    for index, step in enumerate(program.steps):
+        if step.row_window is None:
+            continue
+        argument, _, stride, pad = step.row_window
+        data, out = program.tensors[step.args[argument]], program.tensors[step.args[-1]]
+        if (
+            len(data.shape) != 4
+            or len(out.shape) != 4
+            or any(not t.storage.startswith("alloc:") or t.offset for t in (data, out))
+            or any(program.storage_bytes[t.storage] != t.nbytes for t in (data, out))
+            or last_use[data.storage] != index
+            or data.storage in taken
+            or sum(program.tensors[a].storage == data.storage for a in step.args) != 1
+        ):
+            continue
+        row_in = data.nbytes // data.shape[1]
+        row_out = out.nbytes // out.shape[1]
+        need = max((y + 1) * row_out - max(0, y * stride - pad) * row_in for y in range(out.shape[1]))
+        margin = align_up(max(need, 0), alignment)
+        if max(out.nbytes, margin + data.nbytes) < out.nbytes + data.nbytes:
+            found.append((data.storage, out.storage, margin, index))
+            taken.add(data.storage)
+    return found
+
+
 @dataclass(frozen=True)
 class ArenaPlan:
-    """Where every arena storage lives and how the plan compares with the bounds."""
+    """Where every arena storage lives and how the plan compares with the bounds.
+
+    Attributes:
+        plan: the placement, with the overlaps it honoured.
+        lower_bound_bytes: the liveness bound of the buffers, given the honoured overlaps.
+        naive_bytes: every buffer its own region.
+        steps: the step that writes each overlap's output (by output storage).
+        buffers: the buffers placed.
+    """
 
     plan: MemoryPlan
-    owner: dict[str, str]
     lower_bound_bytes: int
     naive_bytes: int
-    in_place: list[tuple[str, str]]
+    steps: dict[str, int]
     buffers: list[Buffer]
 
     def offset(self, storage: str) -> int:
-        return self.plan.offsets[self.owner.get(storage, storage)]
+        return self.plan.offsets[storage]
+
+    @property
+    def in_place(self) -> list[tuple[Overlap, int]]:
+        """The honoured overlaps and the step of each."""
+        return [(overlap, self.steps[overlap.output]) for overlap in self.plan.honoured]
 
 
 def plan_arena(program: Program, alignment: int = ARENA_ALIGNMENT) -> ArenaPlan:
-    """Greedy-by-size plan of the program's arena, with element-wise in-place reuse."""
+    """Greedy-by-size plan of the program's arena, with element-wise and row-streaming in place."""
     buffers = program.buffers()
+    writers = {program.tensors[step.args[-1]].storage: i for i, step in enumerate(program.steps)}
     pairs = in_place_pairs(program)
-    merged, owner = merge_in_place(buffers, pairs)
-    plan = plan_greedy_by_size(merged, alignment)
+    overlaps = [Overlap(source, out, 0) for source, out in pairs]
+    overlaps += [Overlap(s, o, m) for s, o, m, _ in row_overlaps(program, {s for s, _ in pairs}, alignment)]
+    plan = plan_greedy_by_size(buffers, alignment, overlaps)
     return ArenaPlan(
-        plan, owner, liveness_lower_bound(merged, alignment), naive_bytes(buffers, alignment), pairs, merged
+        plan,
+        liveness_lower_bound(buffers, alignment, plan.honoured),
+        naive_bytes(buffers, alignment),
+        {o.output: writers[o.output] for o in overlaps},
+        buffers,
     )
+
+
+def without_noalias(module: Any, program: Program, arena: ArenaPlan) -> Any:
+    """``module`` with TVM's ``noalias`` promise dropped from the kernels that write an output over
+    their input from a margin (the compiler may otherwise reorder their overlapping accesses)."""
+    kernels = {program.steps[step].kernel for overlap, step in arena.in_place if overlap.margin}
+    if not kernels:
+        return module
+    module = module.clone()
+    for name in kernels:
+        gvar = module.get_global_var(name)
+        module[gvar] = module[gvar].without_attr("tirx.noalias")
+    return module
 
 
 def memory_timeline(program: Program, arena: ArenaPlan) -> dict[str, Any]:
@@ -173,12 +253,13 @@ def memory_timeline(program: Program, arena: ArenaPlan) -> dict[str, Any]:
     holds: dict[str, list[str]] = {}
     for tensor in program.tensors.values():
         if tensor.storage.startswith("alloc:"):
-            root = arena.owner.get(tensor.storage, tensor.storage)
-            holds.setdefault(root, []).append(tensor.name.split("#")[0])
+            holds.setdefault(tensor.storage, []).append(tensor.name.split("#")[0])
     steps = []
     for index, step in enumerate(program.steps):
-        live = [b for b in arena.buffers if b.first <= index <= b.last]
-        steps.append({"step": index, "kernel": step.kernel, "live_bytes": sum(b.size for b in live)})
+        live = [b for b in arena.buffers if b.first <= index <= b.last and b.size]
+        steps.append(
+            {"step": index, "kernel": step.kernel, "live_bytes": _union_bytes(live, arena.plan.offsets)}
+        )
     if not steps:
         return {"steps": [], "peak": {}}
     peak = max(steps, key=lambda s: s["live_bytes"])
@@ -219,12 +300,17 @@ def memory_report(
             and fused_conv_pool_blocks(tvm.s_tir.Schedule(func)) is not None
         )
 
-    writers = {
-        program.tensors[step.args[-1]].storage: (i, step.kernel) for i, step in enumerate(program.steps)
-    }
     in_place = [
-        {"step": writers[out][0], "kernel": writers[out][1], "kind": "element-wise over a dying input"}
-        for _, out in arena.in_place
+        {
+            "step": step,
+            "kernel": program.steps[step].kernel,
+            "kind": (
+                f"rows written over the dying input from {overlap.margin} B ahead"
+                if overlap.margin
+                else "element-wise over the dying input"
+            ),
+        }
+        for overlap, step in arena.in_place
     ]
     in_place += [{**c, "kind": "concatenation: producers write into their slices"} for c in concatenations]
     return {
@@ -232,3 +318,12 @@ def memory_report(
         "in_place": in_place,
         **memory_timeline(program, arena),
     }
+
+
+def _union_bytes(buffers: list[Buffer], offsets: dict[str, int]) -> int:
+    """Bytes of the arena the buffers cover (overlapping in-place pairs counted once)."""
+    total, end = 0, 0
+    for start, stop in sorted((offsets[b.name], offsets[b.name] + b.size) for b in buffers):
+        total += max(0, stop - max(start, end))
+        end = max(end, stop)
+    return total

@@ -46,7 +46,7 @@ from tvm.target import Target
 
 from .int8_rules import Int8MicroKernelRule, kernel_layouts, loop_extent, match_int8_reduction
 from .int8_rules import relayout_constant_weights as _relayout
-from .schedule_common import gather_input_copies
+from .schedule_common import gather_input_copies, row_window, with_row_window
 
 __all__ = [
     "DOT4_INTRIN",
@@ -135,6 +135,7 @@ class Int8DspConv(Int8MicroKernelRule):
         sch = s_tir.Schedule(func.with_attr(WEIGHT_PERMUTATION_ATTR, {found.weight_param: permutation}))
         padding = gather_input_copies(sch)
         main = sch.get_sblock(name)
+        window = row_window(sch, main) if conv else None
         blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
         epilogue = blocks[[sch.get(b).name_hint for b in blocks].index(name) + 1 :]
         sch.transform_layout(main, weight_name, lambda *idx: (*idx[:-2], idx[-1], idx[-2]))
@@ -167,7 +168,7 @@ class Int8DspConv(Int8MicroKernelRule):
         sch.tensorize(rci, DOT4_INTRIN)
         sch.unroll(wi)
         sch.unroll(coi)
-        return sch
+        return with_row_window(sch, window)  # a conv's rows are its outermost loop, in order
 
     def _match(self, func: tirx.PrimFunc, sch: s_tir.Schedule) -> Any:
         """The :class:`.int8_rules.Int8Reduction` when the function fits, else None."""

@@ -21,6 +21,13 @@ from edgec.errors import EdgecError, UnsupportedNodeError
 from edgec.targets.memory_plan import Buffer
 from edgec.targets.tvm.kernel_memory import KernelMemory, kernel_memory
 
+# The function attribute of a kernel that writes its output row by row, in increasing row order,
+# output row y after reading only input rows at or above y·stride - pad: ``[data argument, window
+# rows, stride, pad]``, ``pad`` at least the padding above the input. The schedules that make such
+# loop nests set it (schedule_common.row_window); the arena may then place the output over its
+# dying input, ahead of it by the margin that allows (edgec.targets.tvm.arena).
+ROW_WINDOW_ATTR = "edgec.row_window"
+
 __all__ = [
     "KernelMemory",
     "Program",
@@ -58,6 +65,9 @@ class Step:
     workspace_bytes: int
     op_pattern: int
     stack_bytes: int = 0
+    # [data argument, window rows, stride, pad bound] when the kernel streams rows in order
+    # (schedule_common.ROW_WINDOW_ATTR): its output may overlap its dying input.
+    row_window: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -220,9 +230,11 @@ def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Pro
                     )
                 args = [resolve(arg, f"{value.op.name_hint} argument") for arg in value.args]
                 kernel = (memory or {}).get(value.op.name_hint, KernelMemory(0, 0))
-                pattern = int(func.attrs["op_pattern"]) if func.attrs and "op_pattern" in func.attrs else 99
+                attrs = func.attrs or {}
+                pattern = int(attrs["op_pattern"]) if "op_pattern" in attrs else 99
+                rows = tuple(int(v) for v in attrs[ROW_WINDOW_ATTR]) if ROW_WINDOW_ATTR in attrs else None
                 program.steps.append(
-                    Step(value.op.name_hint, args, kernel.workspace_bytes, pattern, kernel.stack_bytes)
+                    Step(value.op.name_hint, args, kernel.workspace_bytes, pattern, kernel.stack_bytes, rows)
                 )
             else:
                 op = value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else None

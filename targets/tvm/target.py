@@ -26,13 +26,19 @@ __all__ = ["PACKED_WEIGHT_BITS", "TvmTarget", "legalization"]
 PACKED_WEIGHT_BITS = frozenset({1, 2, 4, 8, 16})
 
 
-def legalization(rounding: str, memory_planning: bool = False) -> str:
+def legalization(
+    rounding: str, memory_planning: bool = False, ram_budget: int | None = None, streaming: str = "none"
+) -> str:
     """The pipeline that makes a graph lowerable by the TVM targets: n-ary Sum as Add (the
     frontend's Sum breaks NHWC), inference Dropout/Identity removed (relax's dropout returns a tuple
     that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed; with
-    ``memory_planning``, integer convolutions and the pools that read them fused."""
+    ``memory_planning``, integer convolutions and the pools that read them fused and the first
+    stages planned in row bands under ``ram_budget`` (``plan-memory``, told which convolutions the
+    target's schedules write row by row: ``streaming``)."""
     pipeline = f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights"
-    return pipeline + (",fuse-conv-pool" if memory_planning else "")
+    if not memory_planning:
+        return pipeline
+    return pipeline + f",fuse-conv-pool,plan-memory{{budget={ram_budget or 0},streaming={streaming}}}"
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,21 @@ class TvmTarget(Target):
             vector_bits=self.simd_bits(),
             int8_micro_kernel=self.int8_micro_kernel(),
             requantize_rounding=self.requantize_rounding,
-            legalization=legalization(self.requantize_rounding, self.memory_planning),
+            legalization=legalization(
+                self.requantize_rounding, self.memory_planning, self.ram_bytes, self.row_streaming()
+            ),
         )
+
+    def row_streaming(self) -> str:
+        """Which convolutions this target's schedules write row by row, in place over their input
+        (``memory_model.STREAMING``): none in portable C (its kernels are TVM's plain loops), the
+        depthwise ones elsewhere, every one the SMLAD kernels take with them."""
+        if self.tvm_target().get("kind") == "c":
+            return "none"
+        return "all" if self.int8_micro_kernel() == "smlad" else "depthwise"
+
+    def describe(self) -> dict:
+        return {**super().describe(), "memory_planning": self.memory_planning}
 
     def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
         from edgec.targets.tvm.frontend import unsupported

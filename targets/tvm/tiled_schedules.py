@@ -17,7 +17,9 @@ from .schedule_common import (
     is_spatial,
     iter_types,
     root_blocks,
+    row_window,
     vectorize_tail,
+    with_row_window,
 )
 
 __all__ = ["Conv2dNHWC", "DepthwiseConvRows", "Matmul"]
@@ -160,6 +162,7 @@ class DepthwiseConvRows(CpuRule):
         if padding is None:
             return None
         conv = sch.get_sblock(names[convs[0]])
+        window = row_window(sch, conv)
         for block in epilogue[:-1]:
             sch.compute_inline(block)
         n, h, w, c, ry, rx, rc = sch.get_loops(conv)
@@ -172,7 +175,7 @@ class DepthwiseConvRows(CpuRule):
         sch.compute_at(padding, wo)
         vectorize_tail(sch, c, self.info.lanes)
         sch.decompose_reduction(conv, ry)  # after vectorize: the other order is not compact dataflow
-        return sch
+        return with_row_window(sch, window)  # rows outermost, in order
 
 
 class Matmul(CpuRule):

@@ -8,9 +8,8 @@ import pytest
 from edgec.errors import UnsupportedNodeError
 from edgec.ir import EdgeGraph
 from edgec.targets import get_target
-from edgec.targets.memory_plan import merge_in_place
 from edgec.targets.tvm import relax_program
-from edgec.targets.tvm.arena import in_place_pairs, plan_arena
+from edgec.targets.tvm.arena import plan_arena
 from tests.targets.cortex_helpers import DIGITS_ONNX, FP32_ATOL, build, max_error_vs_onnxruntime, needs_tools
 
 
@@ -40,7 +39,7 @@ def test_program_is_a_straight_line_of_kernels(digits_program):
 def test_arena_plan_is_checked_and_between_bounds(digits_program):
     _, program = digits_program
     arena = plan_arena(program)
-    arena.plan.check(merge_in_place(program.buffers(), in_place_pairs(program))[0])
+    arena.plan.check(arena.buffers)
     assert arena.lower_bound_bytes <= arena.plan.arena_bytes <= arena.naive_bytes
     # Workspaces come from TVM's analysis of the lowered kernels and are planned in the arena.
     assert any(step.workspace_bytes for step in program.steps)
