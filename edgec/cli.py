@@ -238,10 +238,23 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("--input-shape", multiple=True, help=_SHAPE_HELP)
+@click.option("--memory", is_flag=True, help="MODEL is a build directory: print its memory timeline")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def inspect(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
-    """Print per-node MACs, parameters and output sizes of MODEL."""
+def inspect(model: str, input_shape: tuple[str, ...], memory: bool, as_json: bool) -> None:
+    """Print per-node MACs, parameters and output sizes of MODEL (with --memory, the memory
+    timeline of a build directory)."""
     from edgec.ir import EdgeGraph, fix_input_shapes, graph_cost, infer_shapes, parse_input_shape, read_model
+
+    if memory:
+        from edgec.manifest import read_manifest
+        from edgec.report import print_memory
+
+        manifest = read_manifest(Path(model))
+        if as_json:
+            _echo_json(manifest.get("memory"))
+            return
+        print_memory(manifest)
+        return
 
     graph = EdgeGraph.from_onnx(read_model(model))
     fix_input_shapes(graph, dict(map(parse_input_shape, input_shape)))

@@ -36,6 +36,7 @@ from edgec.manifest import MANIFEST, TIMINGS, file_hashes, sha256_file, write_js
 from edgec.pm import PassContext, PassManager, PipelineRun, format_pipeline, parse_pipeline
 from edgec.precision import mismatches, planned
 from edgec.progress import Progress
+from edgec.report import memory_section
 from edgec.verify import accuracy, error_metrics, random_inputs
 
 IMPORT_PIPELINE = "import"
@@ -340,6 +341,7 @@ def compile_model(
             **artifact.sizes,
         }
         failures = _budget_gates(target, sizes, error, options)
+        legalization = _pass_records(legal)
         manifest = {
             "schema": 1,
             "edgec_version": edgec.__version__,
@@ -351,7 +353,8 @@ def compile_model(
             "pipeline_notes": prepared.run.notes,
             "frozen_inputs": prepared.frozen,
             "passes": _pass_records(prepared.run),
-            "legalization": _pass_records(legal),
+            "legalization": legalization,
+            "memory": memory_section(legalization, artifact.details),
             "capabilities": prepared.context.capabilities.as_dict()
             if prepared.context.capabilities
             else None,

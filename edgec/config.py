@@ -142,7 +142,9 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify", "micro_kernels", "memory_planning") and not isinstance(value, bool):
+        elif name in ("simplify", "verify", "micro_kernels", "memory_planning") and not isinstance(
+            value, bool
+        ):
             raise EdgecError(f"{source}: '{key}' must be true or false")
         elif name in ("seed", "flash_budget", "ram_budget") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0

@@ -93,6 +93,11 @@ class FuseConvPool(Pass):
         before = graph.copy() if ctx.verify else None
         report = fusion_rules().apply(graph)
         stats: dict[str, Any] = {"fused": report.total, **report.stats()}
+        stats["nodes"] = [
+            {"conv": node.name, "pool": str(node.attrs["pool_node"]), "kind": node.op}
+            for node in graph.nodes
+            if node.op in ("IntegerConvMaxPool", "IntegerConvAveragePool")
+        ]
         if before is not None and report.total:
             from edgec.targets.integer.reference import reference_difference
 

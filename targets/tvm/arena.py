@@ -248,12 +248,17 @@ def memory_timeline(program: Program, arena: ArenaPlan) -> dict[str, Any]:
 
     Returns:
         ``{"steps": [{"step", "kernel", "live_bytes"}], "peak": {"step", "kernel", "live_bytes",
-        "live": [{"buffer", "bytes", "offset", "tensors"}]}}``.
+        "live": [{"buffer", "bytes", "offset", "tensors"}]}}``, each live buffer's tensors named by
+        the steps that write them.
     """
+    # What each buffer holds, named by the kernels that write it (Relax's own names are lv<n>).
     holds: dict[str, list[str]] = {}
-    for tensor in program.tensors.values():
-        if tensor.storage.startswith("alloc:"):
-            holds.setdefault(tensor.storage, []).append(tensor.name.split("#")[0])
+    for index, step in enumerate(program.steps):
+        for arg in step.args[-1:]:
+            storage = program.tensors[arg].storage
+            holds.setdefault(storage, []).append(f"output of step {index} ({step.kernel})")
+        if step.workspace_bytes:
+            holds[f"workspace:{index}"] = [f"workspace of step {index} ({step.kernel})"]
     steps = []
     for index, step in enumerate(program.steps):
         live = [b for b in arena.buffers if b.first <= index <= b.last and b.size]
@@ -276,7 +281,7 @@ def memory_timeline(program: Program, arena: ArenaPlan) -> dict[str, Any]:
                     "buffer": b.name,
                     "bytes": b.size,
                     "offset": arena.plan.offsets[b.name],
-                    "tensors": sorted(set(holds.get(b.name, []))) or ["(kernel workspace)"],
+                    "tensors": holds.get(b.name, [b.name]),
                 }
                 for b in live
             ],

@@ -110,7 +110,8 @@ def _outline(mod: Any, bindings: list[Any], chain: list[int]) -> tuple[Any, Any]
                 outer.append(arg)
     params = [relax.Var(f"p{i}", arg.ty) for i, arg in enumerate(outer)]
     builder = relax.BlockBuilder(mod)
-    name = "fused_" + "_".join(bindings[i].value.op.name.split(".")[-1] for i in chain if i != chain[0])
+    # Named like FuseOps names its functions: after the ops, in order.
+    name = "fused_" + "_".join(bindings[i].value.op.name.split(".")[-1] for i in chain)
     with builder.function(name, params, {"Primitive": True}, private=True):
         with builder.dataflow():
             renamed = list(zip(outer, params, strict=True))
