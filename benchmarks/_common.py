@@ -19,12 +19,14 @@ def save_light_model(name: str, folder: Path) -> Path:
     return path
 
 
-def onnxruntime_latency(model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int) -> float:
-    """Median seconds per run, onnxruntime with all graph optimizations and 2 threads."""
+def onnxruntime_latency(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int, threads: int = 2
+) -> float:
+    """Median seconds per run, onnxruntime with all graph optimizations and ``threads`` threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
+    options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     session.run(None, feeds)
     times = []

@@ -93,31 +93,6 @@ def count_instructions(
     return int(match.group(1))
 
 
-class InstructionCounter:
-    """Counts the instructions a firmware (the test harness around one model) executes for a
-    number of timed inferences after the first; ``counter(n, span)``."""
-
-    def __init__(self, plugin: Path, work: Path, image: Path, command: list[str]) -> None:
-        self.plugin, self.work, self.image, self.command = plugin, work, image, command
-
-    def __call__(self, repeat: int, address_range: tuple[int, int] | None = None) -> int:
-        (self.work / "edgec_repeat.txt").write_text(f"{repeat}\n")
-        return count_instructions(self.command, self.plugin, self.work, address_range)
-
-
-def instruction_counter(
-    target, build_dir: Path, name: str, inputs: list[np.ndarray], outputs: int, plugin: Path, work: Path
-) -> InstructionCounter:
-    """Links the harness firmware around the model built in ``build_dir`` and writes its inputs;
-    ``(counter(n) - counter(0)) / n`` is one inference."""
-    image = target.build_harness([build_dir], [(name, len(inputs), outputs)], work)
-    for index, array in enumerate(inputs):
-        (work / f"in{index}.bin").write_bytes(np.ascontiguousarray(array).tobytes())
-    return InstructionCounter(
-        plugin, work, image, qemu_system_command(target.machine, target.qemu_cpu, image)
-    )
-
-
 def digits_models(folder: Path) -> dict[str, onnx.ModelProto]:
     int8 = folder / "digits_int8.onnx"
     edgec.optimize(
@@ -176,6 +151,29 @@ def kernel_macs(module, prefix: str) -> dict[str, int]:
     return macs
 
 
+def count_inferences(
+    target,
+    build: Path,
+    name: str,
+    inputs: list[np.ndarray],
+    outputs: int,
+    plugin: Path,
+    work: Path,
+    inferences: int,
+) -> tuple[Path, dict[int, int]]:
+    """Links the harness around a built artifact (C prefix ``name``) and counts the instructions of
+    a run with no timed inference and of one with ``inferences``; returns the image and both counts."""
+    image = target.build_harness([build], [(name, len(inputs), outputs)], work)
+    for index, array in enumerate(inputs):
+        (work / f"in{index}.bin").write_bytes(np.ascontiguousarray(array).tobytes())
+    command = qemu_system_command(target.machine, target.qemu_cpu, image)
+    counts = {}
+    for repeat in (0, inferences):
+        (work / "edgec_repeat.txt").write_text(f"{repeat}\n")
+        counts[repeat] = count_instructions(command, plugin, work)
+    return image, counts
+
+
 def measure(
     model: onnx.ModelProto,
     variant: str,
@@ -200,16 +198,22 @@ def measure(
     artifact = target.build(module, out, "digits")
     build_seconds = time.perf_counter() - start
     sample = np.load(DIGITS / "digits_test.npz")["input"][:1, None].astype(np.float32)
-    count = instruction_counter(target, out, "digits", [sample], len(graph.outputs), plugin, work)
-    baseline = count(0)
-    per_inference = (count(inferences) - baseline) / inferences
+    image, counts = count_inferences(
+        target, out, "digits", [sample], len(graph.outputs), plugin, work, inferences
+    )
+    command = qemu_system_command(target.machine, target.qemu_cpu, image)
+    per_inference = (counts[inferences] - counts[0]) / inferences
     macs = macs_of(model)
     per_kernel = {}
     if kernels:
         layer_macs = kernel_macs(module, "digits_")
-        for name, span in kernel_symbols(target, count.image).items():
+        for name, span in kernel_symbols(target, image).items():
+            runs = {}
+            for repeat in (0, inferences):
+                (work / "edgec_repeat.txt").write_text(f"{repeat}\n")
+                runs[repeat] = count_instructions(command, plugin, work, span)
             per_kernel[name] = {
-                "instructions": (count(inferences, span) - count(0, span)) / inferences,
+                "instructions": (runs[inferences] - runs[0]) / inferences,
                 "macs": layer_macs.get(name, 0),
             }
     return {
@@ -219,7 +223,7 @@ def measure(
         "macs": macs,
         "instructions_per_inference": per_inference,
         "instructions_per_mac": per_inference / macs,
-        "startup_and_first_inference": baseline,
+        "startup_and_first_inference": counts[0],
         "code_bytes": artifact.sizes["code_bytes"],
         "arena_bytes": artifact.sizes["arena_bytes"],
         "build_seconds": build_seconds,

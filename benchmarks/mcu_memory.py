@@ -14,7 +14,8 @@ fit). Instructions per inference are counted under qemu-system-arm with the TCG 
 ``mcu_cycles.py``; ``overhead`` is the planned build's extra instructions over today's. ``exact``:
 the planned build's outputs under qemu equal the x86 integer build's on the same input, byte for
 byte. The models: the digits CNN of ``examples/digits`` (its calibration set), and the MNIST-sized
-CNN and MobileNetV2-0.35 at 96x96 of ``mcu_models.py`` (seeded random weights and calibration).
+CNN and MobileNetV2-0.35 at 96x96 of ``edgec.architectures`` (seeded random weights; calibrated on
+16 seeded random images in [0, 1)).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 from _common import scratch
-from mcu_cycles import build_plugin, instruction_counter
-from mcu_models import calibration, mnist_cnn, mobilenet_v2
+from mcu_cycles import build_plugin, count_inferences
 
 import edgec
+from edgec.architectures import mnist_cnn, mobilenet_v2
 from edgec.ir import EdgeGraph, infer_shapes
 from edgec.targets import get_target
 from edgec.targets.legalize.memory_model import layer_at_a_time_bytes
@@ -48,7 +49,9 @@ def quantized(name: str, folder: Path) -> onnx.ModelProto:
         model = BUILDERS[name]()
         source, calib = folder / f"{name}.onnx", folder / f"{name}_calib.npz"
         onnx.save(model, str(source))
-        np.savez(calib, **calibration(model))
+        shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        images = np.random.default_rng(1).random((16, *shape[1:])).astype(np.float32)
+        np.savez(calib, **{model.graph.input[0].name: images})
     out = folder / f"{name}_int8.onnx"
     edgec.optimize(source, out, pipeline="default,quantize", calib=calib)
     return onnx.load(str(out))
@@ -89,8 +92,10 @@ def measure(
     def instructions(target, out: Path) -> float:
         work = out / "run"
         work.mkdir()
-        count = instruction_counter(target, out, name, [sample], len(graph.outputs), plugin, work)
-        return (count(inferences) - count(0)) / inferences
+        _, counts = count_inferences(
+            target, out, name, [sample], len(graph.outputs), plugin, work, inferences
+        )
+        return (counts[inferences] - counts[0]) / inferences
 
     today_target = dataclasses.replace(board, memory_planning=False)
     today, unfused, _ = build(today_target, model, folder / f"{name}-today", name)

@@ -90,6 +90,9 @@ def _options(ctx_params: dict[str, Any]):
         "max_accuracy_drop",
         "name",
         "rounding",
+        "prune",
+        "prune_channels",
+        "prune_nm",
     ):
         if key in ctx_params and ctx_params[key] is not None:
             value = ctx_params.pop(key)
@@ -130,6 +133,9 @@ def _pipeline_options(function):
         click.option(
             "--calibration", metavar="METHOD", help="int8 calibration: minmax, percentile, entropy, mse"
         ),
+        click.option("--prune", type=float, metavar="SPARSITY", help="zero the smallest weights: 0.5 = 50%"),
+        click.option("--prune-channels", type=float, metavar="RATIO", help="remove channels: 0.3 = 30%"),
+        click.option("--prune-nm", metavar="N:M", help="keep N of every M weights along the reduction axis"),
     ]
     for decorator in reversed(decorators):
         function = decorator(function)
@@ -238,11 +244,12 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("--input-shape", multiple=True, help=_SHAPE_HELP)
+@click.option("--groups", is_flag=True, help="print the channel dependency groups channel pruning uses")
 @click.option("--memory", is_flag=True, help="MODEL is a build directory: print its memory timeline")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def inspect(model: str, input_shape: tuple[str, ...], memory: bool, as_json: bool) -> None:
-    """Print per-node MACs, parameters and output sizes of MODEL (with --memory, the memory
-    timeline of a build directory)."""
+def inspect(model: str, input_shape: tuple[str, ...], groups: bool, memory: bool, as_json: bool) -> None:
+    """Print per-node MACs, parameters and output sizes of MODEL (or its channel groups; with
+    --memory, the memory timeline of a build directory)."""
     from edgec.ir import EdgeGraph, fix_input_shapes, graph_cost, infer_shapes, parse_input_shape, read_model
 
     if memory:
@@ -259,6 +266,12 @@ def inspect(model: str, input_shape: tuple[str, ...], memory: bool, as_json: boo
     graph = EdgeGraph.from_onnx(read_model(model))
     fix_input_shapes(graph, dict(map(parse_input_shape, input_shape)))
     infer_shapes(graph)
+    if groups:
+        from edgec.groups_report import channel_groups, format_groups
+
+        report = channel_groups(graph)
+        _echo_json(report) if as_json else click.echo(format_groups(report), nl=False)
+        return
     cost = graph_cost(graph)
     if as_json:
         _echo_json(cost.as_dict())

@@ -54,6 +54,9 @@ class CompileOptions:
             keeps sensitive layers in float and fails the build (exit 3) when still missed.
         rounding: requantization rounding of the integer kernels, ``single`` or ``double``
             (TFLite's; default: the target's, ``single``).
+        prune: unstructured sparsity appended to the pipeline (``prune-magnitude``), 0.5 = 50%.
+        prune_channels: channel ratio appended to the pipeline (``prune-channels``), 0.3 = 30%.
+        prune_nm: N:M sparsity appended to the pipeline (``prune-nm``), e.g. ``2:4``.
         micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
         memory_planning: on targets whose budget is RAM (Cortex-M, ``c``), fuse convolutions with
             their pools, plan row bands of the first stages under the RAM budget and keep padded
@@ -79,12 +82,19 @@ class CompileOptions:
     calibration: str | None = None
     max_accuracy_drop: float | None = None
     rounding: str | None = None
+    prune: float | None = None
+    prune_channels: float | None = None
+    prune_nm: str | None = None
     micro_kernels: bool = True
     memory_planning: bool = True
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
-        """The pipeline string that runs: import path, ``pipeline``, then the ``--quantize`` sugar.
+        """The pipeline string that runs: import path, ``pipeline``, the pruning sugar, then the
+        ``--quantize`` sugar (prune, then quantize).
+
+        ``--prune-channels R`` expands to ``prune-channels{ratio=R}``, ``--prune-nm N:M`` to
+        ``prune-nm{n=N,m=M}``, ``--prune S`` to ``prune-magnitude{sparsity=S}`` (in that order).
 
         ``--quantize S --calibration M --max-accuracy-drop D`` expands to
         ``quantize{scheme=S,calibration=M,budget=D,budget_metric=accuracy}``; ``--quantize
@@ -93,6 +103,7 @@ class CompileOptions:
         parts = ["import"] if self.simplify else []
         if self.pipeline:
             parts.append(self.pipeline)
+        parts += self._pruning()
         if self.quantize:
             if self.quantize == FP16_COMPUTE:
                 options = ["scheme=fp16", "compute=float16"]
@@ -106,6 +117,17 @@ class CompileOptions:
         elif self.calibration:
             raise EdgecError("--calibration chooses how --quantize calibrates; add --quantize int8")
         return ",".join(parts)
+
+    def _pruning(self) -> list[str]:
+        steps = []
+        if self.prune_channels is not None:
+            steps.append(f"prune-channels{{ratio={self.prune_channels}}}")
+        if self.prune_nm is not None:
+            n, m = self.prune_nm.split(":")
+            steps.append(f"prune-nm{{n={n},m={m}}}")
+        if self.prune is not None:
+            steps.append(f"prune-magnitude{{sparsity={self.prune}}}")
+        return steps
 
     def merged(self, overrides: dict[str, Any]) -> CompileOptions:
         """A copy with the given non-``None`` values applied (validated like config keys)."""
@@ -160,6 +182,14 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             raise EdgecError(f"{source}: name '{value}' must be a C identifier (letters, digits, '_')")
         elif name in ("target", "pipeline", "quantize", "calibration") and not isinstance(value, str):
             raise EdgecError(f"{source}: '{key}' must be a string")
+        elif name in ("prune", "prune_channels") and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1
+        ):
+            flag = key.replace("_", "-")
+            raise EdgecError(f"{source}: '{flag}' must be a fraction in [0, 1) (0.3 = 30%), not {value!r}")
+        elif name == "prune_nm" and not (isinstance(value, str) and re.fullmatch(r"\d+:\d+", value)):
+            flag = key.replace("_", "-")
+            raise EdgecError(f"{source}: '{flag}' must be N:M such as 2:4 (keep 2 of every 4), not {value!r}")
         elif name == "rounding" and value not in ROUNDINGS:
             raise EdgecError(f"{source}: rounding '{value}' must be one of {', '.join(ROUNDINGS)}")
         values[name] = value

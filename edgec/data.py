@@ -108,3 +108,16 @@ def samples_of(dataset: dict[str, np.ndarray], graph: EdgeGraph) -> dict[str, np
     """Only the model inputs of a dataset (drops ``label``)."""
     names = {t.name for t in graph.inputs}
     return {k: v for k, v in dataset.items() if k in names}
+
+
+def as_samples(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` with a leading sample axis for an input of ``shape`` (returned as is if it does not fit).
+
+    Accepts ``[N, *shape]``, a single sample of ``shape``, and ``[N, *shape[1:]]`` for a batch-1
+    input: datasets often stack samples along the batch axis (``[N, C, H, W]`` for ``[1, C, H, W]``).
+    """
+    if array.shape == shape:
+        return array[None]
+    if shape and shape[0] == 1 and array.shape[1:] == shape[1:]:
+        return array[:, None]
+    return array

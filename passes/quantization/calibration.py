@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from edgec.data import as_samples
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, static_shape
 from edgec.verify import onnx_session, run_session_batch
@@ -76,19 +77,6 @@ def check_calibration(
     if counts == {1}:
         warn("calibration uses a single sample; ranges will not represent real data (give 100+ samples)")
     return checked
-
-
-def as_samples(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``array`` with a leading sample axis for an input of ``shape`` (returned as is if it does not fit).
-
-    Accepts ``[N, *shape]``, a single sample of ``shape``, and ``[N, *shape[1:]]`` for a batch-1
-    input: datasets often stack samples along the batch axis (``[N, C, H, W]`` for ``[1, C, H, W]``).
-    """
-    if array.shape == shape:
-        return array[None]
-    if shape and shape[0] == 1 and array.shape[1:] == shape[1:]:
-        return array[:, None]
-    return array
 
 
 def _instrumented(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -14,10 +14,11 @@ import numpy as np
 
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
+from edgec.passes.common import budget_metric, error_samples
 from edgec.passes.quantization.calibration import METHODS, check_calibration, collect_ranges
 from edgec.passes.quantization.half import to_fp16_compute
 from edgec.passes.quantization.qdq import COMPUTE_OPS, Plan, make_plan
-from edgec.passes.quantization.sensitivity import budget_metric, layers_of, search_mixed_precision
+from edgec.passes.quantization.sensitivity import layers_of, search_mixed_precision
 from edgec.passes.quantization.static import (
     Evaluator,
     build_int8,
@@ -29,7 +30,6 @@ from edgec.passes.quantization.static import (
 from edgec.passes.quantization.weight_only import dynamic_int8, to_fp16, weight_only
 from edgec.pm import Pass, PassContext, PassResult, register
 from edgec.precision import record as record_precision
-from edgec.verify import random_inputs
 
 SCHEMES = ("int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "weight-binary", "fp16")
 # Opset each scheme needs: per-axis QDQ (13), INT4 and blocked QDQ (21), INT2 (25; binary weights
@@ -44,8 +44,6 @@ _MINIMUM_OPSET = {
     "fp16": 1,
 }
 _WEIGHT_BITS = {"weight-int8": 8, "weight-int4": 4, "weight-int2": 2, "weight-binary": 1}
-# Samples for the error report when no calibration data is given to a data-free scheme.
-_RANDOM_SAMPLES = 8
 
 
 @register
@@ -190,9 +188,7 @@ class Quantize(Pass):
     ) -> tuple[EdgeGraph, dict[str, Any]]:
         error_data = "calibration"
         if samples is None:
-            error_data = "random"
-            draws = [random_inputs(prepared, seed=ctx.seed + i) for i in range(_RANDOM_SAMPLES)]
-            samples = {name: np.stack([d[name] for d in draws]) for name in draws[0]}
+            samples, error_data = error_samples(prepared, ctx)
         evaluator = Evaluator(prepared, samples, ctx.evaluation)
         quantized = prepared.copy()
         exclude = frozenset(self.exclude)
