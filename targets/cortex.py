@@ -38,6 +38,7 @@ from edgec.targets.runners import exchange, qemu_system_command, run_emulator, w
 from edgec.targets.toolchains import (
     CrossToolchain,
     frame_sizes,
+    link_probe,
     prologue_frames,
     read_stack_usage,
     require_tool,
@@ -134,8 +135,9 @@ class RuntimeFreeTarget(TvmTarget):
             cross.archive(out_dir / library, objects)
             files.append(library)
             if self.bare_metal:
-                image = self._link_probe(cross, out_dir, name, scratch)
-                baseline = self._link_probe(cross, out_dir, name, scratch, empty=True)
+                support = c_emitter.runtime_dir() / "cortex_m"
+                image = link_probe(cross, out_dir, name, scratch, support)
+                baseline = link_probe(cross, out_dir, name, scratch, support, empty=True)
             else:
                 image = out_dir / f"lib{name}.so"
                 cross.link(image, objects, ("-shared", "-Wl,--gc-sections", "-lm"))
@@ -179,57 +181,6 @@ class RuntimeFreeTarget(TvmTarget):
             "memory": arena_plan.memory_report(program, arena, concatenations, lowered),
         }
         return Artifact(out_dir, tuple(files), sizes=sizes, details=details)
-
-    def _link_probe(
-        self, cross: CrossToolchain, out_dir: Path, name: str, scratch: Path, empty=False
-    ) -> Path:
-        """A minimal firmware that only calls ``<name>_run`` (or nothing): its size is the model's."""
-        from edgec.targets.tvm.c_emitter import runtime_dir
-
-        upper = name.upper()
-        probe = scratch / f"probe{'_empty' if empty else ''}.c"
-        call = (
-            ""
-            if empty
-            else (
-                f"  static const void *in[{upper}_NUM_INPUTS];\n  static void *out[{upper}_NUM_OUTPUTS];\n"
-                f"  return {name}_run(in, out, arena);\n"
-            )
-        )
-        probe.write_text(
-            f'#include <stdint.h>\n#include "{name}.h"\n'
-            f"static uint8_t arena[{upper}_ARENA_BYTES + 1] __attribute__((aligned(16)));\n"
-            "extern uint8_t __stack_top[];\nint probe_main(void);\n"
-            '__attribute__((section(".vectors"), used)) static void *const vectors[2] = '
-            "{__stack_top, (void *)probe_main};\n"
-            f"int probe_main(void) {{\n  (void)arena;\n{call}  return 0;\n}}\n"
-        )
-        image = scratch / f"probe{'_empty' if empty else ''}.elf"
-        # Generous regions: the probe is measured, never run, and must link even when the model
-        # is larger than the board (the budget check then says by how much).
-        script = scratch / "probe.ld"
-        script.write_text(
-            "ENTRY(probe_main)\nMEMORY\n{\n  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 1024M\n"
-            "  RAM (rwx) : ORIGIN = 0x40000000, LENGTH = 1024M\n}\n"
-            'REGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\nINCLUDE sections.ld\n'
-        )
-        cross.link(
-            image,
-            [probe, out_dir / f"lib{name}.a"],
-            (
-                f"-I{out_dir}",
-                "-O2",
-                "-nostartfiles",
-                "--specs=nano.specs",
-                "-Wl,--gc-sections",
-                f"-L{runtime_dir() / 'cortex_m'}",
-                f"-T{script}",
-                "-lm",
-                "-lc",
-                "-lnosys",
-            ),
-        )
-        return image
 
     def run(
         self, build_dir: Path, manifest: dict[str, Any], inputs: list[np.ndarray], repeat: int = 0

@@ -20,6 +20,7 @@ from edgec.errors import ToolchainError
 __all__ = [
     "CrossToolchain",
     "frame_sizes",
+    "link_probe",
     "prologue_frames",
     "read_stack_usage",
     "require_tool",
@@ -272,3 +273,62 @@ def stack_estimate(
         "+ TIR stack arrays",
     }
     return entry + shim + deepest + margin, detail
+
+
+def link_probe(
+    cross: CrossToolchain, out_dir: Path, name: str, scratch: Path, support: Path, empty: bool = False
+) -> Path:
+    """A minimal firmware that only calls ``<name>_run`` (or nothing): its size is the model's.
+
+    Args:
+        cross: The bare-metal toolchain.
+        out_dir: The build directory with ``lib<name>.a`` and ``<name>.h``.
+        name: The model's C prefix.
+        scratch: Where the probe's source, linker script and image go.
+        support: The folder with ``sections.ld`` (the runtime's ``cortex_m``).
+        empty: Link a probe that calls nothing (the baseline to subtract).
+    """
+    upper = name.upper()
+    probe = scratch / f"probe{'_empty' if empty else ''}.c"
+    call = (
+        ""
+        if empty
+        else (
+            f"  static const void *in[{upper}_NUM_INPUTS];\n  static void *out[{upper}_NUM_OUTPUTS];\n"
+            f"  return {name}_run(in, out, arena);\n"
+        )
+    )
+    probe.write_text(
+        f'#include <stdint.h>\n#include "{name}.h"\n'
+        f"static uint8_t arena[{upper}_ARENA_BYTES + 1] __attribute__((aligned(16)));\n"
+        "extern uint8_t __stack_top[];\nint probe_main(void);\n"
+        '__attribute__((section(".vectors"), used)) static void *const vectors[2] = '
+        "{__stack_top, (void *)probe_main};\n"
+        f"int probe_main(void) {{\n  (void)arena;\n{call}  return 0;\n}}\n"
+    )
+    image = scratch / f"probe{'_empty' if empty else ''}.elf"
+    # Generous regions: the probe is measured, never run, and must link even when the model
+    # is larger than the board (the budget check then says by how much).
+    script = scratch / "probe.ld"
+    script.write_text(
+        "ENTRY(probe_main)\nMEMORY\n{\n  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 1024M\n"
+        "  RAM (rwx) : ORIGIN = 0x40000000, LENGTH = 1024M\n}\n"
+        'REGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\nINCLUDE sections.ld\n'
+    )
+    cross.link(
+        image,
+        [probe, out_dir / f"lib{name}.a"],
+        (
+            f"-I{out_dir}",
+            "-O2",
+            "-nostartfiles",
+            "--specs=nano.specs",
+            "-Wl,--gc-sections",
+            f"-L{support}",
+            f"-T{script}",
+            "-lm",
+            "-lc",
+            "-lnosys",
+        ),
+    )
+    return image

@@ -5,18 +5,20 @@ Two tensors need not exist on a microcontroller, and TVM's ``FuseOps`` materiali
 * the **pre-pool tensor** of an integer conv + pool the legalization fused
   (:mod:`edgec.targets.integer.conv_pool`): ``FuseOps`` never fuses two reductions (conv2d and a
   pool are both ``kOutEWiseFusable``), so the conv output would be a tensor of ``main``.
-  :func:`outline_fused_kernels` runs before the Relax pipeline (after the layout conversion, whose
-  variable names it relies on): each binding named :data:`~edgec.targets.integer.conv_pool.FUSED_MARKER`
-  ``<n>_...`` ends a chain it outlines into one ``Primitive`` function, from the input's data
-  movement (layout transposes, the zero-point padding) through ``n`` reductions (the conv; an
-  average pool's window sum) to the pool; ``FuseTIR`` makes it one PrimFunc, which the schedules
-  compute pooled pixel by pooled pixel (:mod:`.fused_schedules`).
+  :func:`outline_fused_kernels` runs before the Relax pipeline (after the layout conversion,
+  which keeps variable names; legalization does not): each binding named
+  :data:`~edgec.targets.integer.conv_pool.FUSED_MARKER` ``<n>_...`` ends a chain it outlines
+  into one ``Primitive`` function, from the input's data movement (layout transposes, the
+  zero-point padding) through ``n`` reductions (the conv; an average pool's window sum) to the
+  pool; ``FuseTIR`` makes it one PrimFunc, which the schedules compute pooled pixel by pooled
+  pixel (:mod:`.fused_schedules`).
 * the **padded input** of a convolution whose input zero point is not 0: the integer conv pads
   explicitly with ``z_x`` (:mod:`edgec.targets.integer.conv`), and ``FuseOps`` puts the pad (and
   the layout transposes around it) in a kernel of its own, which writes a padded copy of the
   whole input. :func:`fuse_input_padding` (between ``FuseOps`` and ``FuseTIR``) merges such a pure
-  data-movement kernel into the convolution that alone reads it, where the schedules inline it
-  into the conv's reads: the padding is a bounds test, not a copy.
+  data-movement kernel into the convolution that alone reads it; the schedules then copy only
+  the padded window each output row or tile reads
+  (:func:`.schedule_common.gather_input_copies`).
 """
 
 from __future__ import annotations
@@ -37,12 +39,6 @@ __all__ = ["fuse_input_padding", "is_data_movement", "outline_fused_kernels"]
 _ANCHORS = ("relax.nn.conv2d", "relax.matmul")
 # Ops that move data without arithmetic: the outlined chain starts with these on the conv's input.
 _MOVEMENT = ("relax.permute_dims", "relax.nn.pad", "relax.reshape", "relax.expand_dims", "relax.squeeze")
-
-
-def _use_counts(func: Any) -> dict[Any, int]:
-    from .weight_fusion import _uses
-
-    return _uses(func)
 
 
 def _chain(bindings: list[Any], end: int, anchors: int, uses: dict[Any, int]) -> list[int]:
@@ -140,7 +136,9 @@ def outline_fused_kernels(mod: tvm.IRModule) -> tvm.IRModule:
     func = mod[gv]
     if not any(b.var.name.startswith(FUSED_MARKER) for block in func.body.blocks for b in block.bindings):
         return mod
-    uses = _use_counts(func)
+    from .weight_fusion import _uses
+
+    uses = _uses(func)
     blocks = []
     for block in func.body.blocks:
         bindings = list(block.bindings)

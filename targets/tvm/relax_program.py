@@ -1,4 +1,4 @@
-"""A lowered Relax ``main`` as a straight-line program of kernel calls, and its arena plan.
+"""A lowered Relax ``main`` as a straight-line program of kernel calls.
 
 After the Relax lowering passes up to ``CallTIRRewrite`` (:func:`lower_to_calls`), ``main`` is a
 straight line of ``alloc_tensor``, reshapes (views) and direct calls of TIR kernels with their
