@@ -313,3 +313,32 @@ def test_cortex_m4_build_is_bit_exact_and_streams_rows_in_place(stages, tmp_path
     kinds = [step["kind"] for step in built["memory"]["in_place"]]
     assert any(kind.startswith("rows written over the dying input") for kind in kinds)
     assert built["arena_bytes"] < built["today_arena_bytes"]
+
+
+@needs_tools("gcc")
+def test_manifest_records_memory_and_inspect_prints_the_timeline(stages, tmp_path, cli):
+    import json
+
+    from tests.test_cli import assert_user_error, invoke
+
+    model = tmp_path / "stages_int8.onnx"
+    onnx.save(stages, str(model))
+    build = tmp_path / "build"
+    result = invoke(cli, "compile", model, "--target", "c", "-p", "", "--no-simplify", "-o", build, "-q")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((build / "manifest.json").read_text())
+    memory = manifest["memory"]
+    assert {f["pool"] for f in memory["fusions"]} == {"maxpool", "avgpool"}
+    assert memory["patches"]["until"] and memory["patches"]["why"] == "no RAM budget: the smallest peak"
+    assert memory["peak"]["live"] and all(b["tensors"] for b in memory["peak"]["live"])
+    assert "memory" not in manifest["artifact"]  # one home: the manifest's memory section
+    assert manifest["target"]["memory_planning"] is True
+    assert "plan-memory{budget=0,streaming=none}" in manifest["capabilities"]["legalization"]
+    text = invoke(cli, "inspect", "--memory", build).output
+    assert f"peak at step {memory['peak']['step']}" in text and "fused: pw + maxpool" in text
+    assert f"row bands: {memory['patches']['bands']} bands up to '{memory['patches']['until']}'" in text
+    assert json.loads(invoke(cli, "inspect", "--memory", build, "--json").output) == memory
+    del manifest["memory"]
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(invoke(cli, "inspect", "--memory", build), "this build has no memory report")
+    assert_user_error(invoke(cli, "inspect", "--memory", tmp_path), "is not an edgec build directory")
