@@ -160,7 +160,7 @@ def plan_greedy_by_size(
     Buffers are taken largest first (TFLite Micro's ``GreedyMemoryPlanner``), and also in first-use
     order and by ``size x lifetime``; the smallest arena wins (ties: the earlier order above). A
     buffer with an :class:`Overlap` partner already placed goes where the overlap puts it when
-    that is free of every other live buffer.
+    that is free of every other live buffer; each order is also tried without the overlaps.
 
     Args:
         buffers: The buffers; names must be unique. Zero-sized buffers get offset 0.
@@ -171,10 +171,13 @@ def plan_greedy_by_size(
         The plan; it is checked with :meth:`MemoryPlan.check` before it is returned.
     """
     best: tuple[dict[str, int], int, tuple[Overlap, ...]] | None = None
+    # Honouring overlaps can also steer a greedy placement into a worse arena (a buffer parked at
+    # its partner's offset blocks a gap a larger one needed): each order runs with and without.
     for key in _ORDERS.values():
-        placed = _place(sorted(buffers, key=key), alignment, overlaps)
-        if best is None or placed[1] < best[1]:
-            best = placed
+        for preferred in (overlaps, ()) if overlaps else ((),):
+            placed = _place(sorted(buffers, key=key), alignment, preferred)
+            if best is None or placed[1] < best[1]:
+                best = placed
     assert best is not None
     plan = MemoryPlan(best[0], best[1], alignment, best[2])
     plan.check(buffers)

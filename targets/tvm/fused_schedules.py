@@ -32,9 +32,17 @@ from edgec.errors import EdgecError
 
 from .arm_dsp import DOT4_INTRIN, WEIGHT_PERMUTATION_ATTR, has_dsp
 from .int8_rules import is_int8_mac, loop_extent
-from .schedule_common import SCHEDULE_ERRORS, gather_input_copies, is_spatial, root_blocks
+from .schedule_common import (
+    DATA_PAR,
+    SCHEDULE_ERRORS,
+    gather_input_copies,
+    inline_spatial_chain,
+    is_spatial,
+    iter_types,
+    root_blocks,
+)
 
-__all__ = ["ConvPool", "check_fused_kernels_scheduled", "fused_conv_pool_blocks"]
+__all__ = ["ConvPool", "PerElement", "check_fused_kernels_scheduled", "fused_conv_pool_blocks"]
 
 _TILE_CHANNELS = 2  # output channels per SMLAD tile, as Int8DspConv
 
@@ -149,3 +157,38 @@ def check_fused_kernels_scheduled(mod: Any) -> None:
                 f"the fused conv + pool kernel {gv.name_hint} could not be scheduled pooled pixel by "
                 "pooled pixel; compile with --no-memory-planning to build it unfused"
             )
+
+
+class PerElement(ScheduleRule):
+    """Portable C's plain loops without whole intermediates: every element-wise block inlined into
+    its consumer (or producer) and each reduction's epilogue computed per output element.
+
+    Target ``c`` gets no performance schedule (TVM emits its loops as they are legalized), and
+    unscheduled, a kernel holds every intermediate of its fused chain whole (a conv's int32
+    accumulators, each step of the requantization in int64, the padded input): workspaces in the
+    arena several times the size of the tensors. Inlined, the arithmetic is the same per element.
+    A kernel this cannot schedule (a reduction read by two blocks) is left as it is.
+    """
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "c"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            sch = s_tir.Schedule(func)
+            inline_spatial_chain(sch, root_blocks(sch)[:-1])
+            for block in root_blocks(sch):
+                kinds = iter_types(sch, block)
+                consumers = sch.get_consumers(block)
+                if all(kind == DATA_PAR for kind in kinds) or len(consumers) != 1:
+                    continue
+                spatial = [
+                    loop for loop, kind in zip(sch.get_loops(block), kinds, strict=False) if kind == DATA_PAR
+                ]
+                if spatial:
+                    sch.reverse_compute_at(consumers[0], spatial[-1])
+            return sch
+        except SCHEDULE_ERRORS:
+            return None

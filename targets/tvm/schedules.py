@@ -191,17 +191,17 @@ def default_rules(
 ) -> list[ScheduleRule]:
     """The CPU rules in priority order for ``target`` (with its int8 micro-kernel rule first, when
     it has one and ``micro_kernels``; the fused conv + pool rules first of all when
-    ``memory_first``). Target ``c`` (portable C) gets only the fused conv + pool rule: its kernels
-    are TVM's plain loops, scheduled only where memory needs it."""
+    ``memory_first``). Target ``c`` (portable C) gets only memory rules, with ``memory_first``: the
+    fused conv + pool one and :class:`.fused_schedules.PerElement`; its kernels are TVM's loops."""
     from .arm_dsp import Int8DspConv, has_dsp
-    from .fused_schedules import ConvPool
+    from .fused_schedules import ConvPool, PerElement
     from .x86_int8 import Int8PmaddwdConv, has_avx2
 
     fused: list[ScheduleRule] = [ConvPool(dsp=True), ConvPool(dsp=False)] if memory_first else []
     if not micro_kernels:
         fused = fused[1:]
     if target.kind.name == "c":
-        return fused
+        return [*fused, PerElement()] if memory_first else []
     info = cpu_vector_info(target)
     # Cortex-M4/M7: int8 conv2d/matmul with SMLAD first; x86 with AVX2: with vpmaddwd (each
     # declines anything else).

@@ -303,7 +303,10 @@ def test_portable_c_build_is_bit_exact_with_fusion_bands_and_in_place(stages, tm
     peak = memory["peak"]
     assert peak["live_bytes"] == max(step["live_bytes"] for step in memory["steps"])
     assert built["arena_bytes"] >= peak["live_bytes"]
-    assert built["arena_bytes"] < built["today_arena_bytes"]
+    # Portable C's loops hold no whole intermediate (PerElement): the arena is what the planner
+    # estimated, a fraction of the unplanned build's.
+    assert built["arena_bytes"] <= 1.25 * chosen["estimated_peak_bytes"]
+    assert 4 * built["arena_bytes"] < built["today_arena_bytes"]
 
 
 @pytest.mark.slow
