@@ -1,4 +1,4 @@
-"""The ``edgec`` command line: compile, optimize, inspect, check, run, passes, targets.
+"""The ``edgec`` command line: compile, optimize, inspect, check, run, passes, targets, distill.
 
 Exit codes: 0 ok; 1 user error (``edgec: error: ...``, no traceback); 2 usage; 3 a budget or
 accuracy gate failed (the artifact is still written and its manifest says why).
@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from edgec.cli_distill import distill as _distill_command
 from edgec.errors import BudgetError, EdgecError
 
 _SHAPE_HELP = "fix an input's shape, e.g. input=1x3x224x224 (repeatable)"
@@ -93,10 +94,14 @@ def _options(ctx_params: dict[str, Any]):
         "prune",
         "prune_channels",
         "prune_nm",
+        "train",
+        "epochs",
     ):
         if key in ctx_params and ctx_params[key] is not None:
             value = ctx_params.pop(key)
-            overrides[key] = Path(value) if key in ("inputs", "eval", "calib") else value
+            overrides[key] = Path(value) if key in ("inputs", "eval", "calib", "train") else value
+    if ctx_params.pop("qat", False):
+        overrides["qat"] = True
     return base.merged(overrides)
 
 
@@ -136,6 +141,9 @@ def _pipeline_options(function):
         click.option("--prune", type=float, metavar="SPARSITY", help="zero the smallest weights: 0.5 = 50%"),
         click.option("--prune-channels", type=float, metavar="RATIO", help="remove channels: 0.3 = 30%"),
         click.option("--prune-nm", metavar="N:M", help="keep N of every M weights along the reduction axis"),
+        click.option("--qat", is_flag=True, help="fine-tune --quantize with quantization-aware training"),
+        click.option("--train", type=click.Path(), help=".npz training dataset (--qat, distill passes)"),
+        click.option("--epochs", type=click.IntRange(min=1), help="training epochs of --qat (default 10)"),
     ]
     for decorator in reversed(decorators):
         function = decorator(function)
@@ -406,6 +414,10 @@ def targets(as_json: bool) -> None:
             budgets = f" (flash {entry['flash_bytes'] // 1024} KiB, RAM {entry['ram_bytes'] // 1024} KiB)"
         origin = f" [plugin: {entry['plugin']}]" if entry["plugin"] else ""
         click.echo(f"{entry['name']:<14} {entry['description']}{budgets}{origin}")
+
+
+# The distillation command lives in its own module (edgec/cli_distill.py).
+main.add_command(_distill_command)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,8 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
         seed=options.seed,
         calibration=samples_of(load_dataset(options.calib, original), original) if options.calib else None,
         evaluation=load_dataset(options.eval, original, labelled=True) if options.eval else None,
+        training=load_dataset(options.train, original) if options.train else None,
+        reference=original,
         dump_after=frozenset(options.dump_after),
         warn=progress.warn,
         progress=progress.bar,
@@ -149,7 +151,8 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
     start = time.perf_counter()
     with progress.step(f"running the pipeline {format_pipeline(steps)}"):
         run = PassManager(steps, ctx).run(graph)
-        infer_shapes(run.graph)
+        if not ctx.analyses.get("shapes", run.graph):
+            infer_shapes(run.graph)  # inference fails: raise its error
     seconds["passes"] = time.perf_counter() - start
     return Prepared(source, original, run, format_pipeline(steps), ctx, frozen, seconds)
 

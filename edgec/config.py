@@ -61,6 +61,10 @@ class CompileOptions:
         memory_planning: on targets whose budget is RAM (Cortex-M, ``c``), fuse convolutions with
             their pools, plan row bands of the first stages under the RAM budget and keep padded
             inputs out of memory; off, every layer's output is a tensor (for comparisons).
+        train: .npz training dataset (``label`` optional) for passes that train (``qat``,
+            ``distill``).
+        qat: fine-tune the ``quantize`` scheme with quantization-aware training on ``train``.
+        epochs: training epochs of ``--qat``.
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -87,6 +91,9 @@ class CompileOptions:
     prune_nm: str | None = None
     micro_kernels: bool = True
     memory_planning: bool = True
+    train: Path | None = None
+    qat: bool = False
+    epochs: int | None = None
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
@@ -98,13 +105,18 @@ class CompileOptions:
 
         ``--quantize S --calibration M --max-accuracy-drop D`` expands to
         ``quantize{scheme=S,calibration=M,budget=D,budget_metric=accuracy}``; ``--quantize
-        fp16-compute`` to ``quantize{scheme=fp16,compute=float16}``.
+        fp16-compute`` to ``quantize{scheme=fp16,compute=float16}``; ``--quantize S --qat
+        --epochs N`` to ``qat{scheme=S,calibration=M,epochs=N}``.
         """
         parts = ["import"] if self.simplify else []
         if self.pipeline:
             parts.append(self.pipeline)
         parts += self._pruning()
-        if self.quantize:
+        if self.qat:
+            parts.append(self._qat_pass())
+        elif self.epochs is not None:
+            raise EdgecError("--epochs sets how long --qat trains; add --qat (and --train data)")
+        elif self.quantize:
             if self.quantize == FP16_COMPUTE:
                 options = ["scheme=fp16", "compute=float16"]
             else:
@@ -129,6 +141,22 @@ class CompileOptions:
             steps.append(f"prune-magnitude{{sparsity={self.prune}}}")
         return steps
 
+    def _qat_pass(self) -> str:
+        if not self.quantize:
+            raise EdgecError(
+                "--qat fine-tunes a quantization scheme: add --quantize int8 (or weight-int4 ...)"
+            )
+        if not self.train:
+            raise EdgecError("--qat trains on data: add --train train.npz")
+        if self.max_accuracy_drop is not None:
+            raise EdgecError("--max-accuracy-drop searches PTQ mixed precision; it does not apply to --qat")
+        options = [f"scheme={self.quantize}"]
+        if self.calibration:
+            options.append(f"calibration={self.calibration}")
+        if self.epochs is not None:
+            options.append(f"epochs={self.epochs}")
+        return f"qat{{{','.join(options)}}}"
+
     def merged(self, overrides: dict[str, Any]) -> CompileOptions:
         """A copy with the given non-``None`` values applied (validated like config keys)."""
         values = dataclasses.asdict(self)
@@ -139,7 +167,7 @@ class CompileOptions:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(CompileOptions)} - {"config_file"}
-_PATH_FIELDS = {"inputs", "eval", "calib"}
+_PATH_FIELDS = {"inputs", "eval", "calib", "train"}
 
 
 def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> dict[str, Any]:
@@ -164,11 +192,11 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify", "micro_kernels", "memory_planning") and not isinstance(
+        elif name in ("simplify", "verify", "micro_kernels", "memory_planning", "qat") and not isinstance(
             value, bool
         ):
             raise EdgecError(f"{source}: '{key}' must be true or false")
-        elif name in ("seed", "flash_budget", "ram_budget") and (
+        elif name in ("seed", "flash_budget", "ram_budget", "epochs") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0
         ):
             raise EdgecError(f"{source}: '{key}' must be a non-negative integer")

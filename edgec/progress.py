@@ -32,14 +32,15 @@ class Progress:
         # Warnings show even with --quiet: they say something the user must know.
         self.console.print(f"edgec: warning: {message}", markup=False)
 
-    def bar(self, description: str, total: int) -> Callable[[int], None]:
-        """Shows a progress bar for ``total`` items; returns the function that advances it.
+    def bar(self, description: str, total: int) -> Callable[..., None]:
+        """Shows a progress bar for ``total`` items; returns the function that advances it,
+        ``advance(done, status="")`` (the status, e.g. a training loss, shows after the bar).
 
         The bar disappears when it reaches ``total``.
         """
         if self.quiet or total <= 0:
-            return lambda done: None
-        from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+            return lambda done, status="": None
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bar
 
         bar = Bar(
@@ -47,14 +48,15 @@ class Progress:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
             console=self.console,
             transient=True,
         )
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, status="")
         bar.start()
 
-        def advance(done: int) -> None:
-            bar.advance(task, done)
+        def advance(done: int, status: str = "") -> None:
+            bar.update(task, advance=done, **({"status": status} if status else {}))
             if bar.tasks[0].completed >= total:
                 bar.stop()
 

@@ -19,7 +19,8 @@ def write_depfile(depfile: Path, out_dir: Path, model: Path, options) -> None:
     from edgec.ir import atomic_path, external_data_files
 
     inputs = [model.resolve(), *external_data_files(model)]
-    inputs += [p.resolve() for p in (options.calib, options.eval, options.inputs, options.config_file) if p]
+    data = (options.calib, options.eval, options.inputs, options.config_file, options.train)
+    inputs += [p.resolve() for p in data if p]
     inputs += [Path(v).resolve() for v in options.freeze_inputs.values() if v.endswith((".npy", ".npz"))]
 
     def escape(path: Path) -> str:

@@ -3,7 +3,6 @@ lossy pass's variants of a graph against it (output error, accuracy)."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -12,7 +11,7 @@ import onnx
 
 from edgec.data import as_samples
 from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, infer_shapes, static_shape
+from edgec.ir import EdgeGraph, static_shape
 from edgec.pm import Pass, PassContext, PassResult
 from edgec.rewrite import RuleSet
 from edgec.verify import accuracy, error_metrics, random_inputs, run_onnx_batch
@@ -23,12 +22,12 @@ ERROR_SAMPLES = 64
 RANDOM_SAMPLES = 8
 
 
-def refresh_shapes(graph: EdgeGraph, ops: frozenset[str] | set[str]) -> None:
-    """Runs shape inference when a node of ``ops`` is present; on failure shapes stay as they were,
-    so the checks that need them refuse instead of guessing."""
+def refresh_shapes(graph: EdgeGraph, ctx: PassContext, ops: frozenset[str] | set[str]) -> None:
+    """Brings the inferred shapes up to date (the cached ``shapes`` analysis) when a node of
+    ``ops`` is present; when inference fails, shapes stay as they were, so the checks that need
+    them refuse instead of guessing."""
     if any(node.op in ops for node in graph.nodes):
-        with contextlib.suppress(EdgecError):
-            infer_shapes(graph)
+        ctx.analyses.get("shapes", graph)
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class RewritePass(Pass):
     needs_shapes: ClassVar[frozenset[str]] = frozenset()
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        refresh_shapes(graph, self.needs_shapes)
+        refresh_shapes(graph, ctx, self.needs_shapes)
         report = self.rules.apply(graph)
         return PassResult(
             graph, changed=report.total > 0, stats={self.counter: report.total, **report.stats()}

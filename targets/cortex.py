@@ -58,7 +58,11 @@ class RuntimeFreeTarget(TvmTarget):
     """A target whose artifact is runtime-free C (``runtime="none"``) built by a GNU cross gcc.
 
     Attributes:
-        mtriple, mcpu, mattr, float_abi: The LLVM target of the kernels.
+        mtriple, mcpu, mattr, float_abi: The LLVM target of the kernels. The triple is LLVM's
+            normalized four-part form (``thumbv7em-unknown-none-eabihf``): TVM hands it to LLVM
+            as written, and LLVM reads ``thumbv7em-none-eabihf`` without its EABI environment,
+            so it calls libgcc's generic helpers (``__fixsfdi``) with the hard-float convention
+            where arm-none-eabi's libgcc implements them as the soft-float ``__aeabi_f2lz``.
         cflags: gcc flags for the same core (must agree with the LLVM target's float ABI).
         machine, qemu_cpu: qemu-system-arm board and CPU (Cortex-M only).
         linker_script: The board's linker script in ``runtime/cortex_m`` (Cortex-M only).
@@ -297,7 +301,7 @@ register_target(
         toolchain=_ARM_EABI,
         flash_bytes=512 * KIB,
         ram_bytes=64 * KIB,
-        mtriple="thumbv7m-none-eabi",
+        mtriple="thumbv7m-unknown-none-eabi",
         mcpu="cortex-m3",
         float_abi="soft",
         cflags=("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"),
@@ -318,7 +322,7 @@ register_target(
         ram_bytes=128 * KIB,
         vector_bits=32,  # DSP extension: SIMD within a 32-bit register (two int16 MACs per SMLAD)
         micro_kernel="smlad",
-        mtriple="thumbv7em-none-eabihf",
+        mtriple="thumbv7em-unknown-none-eabihf",
         mcpu="cortex-m4",
         float_abi="hard",
         cflags=("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
@@ -339,7 +343,7 @@ register_target(
         ram_bytes=320 * KIB,
         vector_bits=32,
         micro_kernel="smlad",
-        mtriple="thumbv7em-none-eabihf",
+        mtriple="thumbv7em-unknown-none-eabihf",
         mcpu="cortex-m7",
         float_abi="hard",
         cflags=("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
@@ -362,7 +366,7 @@ register_target(
         # mcpu=cortex-m55 gives LLVM +mve.fp and +fullfp16 (checked in tests/targets/test_fp16_compute.py).
         fp16_arithmetic=True,
         vector_bits=128,  # Helium (MVE)
-        mtriple="thumbv8.1m.main-none-eabihf",
+        mtriple="thumbv8.1m.main-unknown-none-eabihf",
         mcpu="cortex-m55",
         float_abi="hard",
         cflags=("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),

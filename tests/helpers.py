@@ -98,3 +98,13 @@ def legalize(
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def pass_stats(records: list[PassRecord], name: str) -> dict:
+    """The stats of the first record of pass ``name``."""
+    return next(r.stats for r in records if r.name == name)
+
+
+def refusal_reasons(records: list[PassRecord], name: str) -> list[str]:
+    """The reasons pass ``name`` gave for what it refused (its ``refused`` stats)."""
+    return [item["reason"] for item in pass_stats(records, name).get("refused", [])]

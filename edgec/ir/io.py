@@ -19,11 +19,14 @@ from edgec.ir.graph import EdgeGraph
 _EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
-def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
+def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> bool:
+    """Refuses external data outside ``base_dir`` or missing; returns whether the model has any."""
     root = base_dir.resolve()
+    external = False
     for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
+        external = True
         info = external_data_helper.ExternalDataInfo(tensor)
         location = Path(info.location)
         target = (root / location).resolve()
@@ -36,6 +39,7 @@ def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
             raise EdgecError(
                 f"tensor '{tensor.name}' stores its data in '{info.location}', which does not exist in {root}"
             )
+    return external
 
 
 def external_data_files(path: Path) -> list[Path]:
@@ -48,14 +52,22 @@ def external_data_files(path: Path) -> list[Path]:
     return sorted(p.resolve() for p in files)
 
 
-def _parse(path: Path) -> onnx.ModelProto:
-    """The model proto without its external data; an ``EdgecError`` if it is not ONNX."""
+def _read(path: Path) -> bytes:
     if not path.exists():
         raise EdgecError(f"model '{path}' does not exist")
     if not path.is_file():
         raise EdgecError(f"model '{path}' is not a file")
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        return path.read_bytes()
+    except OSError as exc:
+        raise EdgecError(f"cannot read model '{path}': {exc.strerror or exc}") from None
+
+
+def _parse(path: Path, data: bytes | None = None) -> onnx.ModelProto:
+    """The model proto (of the file's bytes ``data`` when given) without its external data; an
+    ``EdgecError`` if it is not ONNX."""
+    try:
+        model = onnx.load_model_from_string(_read(path) if data is None else data)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise EdgecError(f"'{path}' is not a valid ONNX model (protobuf parse failed: {exc})") from None
     if not model.graph.node and not model.graph.output:
@@ -66,14 +78,18 @@ def _parse(path: Path) -> onnx.ModelProto:
 def read_model(path: str | Path) -> onnx.ModelProto:
     """Reads and checks an ONNX file and its external data; every failure is an ``EdgecError``."""
     path = Path(path)
-    model = _parse(path)
-    _check_external_locations(model, path.parent)
-    external_data_helper.load_external_data_for_model(model, str(path.parent))
+    data = _read(path)
+    model = _parse(path, data)
+    external = _check_external_locations(model, path.parent)
     try:
-        onnx.checker.check_model(model)
+        # The checker reads the file's bytes: checking the proto would serialize every weight
+        # again. With external data it reads the path, to find the data files beside the model.
+        onnx.checker.check_model(str(path) if external else data)
     except (onnx.checker.ValidationError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgecError(f"'{path}' fails the ONNX checker: {first_line}") from None
+    del data
+    external_data_helper.load_external_data_for_model(model, str(path.parent))
     return model
 
 

@@ -44,7 +44,12 @@ class PassContext:
         dump_dir: where dumps go (stderr when ``None``).
         warn: callback for warnings (the CLI prints them on stderr).
         progress: ``progress(description, total)`` starts a progress bar and returns the
-            function that advances it by a number of items (silent by default).
+            function that advances it by a number of items, ``advance(done, status="")``
+            (silent by default).
+        training: named arrays with a leading sample axis (``label`` optional) for passes that
+            train (distillation, quantization-aware training).
+        reference: the model as loaded, before any pass: the teacher of a distillation that
+            recovers what compression lost.
         options: free-form settings for plugin passes.
         refusals: when a list (``edgec check``), passes record the nodes they refuse here and
             leave them alone instead of raising, so that one run reports every refusal.
@@ -58,10 +63,14 @@ class PassContext:
     seed: int = 0
     calibration: dict[str, np.ndarray] | None = None
     evaluation: dict[str, np.ndarray] | None = None
+    training: dict[str, np.ndarray] | None = None
+    reference: EdgeGraph | None = None
     dump_after: frozenset[str] = frozenset()
     dump_dir: Path | None = None
     warn: Callable[[str], None] = lambda message: None
-    progress: Callable[[str, int], Callable[[int], None]] = lambda description, total: lambda done: None
+    progress: Callable[[str, int], Callable[..., None]] = lambda description, total: (
+        lambda done, status="": None
+    )
     options: dict[str, Any] = field(default_factory=dict)
     refusals: list[UnsupportedNodeError] | None = None
     analyses: AnalysisManager = field(default_factory=AnalysisManager)

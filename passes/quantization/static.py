@@ -7,7 +7,6 @@ QDQ, shapes inferred), calibrated once, and every variant is built from a copy o
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ from onnx import numpy_helper, version_converter
 
 from edgec.capabilities import Capabilities
 from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, infer_shapes
+from edgec.ir import EdgeGraph
 from edgec.passes.common import Evaluator as ModelEvaluator
 from edgec.passes.quantization.calibration import collect_ranges
 from edgec.passes.quantization.numerics import packed_bytes
@@ -88,9 +87,9 @@ def prepare(
         # opset < 13 becomes Shape → Flatten → Softmax → Reshape): fold it again, the shapes are
         # static (only then: onnxslim takes seconds on a large model).
         graph = ctx.run_pass(get_pass("simplify")(), graph).graph
-    with contextlib.suppress(EdgecError):
-        # Unknown shapes only cost memory estimates in calibration; dtypes come from the importer.
-        infer_shapes(graph)
+    # Unknown shapes (inference failed) only cost memory estimates in calibration; dtypes come
+    # from the importer.
+    ctx.analyses.get("shapes", graph)
     done["opset"] = graph.opset
     return graph, done
 

@@ -134,3 +134,37 @@ def test_missing_toolchain_names_the_debian_package(tmp_path, monkeypatch):
     target = get_target("cortex-m4")
     with pytest.raises(ToolchainError, match="apt-get install gcc-arm-none-eabi"):
         target.build(None, tmp_path, "digits")
+
+
+def _resize_model() -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest", name="upsample")],
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m3"])
+def test_float_to_int64_helpers_use_the_eabi_convention(target, tmp_path):
+    """Resize computes its source rows as float -> int64 conversions, which LLVM leaves to libgcc.
+    With the triple written ``thumbv7em-none-eabihf`` LLVM missed the EABI environment and called
+    ``__fixsfdi`` with the hard-float convention, where libgcc's is the soft-float ``__aeabi_f2lz``:
+    every row came out as row 0 on Cortex-M4 (M3, soft-float, was right)."""
+    model = _resize_model()
+    _, manifest = build(target, model, tmp_path, "resize")
+    assert max_error_vs_onnxruntime(target, model, tmp_path, manifest) == 0.0
+    symbols = subprocess.run(
+        ["arm-none-eabi-nm", "-u", str(tmp_path / "resize_kernels.o")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    generic = {"__fixsfdi", "__fixunssfdi", "__floatdisf", "__floatundisf", "__adddf3", "__muldf3"}
+    assert not generic & set(symbols.split())
