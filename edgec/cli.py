@@ -69,6 +69,8 @@ def _options(ctx_params: dict[str, Any]):
         overrides["micro_kernels"] = False
     if ctx_params.pop("no_sparse_weights", False):
         overrides["sparse_weights"] = False
+    if ctx_params.pop("no_memory_planning", False):
+        overrides["memory_planning"] = False
     no_simplify = ctx_params.pop("no_simplify", False)
     if no_simplify:
         overrides["simplify"] = False
@@ -186,6 +188,12 @@ def main() -> None:
     is_flag=True,
     help="store every weight dense, also where a sparse format would be smaller (for comparisons)",
 )
+@click.option(
+    "--no-memory-planning",
+    "no_memory_planning",
+    is_flag=True,
+    help="Cortex-M/c: no conv+pool fusion, row bands or padding merges (every layer output whole)",
+)
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
@@ -253,10 +261,23 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
 @click.argument("model", type=click.Path())
 @click.option("--input-shape", multiple=True, help=_SHAPE_HELP)
 @click.option("--groups", is_flag=True, help="print the channel dependency groups channel pruning uses")
+@click.option("--memory", is_flag=True, help="MODEL is a build directory: print its memory timeline")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def inspect(model: str, input_shape: tuple[str, ...], groups: bool, as_json: bool) -> None:
-    """Print per-node MACs, parameters and output sizes of MODEL (or its channel groups)."""
+def inspect(model: str, input_shape: tuple[str, ...], groups: bool, memory: bool, as_json: bool) -> None:
+    """Print per-node MACs, parameters and output sizes of MODEL (or its channel groups; with
+    --memory, the memory timeline of a build directory)."""
     from edgec.ir import EdgeGraph, fix_input_shapes, graph_cost, infer_shapes, parse_input_shape, read_model
+
+    if memory:
+        from edgec.manifest import read_manifest
+        from edgec.report import print_memory
+
+        manifest = read_manifest(Path(model))
+        if as_json:
+            _echo_json(manifest.get("memory"))
+            return
+        print_memory(manifest)
+        return
 
     graph = EdgeGraph.from_onnx(read_model(model))
     fix_input_shapes(graph, dict(map(parse_input_shape, input_shape)))

@@ -25,7 +25,7 @@ from edgec.targets.integer.movement import Int8Movement, run_movement
 from edgec.targets.tvm import sparse_layout
 from edgec.targets.tvm.packed_layout import PACKED_DOMAIN, PACKED_OP, dequantize, packed_bytes, spec_of
 
-__all__ = ["run_reference"]
+__all__ = ["reference_difference", "run_reference"]
 
 _MOVEMENT = frozenset(Int8Movement.float_ops)
 
@@ -104,3 +104,19 @@ def run_reference(
     if keep_all:
         return values
     return {tensor.name: values[tensor.name] for tensor in graph.outputs}
+
+
+def reference_difference(before: EdgeGraph, after: EdgeGraph, seed: int = 0) -> float:
+    """Largest output difference between two legal graphs run by :func:`run_reference` on the
+    same seeded random inputs (a rewrite of a legal graph that keeps the arithmetic gives 0)."""
+    from edgec.verify import random_inputs
+
+    feeds = random_inputs(before, seed=seed)
+    expected, got = run_reference(before, feeds), run_reference(after, feeds)
+    return max(
+        (
+            float(np.max(np.abs(got[name].astype(np.float64) - value), initial=0.0))
+            for name, value in expected.items()
+        ),
+        default=0.0,
+    )

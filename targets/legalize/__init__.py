@@ -8,8 +8,11 @@ like any other pipeline, so ``--dump-after``, ``edgec check`` and the manifest
 see every rewrite that happens before ``Target.lower``.
 """
 
+from edgec.targets.legalize.fuse_conv_pool import FuseConvPool
 from edgec.targets.legalize.group_qdq import GroupQdq
 from edgec.targets.legalize.pack_weights import PackWeights
+from edgec.targets.legalize.patch_stages import PatchStages
+from edgec.targets.legalize.plan_memory import PlanMemory
 from edgec.targets.legalize.sparse_weights import SparseWeights
 
-__all__ = ["GroupQdq", "PackWeights", "SparseWeights"]
+__all__ = ["FuseConvPool", "GroupQdq", "PackWeights", "PatchStages", "PlanMemory", "SparseWeights"]

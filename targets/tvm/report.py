@@ -122,7 +122,8 @@ def built_nodes(graph: EdgeGraph, capabilities: Capabilities) -> dict[str, Built
         sparse = _sparse_weight(node)
         if kind is not None:
             kernel = kind.kernel + (f", sparse {sparse.label} weight (skips zeros)" if sparse else "")
-            built[node.name] = BuiltNode(str(node.attrs["replaces"]), "int8", kind.weights(node), kernel)
+            for name, op in kind.replaced(node):
+                built[name] = BuiltNode(op, "int8", kind.weights(node), kernel)
         elif sparse_layout.is_sparse(node):
             encoded = sparse_layout.spec_of(node)
             storage = _CONSTANT_STORAGE[encoded.spec.dtype]

@@ -20,7 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from edgec.errors import UnsupportedNodeError
-from edgec.ir import EdgeGraph, static_shape
+from edgec.ir import EdgeGraph, execution_order, static_shape
 from edgec.targets.integer.kernels import kind_of
 from edgec.targets.tvm.frontend import EDGEC_OPS, input_signature, run_frontend, unsupported_nodes
 from edgec.targets.tvm.packed_layout import PACKED_DOMAIN, PACKED_OP, spec_of
@@ -152,6 +152,12 @@ def translate(graph: EdgeGraph, input_shapes: dict[str, tuple[int, ...]] | None 
         if tensor.name not in shapes and static_shape(tensor) is not None:
             shapes[tensor.name] = static_shape(tensor)
     shapes, dtypes = input_signature(model, shapes)
+    # Emitted in execution order (the memory plan follows the program), packed weights just in time;
+    # to_onnx exported the nodes in the graph's (just sorted) order.
+    position = {id(node): index for index, node in enumerate(graph.nodes)}
+    in_order = [model.graph.node[position[id(node)]] for node in execution_order(graph)]
+    del model.graph.node[:]
+    model.graph.node.extend(in_order)
     sparse_readers = detach_sparse_weights(graph, model)
     ordered = just_in_time(list(model.graph.node))
     del model.graph.node[:]
