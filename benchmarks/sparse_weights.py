@@ -35,8 +35,8 @@ from rich.console import Console
 from rich.table import Table
 
 import edgec
-from edgec.compile import run_build
 from edgec.ir import EdgeGraph
+from edgec.run import run_build
 from edgec.targets import get_target
 
 CALIB = DIGITS / "digits_calib.npz"

