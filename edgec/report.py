@@ -31,10 +31,15 @@ def write_depfile(depfile: Path, out_dir: Path, model: Path, options) -> None:
         temporary.write_text(rule + "\n")
 
 
+def echo_json(data: Any) -> None:
+    """Prints ``data`` as the JSON every ``--json`` flag prints (the manifest's encoding)."""
+    click.echo(dumps(data), nl=False)
+
+
 def print_manifest(manifest: dict[str, Any], as_json: bool) -> None:
     """Prints a build's manifest: as JSON, or as the human-readable report of ``edgec compile``."""
     if as_json:
-        click.echo(dumps(manifest), nl=False)
+        echo_json(manifest)
         return
     from rich.console import Console
     from rich.table import Table
