@@ -87,7 +87,7 @@ def measure(
         "inputs": [{"name": t.name, "dtype": "float32", "shape": list(t.shape)} for t in graph.inputs],
         "outputs": [{"name": t.name, "dtype": "float32", "shape": list(t.shape)} for t in graph.outputs],
     }
-    reference = x86.run(x86_dir, manifest, [sample])[0]
+    reference = x86.run(x86_dir, manifest, [sample[None]])[0]
 
     def instructions(target, out: Path) -> float:
         work = out / "run"
@@ -106,7 +106,7 @@ def measure(
         planned = board if budget == "board" else dataclasses.replace(board, ram_bytes=int(budget))
         out = folder / f"{name}-{budget}"
         new, _, stats = build(planned, model, out, name)
-        outputs = planned.run(out, manifest, [sample])[0]
+        outputs = planned.run(out, manifest, [sample[None]])[0]
         exact = all(a.tobytes() == b.tobytes() for a, b in zip(outputs, reference, strict=True))
         chosen = stats["plan-memory"]["chosen"]
         planned_instructions = instructions(planned, out)
