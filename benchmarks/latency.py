@@ -4,7 +4,7 @@ python benchmarks/latency.py [--models squeezenet mobilenet ...] [--repeat 30] [
     [--db DIR] [--threads N] [--int8]
 
 Models: the light squeezenet/resnet50/inception_v1 from the onnx wheel (``edgec.zoo``), the
-representative families of ``edgec.architectures`` (mobilenet, recognizer, yolo) and the digits
+representative families of ``edgec.families`` (mobilenet, recognizer, yolo) and the digits
 CNN of ``examples/digits``; all with seeded random weights except digits (trained). Both sides
 run with the same thread count (``--threads``, default the physical cores); latencies are the
 median of ``--repeat`` runs, onnxruntime and edgec timed alternately in rounds in the same
@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 import edgec
-from edgec.architectures import FAMILIES, family_model
-from edgec.compile import run_build
+from edgec.families import FAMILIES, family_model
 from edgec.ir import EdgeGraph
+from edgec.run import run_build
 from edgec.targets.tvm.threads import physical_cores
 from edgec.verify import random_inputs
 from edgec.zoo import light_model

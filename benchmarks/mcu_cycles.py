@@ -50,7 +50,7 @@ import edgec
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, graph_cost, infer_shapes
 from edgec.targets import get_target
-from edgec.targets.runners import default_timeout, qemu_system_command
+from edgec.targets.runners import build_harness, default_timeout, qemu_system_command
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "examples" / "digits"
@@ -151,6 +151,29 @@ def kernel_macs(module, prefix: str) -> dict[str, int]:
     return macs
 
 
+def count_inferences(
+    target,
+    build: Path,
+    name: str,
+    inputs: list[np.ndarray],
+    outputs: int,
+    plugin: Path,
+    work: Path,
+    inferences: int,
+) -> tuple[Path, dict[int, int]]:
+    """Links the harness around a built artifact (C prefix ``name``) and counts the instructions of
+    a run with no timed inference and of one with ``inferences``; returns the image and both counts."""
+    image = build_harness(target, [build], [(name, len(inputs), outputs)], work)
+    for index, array in enumerate(inputs):
+        (work / f"in{index}.bin").write_bytes(np.ascontiguousarray(array).tobytes())
+    command = qemu_system_command(target.machine, target.qemu_cpu, image)
+    counts = {}
+    for repeat in (0, inferences):
+        (work / "edgec_repeat.txt").write_text(f"{repeat}\n")
+        counts[repeat] = count_instructions(command, plugin, work)
+    return image, counts
+
+
 def measure(
     model: onnx.ModelProto,
     variant: str,
@@ -174,14 +197,11 @@ def measure(
     module = target.lower(target.legalize(graph).graph).module
     artifact = target.build(module, out, "digits")
     build_seconds = time.perf_counter() - start
-    image = target.build_harness([out], [("digits", len(graph.inputs), len(graph.outputs))], work)
     sample = np.load(DIGITS / "digits_test.npz")["input"][:1, None].astype(np.float32)
-    (work / "in0.bin").write_bytes(sample.tobytes())
+    image, counts = count_inferences(
+        target, out, "digits", [sample], len(graph.outputs), plugin, work, inferences
+    )
     command = qemu_system_command(target.machine, target.qemu_cpu, image)
-    counts = {}
-    for repeat in (0, inferences):
-        (work / "edgec_repeat.txt").write_text(f"{repeat}\n")
-        counts[repeat] = count_instructions(command, plugin, work)
     per_inference = (counts[inferences] - counts[0]) / inferences
     macs = macs_of(model)
     per_kernel = {}

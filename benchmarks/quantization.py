@@ -137,12 +137,10 @@ def _edgec_x86(
     sample, minimum latency in ms), or ``(None, None)`` when it does not build."""
     from edgec.errors import EdgecError
     from edgec.targets import get_target
-    from edgec.targets.tvm.build import run_shared_library, time_shared_library
+    from edgec.targets.tvm.library_runner import run_shared_library
 
     target = get_target("x86")
     graph = EdgeGraph.from_onnx(model)
-    count = len(next(iter(feeds.values())))
-    samples = [[np.asarray(feeds[t.name][i]) for t in graph.inputs] for i in range(count)]
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as folder:
         try:
             target.build(target.lower(target.legalize(graph.copy()).graph).module, Path(folder), "model")
@@ -150,8 +148,7 @@ def _edgec_x86(
             print(f"  (edgec x86 build failed: {str(error).splitlines()[0]})")
             return None, None
         library = Path(folder) / "model.so"
-        outputs = np.stack([run_shared_library(library, inputs)[0] for inputs in samples])
-        times = time_shared_library(library, samples[0], repeat)
+        (outputs, *_), times = run_shared_library(library, [feeds[t.name] for t in graph.inputs], repeat)
     return outputs, 1000 * float(np.min(times))
 
 

@@ -1,4 +1,4 @@
-"""The ``edgec`` command line: compile, optimize, inspect, check, run, passes, targets.
+"""The ``edgec`` command line: compile, optimize, inspect, check, run, passes, targets, distill, tune.
 
 Exit codes: 0 ok; 1 user error (``edgec: error: ...``, no traceback); 2 usage; 3 a budget or
 accuracy gate failed (the artifact is still written and its manifest says why).
@@ -13,9 +13,13 @@ from typing import Any
 
 import click
 
+from edgec.cli_distill import distill as _distill_command
+from edgec.cli_lists import passes as _passes_command
+from edgec.cli_lists import targets as _targets_command
+from edgec.cli_options import SHAPE_HELP, compile_options, import_options, pipeline_options
+from edgec.cli_tune import tune as _tune_command
 from edgec.errors import BudgetError, EdgecError
-
-_SHAPE_HELP = "fix an input's shape, e.g. input=1x3x224x224 (repeatable)"
+from edgec.report import echo_json
 
 
 def _fail(error: EdgecError) -> None:
@@ -33,110 +37,6 @@ class _Group(click.Group):
             _fail(error)
 
 
-def _echo_json(data: Any) -> None:
-    from edgec.manifest import dumps
-
-    click.echo(dumps(data), nl=False)
-
-
-def _options(ctx_params: dict[str, Any]):
-    """Compile options: defaults < config file (``--config`` or found in the cwd) < flags."""
-    from edgec.config import CompileOptions, find_config, load_config
-    from edgec.ir import parse_input_shape
-
-    config_path = ctx_params.pop("config", None)
-    config = Path(config_path) if config_path else find_config(Path.cwd())
-    base = load_config(config) if config else CompileOptions()
-    base.config_file = config
-    overrides: dict[str, Any] = {}
-    shapes = ctx_params.pop("input_shape", ())
-    if shapes:
-        overrides["input_shapes"] = {**base.input_shapes, **dict(map(parse_input_shape, shapes))}
-    freezes = ctx_params.pop("freeze_input", ())
-    if freezes:
-        from edgec.ir.freeze import parse_freeze
-
-        # Options hold the VALUE text (load_model parses it against the input); parse here only to
-        # fail early on a malformed spec or a missing file. Storing the parsed value instead would
-        # turn a .npy array into its repr.
-        specs = {}
-        for spec in freezes:
-            name, _ = parse_freeze(spec)
-            specs[name] = spec.partition("=")[2].strip()
-        overrides["freeze_inputs"] = {**base.freeze_inputs, **specs}
-    if ctx_params.pop("no_micro_kernels", False):
-        overrides["micro_kernels"] = False
-    no_simplify = ctx_params.pop("no_simplify", False)
-    if no_simplify:
-        overrides["simplify"] = False
-    if ctx_params.pop("verify_each", False):
-        overrides["verify"] = True
-    dump_after = ctx_params.pop("dump_after", ())
-    if dump_after:
-        overrides["dump_after"] = tuple(dump_after)
-    for key in (
-        "target",
-        "pipeline",
-        "seed",
-        "inputs",
-        "eval",
-        "calib",
-        "flash_budget",
-        "ram_budget",
-        "quantize",
-        "calibration",
-        "max_accuracy_drop",
-        "name",
-        "rounding",
-        "threads",
-        "db",
-        "tune",
-    ):
-        if key in ctx_params and ctx_params[key] is not None:
-            value = ctx_params.pop(key)
-            overrides[key] = Path(value) if key in ("inputs", "eval", "calib", "db") else value
-    return base.merged(overrides)
-
-
-def _import_options(function):
-    """Options shared by every command that imports a model."""
-    decorators = [
-        click.option("--input-shape", multiple=True, help=_SHAPE_HELP),
-        click.option(
-            "--freeze-input", multiple=True, help="turn an input into a constant: NAME=VALUE or NAME=file.npy"
-        ),
-        click.option("--no-simplify", is_flag=True, help="skip the import path (onnxslim, control flow)"),
-        click.option("--config", type=click.Path(dir_okay=False), help="config file (default: edgec.toml)"),
-    ]
-    for decorator in reversed(decorators):
-        function = decorator(function)
-    return function
-
-
-def _pipeline_options(function):
-    decorators = [
-        click.option(
-            "--pipeline", "-p", help="pass pipeline, e.g. 'default' or 'fuse-conv-bn,fold-constants'"
-        ),
-        click.option("--verify-each", is_flag=True, help="check every lossless pass against onnxruntime"),
-        click.option("--dump-after", multiple=True, metavar="PASS", help="print the graph after PASS"),
-        click.option("--seed", type=int, help="seed of random verification inputs"),
-        click.option("--calib", type=click.Path(), help=".npz calibration dataset"),
-        click.option(
-            "--quantize",
-            metavar="SCHEME",
-            help="quantize after the pipeline: int8, int8-dynamic, weight-int8|int4|int2|binary, fp16, "
-            "fp16-compute (float16 arithmetic: cortex-a55, cortex-m55)",
-        ),
-        click.option(
-            "--calibration", metavar="METHOD", help="int8 calibration: minmax, percentile, entropy, mse"
-        ),
-    ]
-    for decorator in reversed(decorators):
-        function = decorator(function)
-    return function
-
-
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgec", prog_name="edgec")
 def main() -> None:
@@ -147,8 +47,8 @@ def main() -> None:
 @click.argument("model", type=click.Path())
 @click.option("--target", "-t", help="compilation target (see 'edgec targets'); default x86")
 @click.option("--output", "-o", "output", required=True, type=click.Path(), help="build directory")
-@_import_options
-@_pipeline_options
+@import_options
+@pipeline_options
 @click.option("--inputs", type=click.Path(), help=".npz inputs for measuring the artifact's error")
 @click.option("--eval", "eval", type=click.Path(), help="labelled .npz dataset for measuring accuracy")
 @click.option(
@@ -176,6 +76,18 @@ def main() -> None:
 @click.option(
     "--tune", type=click.IntRange(min=1), metavar="N", help="tune N MetaSchedule trials into --db first"
 )
+@click.option(
+    "--no-sparse-weights",
+    "no_sparse_weights",
+    is_flag=True,
+    help="store every weight dense, also where a sparse format would be smaller (for comparisons)",
+)
+@click.option(
+    "--no-memory-planning",
+    "no_memory_planning",
+    is_flag=True,
+    help="Cortex-M/c: no conv+pool fusion, row bands or padding merges (every layer output whole)",
+)
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
@@ -187,7 +99,7 @@ def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) 
     from edgec.report import print_manifest, write_depfile
 
     depfile = params.pop("depfile", None)
-    options = _options(params)
+    options = compile_options(params)
     try:
         result = compile_model(model, output, options, Progress(quiet=quiet or as_json))
         manifest = result.manifest
@@ -206,30 +118,9 @@ def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) 
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--target", "-t", help="compilation target (see 'edgec targets'); default x86")
-@click.option("--trials", type=click.IntRange(min=1), required=True, help="MetaSchedule trials for the model")
-@click.option("--db", required=True, type=click.Path(), help="tuning database folder (created, resumable)")
-@click.option(
-    "--threads", type=click.IntRange(min=1), help="threads the kernels are tuned for (default: cores)"
-)
-@_import_options
-@_pipeline_options
-@click.option("--json", "as_json", is_flag=True, help="print the tuning report as JSON")
-@click.option("--quiet", "-q", is_flag=True, help="no progress output")
-def tune(model: str, trials: int, as_json: bool, quiet: bool, **params: Any) -> None:
-    """Tune MODEL's kernels for a target with MetaSchedule into a database (edgec compile --db)."""
-    from edgec.progress import Progress
-    from edgec.report import print_tune_report
-    from edgec.tune import tune_model
-
-    print_tune_report(tune_model(model, _options(params), trials, Progress(quiet=quiet or as_json)), as_json)
-
-
-@main.command()
-@click.argument("model", type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(), help="optimized ONNX file")
-@_import_options
-@_pipeline_options
+@import_options
+@pipeline_options
 @click.option("--json", "as_json", is_flag=True, help="print per-pass records as JSON")
 @click.option("--quiet", "-q", is_flag=True)
 def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any) -> None:
@@ -237,7 +128,7 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
     from edgec.compile import optimize_model
     from edgec.progress import Progress
 
-    options = _options(params)
+    options = compile_options(params)
     prepared = optimize_model(model, output, options, Progress(quiet=quiet or as_json))
     records = [
         {
@@ -250,7 +141,7 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
         for r in prepared.run.records
     ]
     if as_json:
-        _echo_json({"pipeline": prepared.pipeline, "passes": records, "output": str(output)})
+        echo_json({"pipeline": prepared.pipeline, "passes": records, "output": str(output)})
         return
     for record in records:
         click.echo(
@@ -262,18 +153,38 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--input-shape", multiple=True, help=_SHAPE_HELP)
+@click.option("--input-shape", multiple=True, help=SHAPE_HELP)
+@click.option("--groups", is_flag=True, help="print the channel dependency groups channel pruning uses")
+@click.option("--memory", is_flag=True, help="MODEL is a build directory: print its memory timeline")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def inspect(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
-    """Print per-node MACs, parameters and output sizes of MODEL."""
+def inspect(model: str, input_shape: tuple[str, ...], groups: bool, memory: bool, as_json: bool) -> None:
+    """Print per-node MACs, parameters and output sizes of MODEL (or its channel groups; with
+    --memory, the memory timeline of a build directory)."""
     from edgec.ir import EdgeGraph, fix_input_shapes, graph_cost, infer_shapes, parse_input_shape, read_model
+
+    if memory:
+        from edgec.manifest import read_manifest
+        from edgec.report import print_memory
+
+        manifest = read_manifest(Path(model))
+        if as_json:
+            echo_json(manifest.get("memory"))
+            return
+        print_memory(manifest)
+        return
 
     graph = EdgeGraph.from_onnx(read_model(model))
     fix_input_shapes(graph, dict(map(parse_input_shape, input_shape)))
     infer_shapes(graph)
+    if groups:
+        from edgec.groups_report import channel_groups, format_groups
+
+        report = channel_groups(graph)
+        echo_json(report) if as_json else click.echo(format_groups(report), nl=False)
+        return
     cost = graph_cost(graph)
     if as_json:
-        _echo_json(cost.as_dict())
+        echo_json(cost.as_dict())
         return
     from rich.console import Console
     from rich.table import Table
@@ -296,16 +207,21 @@ def inspect(model: str, input_shape: tuple[str, ...], as_json: bool) -> None:
 
 @main.command()
 @click.argument("build_dir", type=click.Path())
-@click.option("--inputs", required=True, type=click.Path(), help=".npz with one array per model input")
+@click.option(
+    "--inputs",
+    required=True,
+    type=click.Path(),
+    help=".npz with one array per model input: one sample, or many on a leading axis",
+)
 @click.option("--output", "-o", type=click.Path(), help="write outputs to this .npz")
 @click.option("--repeat", type=click.IntRange(min=0), default=0, help="time N runs (min/median latency)")
 @click.option("--json", "as_json", is_flag=True)
 def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: bool) -> None:
-    """Run a built artifact on inputs from a .npz file."""
+    """Run a built artifact on inputs from a .npz file (one sample or a dataset, in one run)."""
     import numpy as np
 
-    from edgec.compile import run_build, run_threads
     from edgec.ir import atomic_path
+    from edgec.run import run_build, run_threads
 
     outputs, times = run_build(build_dir, Path(inputs), repeat)
     threads = run_threads(build_dir)
@@ -315,7 +231,7 @@ def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: b
     latency = {"min": 1e3 * min(times), "median": 1e3 * float(np.median(times))} if times else None
     if as_json:
         shapes = {k: list(v.shape) for k, v in outputs.items()}
-        _echo_json({"outputs": shapes, "latency_ms": latency, "threads": threads})
+        echo_json({"outputs": shapes, "latency_ms": latency, "threads": threads})
         return
     for name, value in outputs.items():
         click.echo(f"{name}: {value.dtype}{list(value.shape)}")
@@ -329,7 +245,7 @@ def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: b
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("--target", "-t", help="target to check for (default x86)")
-@_import_options
+@import_options
 @click.option("--json", "as_json", is_flag=True)
 def check(model: str, as_json: bool, **params: Any) -> None:
     """Report, without building, whether every node of MODEL can be compiled for a target."""
@@ -337,77 +253,24 @@ def check(model: str, as_json: bool, **params: Any) -> None:
     from edgec.compile import IMPORT_PIPELINE, load_model
     from edgec.targets import get_target
 
-    options = _options(params)
+    options = compile_options(params)
     get_target(options.target)
-    graph, _ = load_model(Path(model), options)
+    graph = load_model(Path(model), options).graph
     report = check_model(graph, options.target, pipeline=IMPORT_PIPELINE if options.simplify else "")
     if as_json:
-        _echo_json(report.as_dict())
+        echo_json(report.as_dict())
     else:
         click.echo("\n".join(report.lines()))
     if not report.ok:
         sys.exit(1)
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-def passes(as_json: bool) -> None:
-    """List the registered passes (built-in and plugins) and named pipelines."""
-    import dataclasses
-
-    from edgec.pm import all_passes, all_pipelines, plugin_source
-
-    entries = []
-    for name, cls in all_passes().items():
-        options = {
-            f.name: repr(f.default) if f.default is not dataclasses.MISSING else None
-            for f in dataclasses.fields(cls)
-        }
-        entries.append(
-            {
-                "name": name,
-                "lossless": cls.lossless,
-                "summary": cls.summary(),
-                "options": options,
-                "plugin": plugin_source(name),
-            }
-        )
-    pipelines = [
-        {"name": p.name, "pipeline": p.pipeline, "fixed_point": p.fixed_point, "description": p.description}
-        for p in all_pipelines().values()
-    ]
-    if as_json:
-        _echo_json({"passes": entries, "pipelines": pipelines})
-        return
-    for entry in entries:
-        options = ", ".join(f"{k}={v}" for k, v in entry["options"].items())
-        origin = f" [plugin: {entry['plugin']}]" if entry["plugin"] else ""
-        kind = "lossless" if entry["lossless"] else "lossy"
-        click.echo(f"{entry['name']:<28} {kind:<9} {entry['summary']}{origin}")
-        if options:
-            click.echo(f"{'':<38} options: {options}")
-    click.echo("\nnamed pipelines:")
-    for p in pipelines:
-        click.echo(f"  {p['name']:<12} {p['pipeline']}{' (to a fixed point)' if p['fixed_point'] else ''}")
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-def targets(as_json: bool) -> None:
-    """List the compilation targets."""
-    from edgec.targets import all_targets
-    from edgec.targets.registry import plugin_source
-
-    entries = [{**t.describe(), "plugin": plugin_source(name)} for name, t in all_targets().items()]
-    if as_json:
-        _echo_json({"targets": entries})
-        return
-    for entry in entries:
-        budgets = ""
-        if entry["flash_bytes"]:
-            budgets = f" (flash {entry['flash_bytes'] // 1024} KiB, RAM {entry['ram_bytes'] // 1024} KiB)"
-        origin = f" [plugin: {entry['plugin']}]" if entry["plugin"] else ""
-        click.echo(f"{entry['name']:<14} {entry['description']}{budgets}{origin}")
+# Commands in their own modules: distillation (edgec/cli_distill.py), the listings (edgec/cli_lists.py),
+# tuning (edgec/cli_tune.py).
+main.add_command(_distill_command)
+main.add_command(_tune_command)
+main.add_command(_passes_command)
+main.add_command(_targets_command)
 
 
 if __name__ == "__main__":

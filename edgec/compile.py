@@ -17,8 +17,9 @@ import numpy as np
 
 import edgec
 from edgec.config import CompileOptions
-from edgec.data import LABEL_KEY, load_dataset, load_inputs, read_npz, samples_of
+from edgec.data import Dataset, declared_batch, load_dataset
 from edgec.errors import BudgetError, EdgecError
+from edgec.evaluate import Reference, measure_error
 from edgec.ir import (
     EdgeGraph,
     atomic_path,
@@ -32,11 +33,12 @@ from edgec.ir import (
     save,
     static_shape,
 )
+from edgec.isolation import worker
 from edgec.manifest import MANIFEST, TIMINGS, file_hashes, sha256_file, write_json
 from edgec.pm import PassContext, PassManager, PipelineRun, format_pipeline, parse_pipeline
 from edgec.precision import mismatches, planned
 from edgec.progress import Progress
-from edgec.verify import accuracy, error_metrics, random_inputs
+from edgec.report import memory_section
 
 IMPORT_PIPELINE = "import"
 
@@ -50,6 +52,7 @@ class Prepared:
     run: PipelineRun
     pipeline: str
     context: PassContext
+    reference: Reference  # the untouched model, what error and accuracy are measured against
     frozen: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -84,42 +87,56 @@ def _signature(prepared: Prepared) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [describe(t) for t in inputs], "outputs": [describe(t) for t in outputs]}
 
 
-def load_model(source: Path, options: CompileOptions) -> tuple[EdgeGraph, dict[str, Any]]:
-    """Reads the model, freezes the inputs the options name and fixes every input's shape.
+@dataclass
+class LoadedModel:
+    """A model as edgec imports it.
 
-    Returns the graph (shapes inferred) and the record of frozen inputs for the manifest.
+    Attributes:
+        graph: inputs frozen, shapes fixed and inferred.
+        frozen: the frozen inputs' values as JSON values (for the manifest).
+        reference: the untouched model file and the frozen values to feed it.
+        batch: the fixed size of the inputs' declared dynamic batch axis, if they declare one
+            (see :mod:`edgec.data`).
     """
+
+    graph: EdgeGraph
+    frozen: dict[str, Any]
+    reference: Reference
+    batch: int | None
+
+
+def load_model(source: Path, options: CompileOptions) -> LoadedModel:
+    """Reads the model, freezes the inputs the options name and fixes every input's shape."""
     graph = EdgeGraph.from_onnx(read_model(source))
     values = {name: parse_freeze(f"{name}={spec}")[1] for name, spec in options.freeze_inputs.items()}
+    dtypes = {tensor.name: np.dtype(tensor.dtype) for tensor in graph.inputs if tensor.name in values}
     frozen = freeze_inputs(graph, values) if values else {}
+    # The recorded values are exact (float32 values survive the round trip through Python floats).
+    reference = Reference(source, {name: np.asarray(value, dtypes[name]) for name, value in frozen.items()})
+    declared = {tensor.name: tensor.shape for tensor in graph.inputs}
     fix_input_shapes(graph, options.input_shapes)
     infer_shapes(graph)
-    return graph, frozen
+    return LoadedModel(graph, frozen, reference, declared_batch(declared, graph))
 
 
 def target_of(options: CompileOptions) -> Any:
     """The target the options name, with the code-generation choices the options make (its
-    requantization rounding, its int8 micro-kernels, its threads); the manifest records them."""
+    requantization rounding, its int8 micro-kernels, sparse weights, its RAM budget, its memory
+    planning, its threads); the manifest records them."""
     from edgec.targets import get_target
+    from edgec.tune import with_threads_and_database
 
-    target = get_target(options.target)
-    if options.threads:
-        if not any(f.name == "threads" for f in dataclasses.fields(target)):
-            raise EdgecError(
-                f"--threads sets the thread pool of a TVM runtime library; target '{target.name}' "
-                "builds runtime-free C, which runs on the caller's thread"
-            )
-        target = dataclasses.replace(target, threads=options.threads)
-    if options.tune and not options.db:
-        raise EdgecError("--tune N keeps what it learns in a database: add --db DIR")
-    if options.db:
-        if not any(f.name == "tuning_database" for f in dataclasses.fields(target)):
-            raise EdgecError(f"target '{target.name}' is not built through TVM; --db has nothing to tune")
-        target = dataclasses.replace(target, tuning_database=str(options.db))
+    target = with_threads_and_database(get_target(options.target), options)
     if options.rounding:
         target = dataclasses.replace(target, requantize_rounding=options.rounding)
     if not options.micro_kernels:
         target = dataclasses.replace(target, micro_kernels=False)
+    if not options.sparse_weights:
+        target = dataclasses.replace(target, sparse_weights=False)
+    if options.ram_budget:  # the budget the memory planner plans for and the build is checked against
+        target = dataclasses.replace(target, ram_bytes=options.ram_budget)
+    if not options.memory_planning and getattr(target, "memory_planning", False):
+        target = dataclasses.replace(target, memory_planning=False)
     return target
 
 
@@ -135,11 +152,13 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
     steps = parse_pipeline(options.full_pipeline())
     if options.max_accuracy_drop is not None and not options.eval:
         raise EdgecError("--max-accuracy-drop needs labelled data to measure accuracy: add --eval test.npz")
+    # Its startup overlaps the loading: every compile measures against onnxruntime.
+    worker("onnxruntime").start(preload=("numpy", "onnxruntime"))
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     with progress.step(f"loading {source.name}"):
-        graph, frozen = load_model(source, options)
-        original = graph.copy()
+        loaded = load_model(source, options)
+        graph, original = loaded.graph, loaded.graph.copy()
     seconds["load"] = time.perf_counter() - start
 
     ctx = PassContext(
@@ -147,8 +166,12 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
         capabilities=target_of(options).capabilities(),
         verify=options.verify,
         seed=options.seed,
-        calibration=samples_of(load_dataset(options.calib, original), original) if options.calib else None,
-        evaluation=load_dataset(options.eval, original, labelled=True) if options.eval else None,
+        calibration=load_dataset(options.calib, original, batch=loaded.batch) if options.calib else None,
+        evaluation=load_dataset(options.eval, original, labelled=True, batch=loaded.batch)
+        if options.eval
+        else None,
+        training=load_dataset(options.train, original).arrays() if options.train else None,
+        reference=original,
         dump_after=frozenset(options.dump_after),
         warn=progress.warn,
         progress=progress.bar,
@@ -156,9 +179,12 @@ def prepare(model: str | Path, options: CompileOptions, progress: Progress | Non
     start = time.perf_counter()
     with progress.step(f"running the pipeline {format_pipeline(steps)}"):
         run = PassManager(steps, ctx).run(graph)
-        infer_shapes(run.graph)
+        if not ctx.analyses.get("shapes", run.graph):
+            infer_shapes(run.graph)  # inference fails: raise its error
     seconds["passes"] = time.perf_counter() - start
-    return Prepared(source, original, run, format_pipeline(steps), ctx, frozen, seconds)
+    return Prepared(
+        source, original, run, format_pipeline(steps), ctx, loaded.reference, loaded.frozen, seconds
+    )
 
 
 def legalize(prepared: Prepared, target: Any, progress: Progress) -> PipelineRun:
@@ -196,69 +222,6 @@ def _check_out_dir(out_dir: Path, source: Path) -> None:
         raise EdgecError(
             f"output directory '{out_dir}' cannot be created: '{parent}' is not a writable folder"
         )
-
-
-# Samples of --eval/--calib data used for the error figures (each one is an artifact run).
-ERROR_SAMPLES = 8
-
-
-def _error_feeds(original: EdgeGraph, options: CompileOptions) -> tuple[dict[str, np.ndarray], str]:
-    """Inputs with a leading sample axis for the error figures, and where they came from.
-
-    Real data comes first (a quantized model is only meaningful on in-distribution inputs):
-    ``--inputs``, else the first samples of ``--eval`` or ``--calib``, else seeded random inputs.
-    """
-    if options.inputs:
-        return {k: v[None] for k, v in load_inputs(options.inputs, original).items()}, options.inputs.name
-    for path in (options.eval, options.calib):
-        if path:
-            samples = samples_of(load_dataset(path, original), original)
-            count = min(ERROR_SAMPLES, len(next(iter(samples.values()))))
-            return {k: v[:count] for k, v in samples.items()}, f"{path.name} (first {count} samples)"
-    feeds = random_inputs(original, seed=options.seed)
-    return {k: v[None] for k, v in feeds.items()}, f"random normal inputs, seed {options.seed}"
-
-
-def _measure_error(prepared: Prepared, options: CompileOptions, run_artifact) -> dict[str, Any]:
-    """Error of the optimized graph and of the built artifact against the original model."""
-    from edgec.verify import run_onnx_batch
-
-    original = prepared.original
-    feeds, source = _error_feeds(original, options)
-    count = len(next(iter(feeds.values())))
-    reference = run_onnx_batch(original.to_onnx(), feeds)
-    optimized = run_onnx_batch(prepared.graph.to_onnx(), feeds)
-    order = [t.name for t in original.inputs]
-    runs = [run_artifact([np.asarray(feeds[name][i]) for name in order]) for i in range(count)]
-    names = [t.name for t in original.outputs]
-    artifact = {name: np.stack([run[k] for run in runs]) for k, name in enumerate(names)}
-    result: dict[str, Any] = {
-        "inputs": source,
-        "optimized_vs_original": error_metrics(reference, optimized, samples=count).as_dict(),
-        "artifact_vs_original": error_metrics(reference, artifact, samples=count).as_dict(),
-    }
-    if options.eval:
-        result["accuracy"] = _measure_accuracy(prepared, options, run_artifact)
-    return result
-
-
-def _measure_accuracy(prepared: Prepared, options: CompileOptions, run_artifact) -> dict[str, Any]:
-    from edgec.verify import run_onnx_batch
-
-    original = prepared.original
-    dataset = load_dataset(options.eval, original, labelled=True)
-    samples = samples_of(dataset, original)
-    labels = dataset["label"]
-    first_output = original.outputs[0].name
-    reference = run_onnx_batch(original.to_onnx(), samples)[first_output]
-    order = [t.name for t in original.inputs]
-    artifact = np.stack([run_artifact([samples[name][i] for name in order])[0] for i in range(len(labels))])
-    return {
-        "dataset": options.eval.name,
-        "samples": len(labels),
-        "original": accuracy(reference, labels),
-        "artifact": accuracy(artifact, labels),
-    }
 
 
 def _budget_gates(target, sizes: dict[str, int], error: dict[str, Any], options: CompileOptions) -> list[str]:
@@ -303,6 +266,7 @@ def compile_model(
     source = Path(model)
     target = target_of(options)
     _check_out_dir(out_dir, source)
+    target.prepare_run()
     prepared = prepare(source, options, progress)
     from edgec.check import check_model
 
@@ -341,7 +305,7 @@ def compile_model(
         manifest_stub = {**_signature(prepared), "target": target.describe()}
         start = time.perf_counter()
         with progress.step("measuring the artifact against onnxruntime"):
-            error = _measure_error(
+            error = measure_error(
                 prepared, options, lambda inputs: target.run(build_dir, manifest_stub, inputs)[0]
             )
         timings["verify"] = time.perf_counter() - start
@@ -353,6 +317,7 @@ def compile_model(
             **artifact.sizes,
         }
         failures = _budget_gates(target, sizes, error, options)
+        legalization = _pass_records(legal)
         manifest = {
             "schema": 1,
             "edgec_version": edgec.__version__,
@@ -363,8 +328,10 @@ def compile_model(
             "pipeline": prepared.pipeline,
             "pipeline_notes": prepared.run.notes,
             "frozen_inputs": prepared.frozen,
+            "data": _data_records(prepared, options),
             "passes": _pass_records(prepared.run),
-            "legalization": _pass_records(legal),
+            "legalization": legalization,
+            "memory": memory_section(legalization, artifact.details),
             "capabilities": prepared.context.capabilities.as_dict()
             if prepared.context.capabilities
             else None,
@@ -395,6 +362,19 @@ def compile_model(
     return result
 
 
+def _data_records(prepared: Prepared, options: CompileOptions) -> dict[str, Any]:
+    """How the samples of ``--calib`` and ``--eval`` mapped onto model runs (see ``edgec.data``)."""
+    ctx = prepared.context
+    records = {}
+    for key, path, data in (
+        ("calib", options.calib, ctx.calibration),
+        ("eval", options.eval, ctx.evaluation),
+    ):
+        if path and isinstance(data, Dataset):
+            records[key] = {"file": path.name, **data.describe()}
+    return records
+
+
 def _c_identifier(stem: str) -> str:
     import re
 
@@ -418,48 +398,3 @@ def optimize_model(
     prepared = prepare(source, options, progress)
     save(prepared.graph, output)
     return prepared
-
-
-def run_threads(build_dir: str | Path) -> int:
-    """The threads a built artifact runs with on this machine, in this environment."""
-    from edgec.manifest import read_manifest
-    from edgec.targets import get_target
-
-    manifest = read_manifest(Path(build_dir))
-    try:
-        return get_target(manifest["target"]["name"]).run_threads(manifest)
-    except ValueError as err:  # a malformed TVM_NUM_THREADS
-        raise EdgecError(str(err)) from err
-
-
-def run_build(
-    build_dir: str | Path, inputs: Path, repeat: int = 0
-) -> tuple[dict[str, np.ndarray], list[float]]:
-    """Runs a built artifact on a .npz of inputs; returns outputs by name and per-run seconds."""
-    from edgec.manifest import read_manifest
-    from edgec.targets import get_target
-
-    build_dir = Path(build_dir)
-    manifest = read_manifest(build_dir)
-    target = get_target(manifest["target"]["name"])
-    arrays = read_npz(inputs)
-    expected = {i["name"]: i for i in manifest["inputs"]}
-    missing = sorted(set(expected) - set(arrays))
-    unknown = sorted(set(arrays) - set(expected) - {LABEL_KEY})
-    if missing or unknown:
-        raise EdgecError(
-            f"'{inputs}': inputs {'missing ' + str(missing) if missing else ''}"
-            f"{' unexpected ' + str(unknown) if unknown else ''}; the model's inputs are {sorted(expected)}"
-        )
-    ordered = []
-    for spec in manifest["inputs"]:
-        array = arrays[spec["name"]]
-        if list(array.shape) != spec["shape"] or array.dtype.name != spec["dtype"]:
-            raise EdgecError(
-                f"'{inputs}': input '{spec['name']}' is {array.dtype.name}{list(array.shape)}, "
-                f"the model expects {spec['dtype']}{spec['shape']}"
-            )
-        ordered.append(array)
-    outputs, times = target.run(build_dir, manifest, ordered, repeat)
-    names = [o["name"] for o in manifest["outputs"]]
-    return dict(zip(names, outputs, strict=True)), times

@@ -54,12 +54,23 @@ class CompileOptions:
             keeps sensitive layers in float and fails the build (exit 3) when still missed.
         rounding: requantization rounding of the integer kernels, ``single`` or ``double``
             (TFLite's; default: the target's, ``single``).
-        micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
+        prune: unstructured sparsity appended to the pipeline (``prune-magnitude``), 0.5 = 50%.
+        prune_channels: channel ratio appended to the pipeline (``prune-channels``), 0.3 = 30%.
+        prune_nm: N:M sparsity appended to the pipeline (``prune-nm``), e.g. ``2:4``.
+        micro_kernels: use the target's int8 micro-kernels (vpdpbusd, vpmaddwd, SMLAD) where it has them.
         threads: threads of a TVM runtime library (x86); 0 = the physical cores of the machine
             it runs on (``TVM_NUM_THREADS`` at run time still wins).
         db: a tuning database folder; its best records for the target, CPU and threads replace
             the default schedules of the kernels they cover.
         tune: MetaSchedule trials to run into ``db`` before building (0: none).
+        sparse_weights: store weights with zeros sparse where that is smaller (the target's formats).
+        memory_planning: on targets whose budget is RAM (Cortex-M, ``c``), fuse convolutions with
+            their pools, plan row bands of the first stages under the RAM budget and keep padded
+            inputs out of memory; off, every layer's output is a tensor (for comparisons).
+        train: .npz training dataset (``label`` optional) for passes that train (``qat``,
+            ``distill``).
+        qat: fine-tune the ``quantize`` scheme with quantization-aware training on ``train``.
+        epochs: training epochs of ``--qat``.
         config_file: the config file these options came from (for dependency files).
     """
 
@@ -81,23 +92,41 @@ class CompileOptions:
     calibration: str | None = None
     max_accuracy_drop: float | None = None
     rounding: str | None = None
+    prune: float | None = None
+    prune_channels: float | None = None
+    prune_nm: str | None = None
     micro_kernels: bool = True
     threads: int = 0
     db: Path | None = None
     tune: int = 0
+    sparse_weights: bool = True
+    memory_planning: bool = True
+    train: Path | None = None
+    qat: bool = False
+    epochs: int | None = None
     config_file: Path | None = None
 
     def full_pipeline(self) -> str:
-        """The pipeline string that runs: import path, ``pipeline``, then the ``--quantize`` sugar.
+        """The pipeline string that runs: import path, ``pipeline``, the pruning sugar, then the
+        ``--quantize`` sugar (prune, then quantize).
+
+        ``--prune-channels R`` expands to ``prune-channels{ratio=R}``, ``--prune-nm N:M`` to
+        ``prune-nm{n=N,m=M}``, ``--prune S`` to ``prune-magnitude{sparsity=S}`` (in that order).
 
         ``--quantize S --calibration M --max-accuracy-drop D`` expands to
         ``quantize{scheme=S,calibration=M,budget=D,budget_metric=accuracy}``; ``--quantize
-        fp16-compute`` to ``quantize{scheme=fp16,compute=float16}``.
+        fp16-compute`` to ``quantize{scheme=fp16,compute=float16}``; ``--quantize S --qat
+        --epochs N`` to ``qat{scheme=S,calibration=M,epochs=N}``.
         """
         parts = ["import"] if self.simplify else []
         if self.pipeline:
             parts.append(self.pipeline)
-        if self.quantize:
+        parts += self._pruning()
+        if self.qat:
+            parts.append(self._qat_pass())
+        elif self.epochs is not None:
+            raise EdgecError("--epochs sets how long --qat trains; add --qat (and --train data)")
+        elif self.quantize:
             if self.quantize == FP16_COMPUTE:
                 options = ["scheme=fp16", "compute=float16"]
             else:
@@ -111,6 +140,33 @@ class CompileOptions:
             raise EdgecError("--calibration chooses how --quantize calibrates; add --quantize int8")
         return ",".join(parts)
 
+    def _pruning(self) -> list[str]:
+        steps = []
+        if self.prune_channels is not None:
+            steps.append(f"prune-channels{{ratio={self.prune_channels}}}")
+        if self.prune_nm is not None:
+            n, m = self.prune_nm.split(":")
+            steps.append(f"prune-nm{{n={n},m={m}}}")
+        if self.prune is not None:
+            steps.append(f"prune-magnitude{{sparsity={self.prune}}}")
+        return steps
+
+    def _qat_pass(self) -> str:
+        if not self.quantize:
+            raise EdgecError(
+                "--qat fine-tunes a quantization scheme: add --quantize int8 (or weight-int4 ...)"
+            )
+        if not self.train:
+            raise EdgecError("--qat trains on data: add --train train.npz")
+        if self.max_accuracy_drop is not None:
+            raise EdgecError("--max-accuracy-drop searches PTQ mixed precision; it does not apply to --qat")
+        options = [f"scheme={self.quantize}"]
+        if self.calibration:
+            options.append(f"calibration={self.calibration}")
+        if self.epochs is not None:
+            options.append(f"epochs={self.epochs}")
+        return f"qat{{{','.join(options)}}}"
+
     def merged(self, overrides: dict[str, Any]) -> CompileOptions:
         """A copy with the given non-``None`` values applied (validated like config keys)."""
         values = dataclasses.asdict(self)
@@ -121,7 +177,11 @@ class CompileOptions:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(CompileOptions)} - {"config_file"}
-_PATH_FIELDS = {"inputs", "eval", "calib", "db"}
+_PATH_FIELDS = {"inputs", "eval", "calib", "train", "db"}
+
+
+# Options a config file gives as true/false.
+_SWITCHES = ("simplify", "verify", "micro_kernels", "sparse_weights", "memory_planning", "qat")
 
 
 def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> dict[str, Any]:
@@ -146,9 +206,9 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify", "micro_kernels") and not isinstance(value, bool):
+        elif name in _SWITCHES and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
-        elif name in ("seed", "flash_budget", "ram_budget", "threads", "tune") and (
+        elif name in ("seed", "flash_budget", "ram_budget", "epochs", "threads", "tune") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0
         ):
             raise EdgecError(f"{source}: '{key}' must be a non-negative integer")
@@ -162,6 +222,14 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             raise EdgecError(f"{source}: name '{value}' must be a C identifier (letters, digits, '_')")
         elif name in ("target", "pipeline", "quantize", "calibration") and not isinstance(value, str):
             raise EdgecError(f"{source}: '{key}' must be a string")
+        elif name in ("prune", "prune_channels") and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1
+        ):
+            flag = key.replace("_", "-")
+            raise EdgecError(f"{source}: '{flag}' must be a fraction in [0, 1) (0.3 = 30%), not {value!r}")
+        elif name == "prune_nm" and not (isinstance(value, str) and re.fullmatch(r"\d+:\d+", value)):
+            flag = key.replace("_", "-")
+            raise EdgecError(f"{source}: '{flag}' must be N:M such as 2:4 (keep 2 of every 4), not {value!r}")
         elif name == "rounding" and value not in ROUNDINGS:
             raise EdgecError(f"{source}: rounding '{value}' must be one of {', '.join(ROUNDINGS)}")
         values[name] = value

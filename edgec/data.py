@@ -1,13 +1,28 @@
 """Datasets in ``.npz`` files: inputs keyed by the model's input names, optional ``label``.
 
-Single-sample files hold arrays of exactly the input shape; datasets for calibration and
-evaluation hold a leading sample axis (``N`` samples of the input shape).
+edgec runs a model on its fixed input shapes; a dataset holds *samples*, and :class:`Dataset`
+records how they map onto *runs* of the model:
+
+- One sample per run (the usual case). Per input, ``[N, *shape]`` (N samples of the input's
+  shape), ``[N, *shape[1:]]`` for a batch-1 input (samples stacked along the batch axis), or one
+  sample of exactly ``shape``.
+- A declared dynamic batch. When the model declares the leading axis of its inputs symbolic
+  (``batch``) and ``--input-shape`` fixes it to ``B > 1``, the samples are the rows along that
+  axis: ``[N, *shape[1:]]`` is grouped into ``ceil(N / B)`` runs of ``B`` rows, and the last run
+  is completed by repeating samples from the first one on. The outputs of repeated rows are
+  dropped before accuracy is counted (:meth:`Dataset.rows`); calibration sees them again, which
+  leaves minmax ranges unchanged and weights the histogram methods towards the repeated samples.
+  Whole runs, ``[R, *shape]``, are accepted too (``R * B`` samples). The manifest records the
+  grouping (``data``: samples, batch, runs, repeated).
 """
 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -15,6 +30,9 @@ from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, static_shape
 
 LABEL_KEY = "label"
+
+# How the arrays of one input hold samples (see ``sample_layout``).
+Layout = Literal["sample", "samples", "stacked"]
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -27,84 +45,232 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise EdgecError(f"'{path}' is not a readable .npz file ({exc})") from None
 
 
-def _expected(graph: EdgeGraph) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+@dataclass(frozen=True)
+class Dataset:
+    """Samples as runs of the model.
+
+    Attributes:
+        runs: per model input, the runs stacked on a leading axis (``[R, *input shape]``).
+        samples: how many samples the runs hold (``N``).
+        batch: samples per run: 1, or the fixed size ``B`` of the declared dynamic batch axis.
+        labels: one label per sample, when the data is labelled.
+    """
+
+    runs: dict[str, np.ndarray]
+    samples: int
+    batch: int = 1
+    labels: np.ndarray | None = None
+
+    @property
+    def run_count(self) -> int:
+        return len(next(iter(self.runs.values())))
+
+    @property
+    def repeated(self) -> int:
+        """Rows that repeat a sample to complete the last run of a declared batch."""
+        return self.run_count * self.batch - self.samples if self.batch > 1 else 0
+
+    def rows(self, outputs: np.ndarray, name: str = "the output") -> np.ndarray:
+        """One row per sample of ``outputs`` (a leading run axis), repeated samples dropped.
+
+        Raises:
+            EdgecError: with a declared batch, when ``outputs`` is not ``[R, B, ...]``.
+        """
+        if self.batch == 1:
+            return outputs
+        if outputs.ndim < 2 or outputs.shape[1] != self.batch:
+            raise EdgecError(
+                f"{name} is {list(outputs.shape[1:])} per run; with samples grouped into batches of "
+                f"{self.batch}, its leading axis must be that batch"
+            )
+        return outputs.reshape(-1, *outputs.shape[2:])[: self.samples]
+
+    def head(self, count: int) -> Dataset:
+        """The first ``count`` samples (all of them if there are fewer)."""
+        count = min(count, self.samples)
+        labels = None if self.labels is None else self.labels[:count]
+        if self.batch == 1:
+            return Dataset({k: v[:count] for k, v in self.runs.items()}, count, 1, labels)
+        runs = {k: group_rows(self.rows(v)[:count], self.batch) for k, v in self.runs.items()}
+        return Dataset(runs, count, self.batch, labels)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The named-array form (the runs by input name, the labels under ``label``), which the
+        training engine reads: one sample per run.
+
+        Raises:
+            EdgecError: for samples grouped into runs of a declared batch.
+        """
+        if self.batch > 1:
+            raise EdgecError(
+                f"training reads one sample per run, but these samples fill runs of the declared batch "
+                f"{self.batch}; fix the batch to 1 with --input-shape"
+            )
+        return {**self.runs, **({} if self.labels is None else {LABEL_KEY: self.labels})}
+
+    def describe(self) -> dict[str, int]:
+        """For the manifest: samples, samples per run, runs, repeated rows."""
+        counts = (self.samples, self.batch, self.run_count, self.repeated)
+        return dict(zip(("samples", "batch", "runs", "repeated"), counts, strict=True))
+
+
+def group_rows(rows: np.ndarray, batch: int) -> np.ndarray:
+    """``[N, ...]`` rows as ``[ceil(N / batch), batch, ...]`` runs; the last run is completed by
+    repeating rows from the first one on."""
+    runs = -(-len(rows) // batch)
+    return rows[np.arange(runs * batch) % len(rows)].reshape(runs, batch, *rows.shape[1:])
+
+
+def declared_batch(declared: Mapping[str, Any], graph: EdgeGraph) -> int | None:
+    """The fixed size of a declared dynamic batch: every input of ``graph`` was declared (shapes
+    in ``declared``, before ``--input-shape``) with a symbolic leading axis, now fixed to the same
+    size. ``None`` when the inputs declare no such axis."""
+    sizes = set()
+    for tensor in graph.inputs:
+        shape = declared.get(tensor.name)
+        fixed = static_shape(tensor)
+        if not shape or not fixed or isinstance(shape[0], int):
+            return None
+        sizes.add(fixed[0])
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def sample_layout(array: np.ndarray, shape: tuple[int, ...]) -> Layout | None:
+    """How ``array`` holds samples of an input of ``shape`` (one sample per run), if it does:
+    ``sample`` (exactly the shape), ``samples`` (``[N, *shape]``) or ``stacked`` (``[N, *shape[1:]]``
+    for a batch-1 input)."""
+    if array.shape == shape:
+        return "sample"
+    if array.shape[1:] == shape:
+        return "samples"
+    if shape and shape[0] == 1 and array.ndim == len(shape) and array.shape[1:] == shape[1:]:
+        return "stacked"
+    return None
+
+
+def as_runs(array: np.ndarray, layout: Layout) -> np.ndarray:
+    """The runs of ``array`` (``[N, *shape]``) for the layout :func:`sample_layout` found."""
+    if layout == "sample":
+        return array[None]
+    return array[:, None] if layout == "stacked" else array
+
+
+def _runs_of(array: np.ndarray, shape: tuple[int, ...], batch: int | None) -> tuple[np.ndarray, int] | None:
+    """``(runs, samples)`` of one input's array, or ``None`` when it fits no layout."""
+    if batch is not None and batch > 1:
+        if array.ndim == len(shape) + 1 and array.shape[1:] == shape:
+            return array, len(array) * batch  # whole runs
+        if array.ndim == len(shape) and array.shape[1:] == shape[1:] and len(array):
+            return group_rows(array, batch), len(array)
+        return None
+    layout = sample_layout(array, shape)
+    if layout is None:
+        return None
+    runs = as_runs(array, layout)
+    return runs, len(runs)
+
+
+def dataset_from_arrays(
+    arrays: Mapping[str, np.ndarray],
+    graph: EdgeGraph,
+    *,
+    where: str,
+    labelled: bool = False,
+    batch: int | None = None,
+    extra_allowed: bool = True,
+) -> Dataset:
+    """Checks named arrays against the graph's inputs and groups their samples into runs.
+
+    Args:
+        arrays: per input name, its samples (see the module docstring for the layouts).
+        graph: the model (fixed input shapes).
+        where: what the arrays are, for messages (``'calib.npz'``, ``calibration data``).
+        labelled: require ``label`` (one per sample; kept when present anyway).
+        batch: the declared dynamic batch size (:func:`declared_batch`), if any.
+        extra_allowed: ignore names that are neither inputs nor ``label``.
+
+    Raises:
+        EdgecError: missing or unexpected names, shapes that fit no layout, wrong dtype, NaN/Inf,
+            differing sample counts, no samples.
+    """
     expected = {}
     for tensor in graph.inputs:
         shape = static_shape(tensor)
         if shape is None:
             raise EdgecError(f"input '{tensor.name}' has no static shape; fix it with --input-shape")
         expected[tensor.name] = (shape, np.dtype(tensor.dtype))
-    return expected
-
-
-def _check_names(path: Path, arrays: dict, expected: dict, extra: set[str]) -> None:
     missing = sorted(set(expected) - set(arrays))
-    unknown = sorted(set(arrays) - set(expected) - extra)
+    unknown = [] if extra_allowed else sorted(set(arrays) - set(expected) - {LABEL_KEY})
     if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if unknown:
-            parts.append(f"unexpected {unknown}")
-        raise EdgecError(f"'{path}': {' and '.join(parts)}; the model's inputs are {sorted(expected)}")
+        parts = [f"missing {missing}"] if missing else []
+        parts += [f"unexpected {unknown}"] if unknown else []
+        raise EdgecError(f"{where}: {' and '.join(parts)}; the model's inputs are {sorted(expected)}")
+    runs, counts = {}, set()
+    for name, (shape, dtype) in expected.items():
+        array = np.asarray(arrays[name])
+        found = _runs_of(array, shape, batch)
+        if found is None:
+            rows = f"N rows of {list(shape[1:])} (batch {batch}) or " if batch and batch > 1 else ""
+            raise EdgecError(
+                f"{where}: input '{name}' has shape {list(array.shape)}; expected {rows}N samples of "
+                f"{list(shape)}, i.e. [N, {', '.join(map(str, shape))}]"
+            )
+        if array.dtype != dtype:
+            raise EdgecError(f"{where}: input '{name}' has dtype {array.dtype}, the model expects {dtype}")
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise EdgecError(f"{where}: input '{name}' contains NaN or Inf")
+        runs[name], samples = found
+        counts.add(samples)
+    if labelled and LABEL_KEY not in arrays:
+        raise EdgecError(f"{where} has no '{LABEL_KEY}' array; accuracy needs labels")
+    labels = np.asarray(arrays[LABEL_KEY]) if LABEL_KEY in arrays else None
+    if labels is not None:
+        counts.add(len(labels))
+    if len(counts) > 1:
+        raise EdgecError(f"{where}: arrays hold different sample counts {sorted(counts)}")
+    if counts == {0}:
+        raise EdgecError(f"{where} holds no samples")
+    return Dataset(runs, counts.pop(), batch if batch and batch > 1 else 1, labels)
 
 
-def _check_values(path: Path, name: str, array: np.ndarray, dtype: np.dtype) -> None:
-    if array.dtype != dtype:
-        raise EdgecError(f"'{path}': input '{name}' has dtype {array.dtype}, the model expects {dtype}")
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise EdgecError(f"'{path}': input '{name}' contains NaN or Inf")
+def as_dataset(
+    data: Dataset | Mapping[str, np.ndarray], graph: EdgeGraph, *, where: str, labelled: bool = False
+) -> Dataset:
+    """``data`` as a :class:`Dataset`: one built by edgec as is, named arrays (a Python caller's
+    ``PassContext(calibration={...})``) checked with one sample per run."""
+    if isinstance(data, Dataset):
+        return data
+    return dataset_from_arrays(data, graph, where=where, labelled=labelled)
+
+
+def as_arrays(data: Dataset | Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """``data`` in the named-array form (see :meth:`Dataset.arrays`); named arrays as they are."""
+    if isinstance(data, Dataset):
+        return data.arrays()
+    return None if data is None else dict(data)
 
 
 def load_inputs(path: str | Path, graph: EdgeGraph) -> dict[str, np.ndarray]:
     """One set of inputs, each exactly the input's shape and dtype."""
     path = Path(path)
     arrays = read_npz(path)
-    expected = _expected(graph)
-    _check_names(path, arrays, expected, extra=set())
-    for name, (shape, dtype) in expected.items():
-        array = arrays[name]
-        if array.shape != shape:
+    for tensor in graph.inputs:
+        array, shape = arrays.get(tensor.name), static_shape(tensor)
+        if array is not None and shape is not None and array.shape != shape:
             raise EdgecError(
-                f"'{path}': input '{name}' has shape {list(array.shape)}, the model expects {list(shape)}"
+                f"'{path}': input '{tensor.name}' has shape {list(array.shape)}, "
+                f"the model expects {list(shape)}"
             )
-        _check_values(path, name, array, dtype)
-    return arrays
+    dataset = dataset_from_arrays(arrays, graph, where=f"'{path}'", extra_allowed=False)
+    return {name: runs[0] for name, runs in dataset.runs.items()}
 
 
-def load_dataset(path: str | Path, graph: EdgeGraph, *, labelled: bool = False) -> dict[str, np.ndarray]:
-    """Many samples: each input with a leading sample axis; ``label`` required if ``labelled``."""
+def load_dataset(
+    path: str | Path, graph: EdgeGraph, *, labelled: bool = False, batch: int | None = None
+) -> Dataset:
+    """Many samples; ``label`` required if ``labelled`` (kept if present); ``batch``: see
+    :func:`declared_batch`."""
     path = Path(path)
-    arrays = read_npz(path)
-    expected = _expected(graph)
-    _check_names(path, arrays, expected, extra={LABEL_KEY})
-    counts = set()
-    for name, (shape, dtype) in expected.items():
-        array = arrays[name]
-        if array.shape == shape:  # a single sample given without the sample axis
-            array = arrays[name] = array[None]
-        elif shape and shape[0] == 1 and array.ndim == len(shape) and array.shape[1:] == shape[1:]:
-            # The usual layout of a dataset for a batch-1 model: samples stacked on the batch axis.
-            array = arrays[name] = array[:, None]
-        if array.shape[1:] != shape:
-            raise EdgecError(
-                f"'{path}': input '{name}' has shape {list(array.shape)}; expected N samples of "
-                f"{list(shape)}, i.e. [N, {', '.join(map(str, shape))}]"
-            )
-        _check_values(path, name, array, dtype)
-        counts.add(len(array))
-    if labelled:
-        if LABEL_KEY not in arrays:
-            raise EdgecError(f"'{path}' has no '{LABEL_KEY}' array; accuracy needs labels")
-        counts.add(len(arrays[LABEL_KEY]))
-    if len(counts) > 1:
-        raise EdgecError(f"'{path}': arrays hold different sample counts {sorted(counts)}")
-    if counts == {0}:
-        raise EdgecError(f"'{path}' holds no samples")
-    return arrays
-
-
-def samples_of(dataset: dict[str, np.ndarray], graph: EdgeGraph) -> dict[str, np.ndarray]:
-    """Only the model inputs of a dataset (drops ``label``)."""
-    names = {t.name for t in graph.inputs}
-    return {k: v for k, v in dataset.items() if k in names}
+    return dataset_from_arrays(
+        read_npz(path), graph, where=f"'{path}'", labelled=labelled, batch=batch, extra_allowed=False
+    )

@@ -54,6 +54,11 @@ class VerificationError(EdgecError):
     """A lossless pass changed the model's outputs beyond the tolerance."""
 
 
+class NativeCrashError(EdgecError):
+    """Native code (onnxruntime, a built artifact) crashed in edgec's worker process; edgec itself
+    carries on to report it (see :mod:`edgec.isolation`)."""
+
+
 class BudgetError(EdgecError):
     """A budget (flash, RAM, accuracy) was missed; the artifact is still written."""
 

@@ -34,7 +34,7 @@ class Progress:
 
     def bar(self, description: str, total: int) -> Callable[..., None]:
         """Shows a progress bar for ``total`` items; returns the function that advances it,
-        ``advance(done, status="")`` (the status, e.g. a best latency so far, follows the bar).
+        ``advance(done, status="")`` (the status, e.g. a training loss, shows after the bar).
 
         The bar disappears when it reaches ``total``.
         """
@@ -56,7 +56,7 @@ class Progress:
         bar.start()
 
         def advance(done: int, status: str = "") -> None:
-            bar.update(task, advance=done, status=status)
+            bar.update(task, advance=done, **({"status": status} if status else {}))
             if bar.tasks[0].completed >= total:
                 bar.stop()
 

@@ -6,7 +6,9 @@ measured here against onnxruntime running the original model.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,70 +18,68 @@ from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, static_shape
 
 
-def _ort_errors() -> tuple[type[Exception], ...]:
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
+class Session:
+    """An onnxruntime session for one model, held by edgec's ``onnxruntime`` worker process.
 
-    names = (
-        "Fail",
-        "InvalidArgument",
-        "InvalidGraph",
-        "NoSuchFile",
-        "NotImplemented",
-        "RuntimeException",
-        "InvalidProtobuf",
-        "ModelLoaded",
-        "EPFail",
-    )
-    return (RuntimeError, ValueError, *(getattr(state, n) for n in names if hasattr(state, n)))
+    The session computes the model as written (basic graph optimizations, 2 threads). It lives in
+    the worker (see :mod:`edgec.isolation`), cached by the model's digest, so that a native crash
+    of onnxruntime becomes an error naming ``purpose`` instead of killing edgec.
+
+    Args:
+        model: the model, its serialized bytes, or its file (loaded by onnxruntime as it is, with
+            its external data).
+        purpose: what the model is, for messages (``the original model``).
+    """
+
+    def __init__(self, model: onnx.ModelProto | bytes | Path, purpose: str = "a model") -> None:
+        if isinstance(model, Path):
+            status = model.stat()
+            identity = f"{model.resolve()}:{status.st_mtime_ns}:{status.st_size}".encode()
+            self.model: bytes | str = str(model)
+        else:
+            self.model = identity = model if isinstance(model, bytes) else model.SerializeToString()
+        self.key = hashlib.blake2b(identity, digest_size=16).hexdigest()
+        self.purpose = purpose
+        self.output_names = list(self._request(("open", self.key, None), "creating a session for"))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the model once; returns outputs by name."""
+        return self._request(("run", self.key, feeds, False), "running")
+
+    def run_batch(self, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs one sample at a time over arrays with a leading sample axis; stacks the outputs."""
+        return self._request(("run", self.key, samples, True), "running")
+
+    def _request(self, message: tuple, verb: str) -> Any:
+        from edgec.isolation import worker
+
+        onnxruntime = worker("onnxruntime")
+        activity = f"{verb} {self.purpose}"
+        reply = onnxruntime.request(message, activity, "onnxruntime")
+        if reply is None:
+            # The worker does not hold the session (it was restarted or evicted it): send the model.
+            onnxruntime.request(("open", self.key, self.model), f"creating a session for {self.purpose}")
+            reply = onnxruntime.request(message, activity, "onnxruntime")
+        return reply
 
 
-def onnx_session(model: onnx.ModelProto):
-    """An onnxruntime session that computes ``model`` as written (basic optimizations, 2 threads)."""
-    return _session(model)
+def onnx_session(model: onnx.ModelProto, purpose: str = "a model") -> Session:
+    """A session for ``model``, reused across calls (see :class:`Session`)."""
+    return Session(model, purpose)
 
 
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # Basic optimizations only: the reference should compute the graph as written, not a fused
-    # variant of it.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.intra_op_num_threads = 2
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except _ort_errors() as exc:
-        raise EdgecError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
-
-
-def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_onnx(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], purpose: str = "a model"
+) -> dict[str, np.ndarray]:
     """Runs ``model`` once with onnxruntime; returns outputs by name."""
-    session = _session(model)
-    names = [o.name for o in session.get_outputs()]
-    try:
-        values = session.run(names, feeds)
-    except _ort_errors() as exc:
-        raise EdgecError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0]}") from None
-    return dict(zip(names, values, strict=True))
+    return Session(model, purpose).run(feeds)
 
 
-def run_onnx_batch(model: onnx.ModelProto, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_onnx_batch(
+    model: onnx.ModelProto | bytes | Path, samples: dict[str, np.ndarray], purpose: str = "a model"
+) -> dict[str, np.ndarray]:
     """Runs one sample at a time over arrays with a leading sample axis; stacks the outputs."""
-    return run_session_batch(_session(model), samples)
-
-
-def run_session_batch(session: Any, samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """:func:`run_onnx_batch` on a session from :func:`onnx_session` (reused across calls)."""
-    names = [o.name for o in session.get_outputs()]
-    count = len(next(iter(samples.values())))
-    outputs: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for index in range(count):
-        # np.asarray: indexing a sample of a scalar input gives a numpy scalar, not a 0-d array.
-        values = session.run(names, {k: np.asarray(v[index]) for k, v in samples.items()})
-        for name, value in zip(names, values, strict=True):
-            outputs[name].append(value)
-    return {name: np.stack(values) for name, values in outputs.items()}
+    return Session(model, purpose).run_batch(samples)
 
 
 def random_inputs(graph: EdgeGraph, seed: int = 0) -> dict[str, np.ndarray]:

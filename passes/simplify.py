@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -48,7 +49,8 @@ def _value_names(values: Any) -> list[str]:
 
 
 def slim_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Runs ``onnxslim.slim`` on a copy of ``model`` and returns the simplified model.
+    """Runs ``onnxslim.slim`` on ``model`` (which it changes: pass a model of your own) and returns
+    the simplified model.
 
     Raises:
         ValueError: if onnxslim changed the model's inputs or outputs (it must not).
@@ -56,41 +58,79 @@ def slim_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     import onnxslim
 
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    outputs = _value_names(model.graph.output)
+    initializers = {t.name for t in model.graph.initializer}
+    declared = {value.name: copy.deepcopy(value) for value in model.graph.input}
+    wanted = [name for name in declared if name not in initializers]
     # onnxslim logs at WARNING for things edgec reports itself (e.g. large folded constants).
     logger = logging.getLogger("onnxslim")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        slimmed = onnxslim.slim(work)
+        slimmed = onnxslim.slim(model)
     finally:
         logger.setLevel(level)
     if slimmed is None:
         raise ValueError("onnxslim returned no model")
-    if _value_names(slimmed.graph.output) != _value_names(model.graph.output):
+    if _value_names(slimmed.graph.output) != outputs:
         raise ValueError(
-            f"onnxslim changed the outputs from {_value_names(model.graph.output)} to "
-            f"{_value_names(slimmed.graph.output)}"
+            f"onnxslim changed the outputs from {outputs} to {_value_names(slimmed.graph.output)}"
         )
-    initializers = {t.name for t in model.graph.initializer}
-    wanted = [name for name in _value_names(model.graph.input) if name not in initializers]
-    got = _value_names(slimmed.graph.input)
-    if got != wanted:
-        _restore_inputs(model, slimmed, wanted)
+    if _value_names(slimmed.graph.input) != wanted:
+        _restore_inputs(declared, slimmed, wanted)
     return slimmed
 
 
-def _restore_inputs(original: onnx.ModelProto, slimmed: onnx.ModelProto, wanted: list[str]) -> None:
+def _restore_inputs(
+    declared: dict[str, onnx.ValueInfoProto], slimmed: onnx.ModelProto, wanted: list[str]
+) -> None:
     # An input that no node reads any more (e.g. the one a folded If branched on) is still part of
     # the model's calling convention: callers feed it, so it stays declared.
-    declared = {value.name: value for value in original.graph.input}
     present = {value.name: value for value in slimmed.graph.input}
     unknown = set(present) - set(wanted)
     if unknown:
         raise ValueError(f"onnxslim added the inputs {sorted(unknown)}")
+    restored = [copy.deepcopy(present.get(name, declared[name])) for name in wanted]
     del slimmed.graph.input[:]
-    slimmed.graph.input.extend(copy.deepcopy(present.get(name, declared[name])) for name in wanted)
+    slimmed.graph.input.extend(restored)
+
+
+def _computation(model: onnx.ModelProto) -> tuple:
+    """What a model computes, up to node order, node names, value infos and weight bytes: its
+    nodes with their attributes, its inputs and outputs with their types, and each initializer's
+    name, type and dimensions.
+
+    Two models with the same form can only differ in the bytes of an initializer of the same
+    name; onnxslim never rewrites those in place (folding makes new tensors), and if it did,
+    keeping the graph it was given would still be correct.
+    """
+    nodes = Counter(
+        (
+            node.op_type,
+            node.domain,
+            tuple(node.input),
+            tuple(node.output),
+            tuple(a.SerializeToString(deterministic=True) for a in node.attribute),
+        )
+        for node in model.graph.node
+    )
+    boundary = tuple(
+        (value.name, value.type.SerializeToString(deterministic=True))
+        for value in (*model.graph.input, *model.graph.output)
+    )
+    weights = frozenset(
+        (tensor.name, tensor.data_type, tuple(tensor.dims)) for tensor in model.graph.initializer
+    )
+    return nodes, boundary, weights
+
+
+def _inputs_key(graph: EdgeGraph) -> tuple:
+    return tuple((t.name, str(t.dtype), tuple(t.shape or ())) for t in graph.inputs)
+
+
+# Graphs onnxslim already simplified, with their fingerprint and input shapes at the time:
+# onnxslim iterates to its own fixed point, so a graph nothing changed since needs no second run.
+_SIMPLIFIED: weakref.WeakKeyDictionary[EdgeGraph, tuple[int, tuple]] = weakref.WeakKeyDictionary()
 
 
 @register
@@ -103,8 +143,13 @@ class Simplify(Pass):
     in_place: ClassVar[bool] = False
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
+        nodes = len(graph.nodes)
+        if _SIMPLIFIED.get(graph) == (graph.fingerprint(), _inputs_key(graph)):
+            stats = {"nodes_before": nodes, "nodes_after": nodes, "skipped": "unchanged since simplified"}
+            return PassResult(graph, changed=False, stats=stats)
         model = graph.to_onnx()
         before = _op_counts(model)
+        computation = _computation(model)
         try:
             slimmed = slim_model(model)
         except _SLIM_ERRORS as exc:
@@ -114,19 +159,17 @@ class Simplify(Pass):
                 "continuing with the unsimplified graph"
             )
             ctx.warn(message)
-            nodes = sum(before.values())
             return PassResult(
-                graph,
-                changed=False,
-                stats={"nodes_before": nodes, "nodes_after": nodes, "skipped": message},
+                graph, changed=False, stats={"nodes_before": nodes, "nodes_after": nodes, "skipped": message}
             )
         after = _op_counts(slimmed)
-        simplified = EdgeGraph(gs.import_onnx(slimmed), copy.deepcopy(graph.info))
+        changed = _computation(slimmed) != computation
+        result = EdgeGraph(gs.import_onnx(slimmed), copy.deepcopy(graph.info)) if changed else graph
+        _SIMPLIFIED[result] = (result.fingerprint(), _inputs_key(result))
         removed = {op: before[op] - after[op] for op in sorted(before) if before[op] > after[op]}
         added = {op: after[op] - before[op] for op in sorted(after) if after[op] > before[op]}
-        changed = _canonical(model) != _canonical(simplified.to_onnx())
         return PassResult(
-            simplified if changed else graph,
+            result,
             changed=changed,
             stats={
                 "nodes_before": sum(before.values()),
@@ -135,17 +178,6 @@ class Simplify(Pass):
                 "added": added,
             },
         )
-
-
-def _canonical(model: onnx.ModelProto) -> bytes:
-    # Node names and value_info differ after a round trip even when nothing was simplified;
-    # compare what computes.
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    del stripped.graph.value_info[:]
-    for node in stripped.graph.node:
-        node.name = ""
-    return stripped.graph.SerializeToString(deterministic=True)
 
 
 register_pipeline(

@@ -111,6 +111,8 @@ class Target:
         micro_kernels: use the target's hand-written int8 micro-kernels (x86 ``vpmaddwd``,
             Cortex-M4/M7 ``SMLAD``) where it has them; off, its integer convolutions and matmuls
             are TVM's vectorised loops (``edgec compile --no-micro-kernels``, for comparisons).
+        sparse_weights: store weights with zeros in the sparse formats the target declares where
+            that is smaller; off, every weight is stored dense (``--no-sparse-weights``).
     """
 
     name: str
@@ -123,6 +125,7 @@ class Target:
     requantize_rounding: Literal["single", "double"] = "single"
     fp16_arithmetic: bool = False
     micro_kernels: bool = True
+    sparse_weights: bool = True
 
     def capabilities(self) -> Capabilities:
         """What this target runs natively (read by passes through ``PassContext.capabilities``)."""
@@ -182,10 +185,26 @@ class Target:
         """Builds ``module`` into ``out_dir`` and returns what was written."""
         raise NotImplementedError
 
+    def prepare_run(self) -> None:
+        """Starts in the background what ``run`` will need (a worker process), so that its startup
+        overlaps the build; nothing by default."""
+
     def run(
         self, build_dir: Path, manifest: dict[str, Any], inputs: list[np.ndarray], repeat: int = 0
     ) -> tuple[list[np.ndarray], list[float]]:
-        """Runs a built artifact; returns outputs in order and, if ``repeat``, per-run seconds."""
+        """Runs a built artifact on a batch of samples, loading (or linking and booting) it once.
+
+        Args:
+            build_dir: the build directory.
+            manifest: its manifest (at least ``inputs``/``outputs`` with names, dtypes, shapes).
+            inputs: one array per model input, in order, each with a leading sample axis
+                (``[N, *input shape]``).
+            repeat: how many timed runs of the first sample, 0 for none.
+
+        Returns:
+            One array per output, in order, with the same leading sample axis, and the seconds
+            of each timed run.
+        """
         raise NotImplementedError
 
     def run_threads(self, manifest: dict[str, Any]) -> int:
@@ -204,6 +223,7 @@ class Target:
             "requantize_rounding": self.requantize_rounding,
             "fp16_arithmetic": self.has_fp16_arithmetic(),
             "micro_kernels": self.micro_kernels,
+            "sparse_weights": self.sparse_weights,
         }
 
 

@@ -5,7 +5,7 @@ runtime-free emitter (:mod:`edgec.targets.tvm.c_emitter`): LLVM kernels for the 
 point with static tables, const weights, a one-arena memory plan, and ``lib<name>.a`` from the
 GNU cross toolchain (plus ``lib<name>.so`` on Linux). ``run`` builds a test harness around the
 library and executes it under ``qemu-aarch64-static`` or ``qemu-system-arm`` (MPS2 boards,
-semihosting), always with a time limit.
+semihosting), always with a time limit (:mod:`edgec.targets.runners`).
 
 Board budgets: ``cortex-m4`` is an STM32F407VG (1 MiB flash; of its 192 KiB RAM only the 128 KiB
 main SRAM is one contiguous, DMA-capable block, so that is the RAM budget; the 64 KiB CCM is left
@@ -31,15 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import EdgecError
 from edgec.targets.base import Artifact, Toolchain
 from edgec.targets.registry import register_target
-from edgec.targets.runners import exchange, qemu_system_command, run_emulator, write_harness_config
+from edgec.targets.runners import run_harness
 from edgec.targets.toolchains import (
     CrossToolchain,
     frame_sizes,
+    link_probe,
+    prologue_frames,
     read_stack_usage,
-    require_tool,
     section_sizes,
     stack_estimate,
 )
@@ -56,7 +56,11 @@ class RuntimeFreeTarget(TvmTarget):
     """A target whose artifact is runtime-free C (``runtime="none"``) built by a GNU cross gcc.
 
     Attributes:
-        mtriple, mcpu, mattr, float_abi: The LLVM target of the kernels.
+        mtriple, mcpu, mattr, float_abi: The LLVM target of the kernels. The triple is LLVM's
+            normalized four-part form (``thumbv7em-unknown-none-eabihf``): TVM hands it to LLVM
+            as written, and LLVM reads ``thumbv7em-none-eabihf`` without its EABI environment,
+            so it calls libgcc's generic helpers (``__fixsfdi``) with the hard-float convention
+            where arm-none-eabi's libgcc implements them as the soft-float ``__aeabi_f2lz``.
         cflags: gcc flags for the same core (must agree with the LLVM target's float ABI).
         machine, qemu_cpu: qemu-system-arm board and CPU (Cortex-M only).
         linker_script: The board's linker script in ``runtime/cortex_m`` (Cortex-M only).
@@ -96,6 +100,7 @@ class RuntimeFreeTarget(TvmTarget):
 
     # -- build, run ---------------------------------------------------------------------------
     def build(self, module, out_dir: Path, name: str) -> Artifact:
+        from edgec.targets.tvm import arena as arena_plan
         from edgec.targets.tvm import c_emitter, relax_program
 
         out_dir = Path(out_dir)
@@ -104,8 +109,10 @@ class RuntimeFreeTarget(TvmTarget):
         build_target = self.tvm_target()
         lowered = relax_program.lower_to_calls(module, build_target)
         program = relax_program.read_program(lowered, relax_program.kernel_memory(lowered, build_target))
-        arena = relax_program.plan_arena(program)
+        concatenations = arena_plan.alias_concatenations(program)
+        arena = arena_plan.plan_arena(program)
         stock = relax_program.stock_plan_bytes(lowered)
+        lowered = arena_plan.without_noalias(lowered, program, arena)
         kernels = c_emitter.build_kernels(
             lowered, program, build_target, f"{name}_", out_dir / f"{name}_kernels"
         )
@@ -130,8 +137,9 @@ class RuntimeFreeTarget(TvmTarget):
             cross.archive(out_dir / library, objects)
             files.append(library)
             if self.bare_metal:
-                image = self._link_probe(cross, out_dir, name, scratch)
-                baseline = self._link_probe(cross, out_dir, name, scratch, empty=True)
+                support = c_emitter.runtime_dir() / "cortex_m"
+                image = link_probe(cross, out_dir, name, scratch, support)
+                baseline = link_probe(cross, out_dir, name, scratch, support, empty=True)
             else:
                 image = out_dir / f"lib{name}.so"
                 cross.link(image, objects, ("-shared", "-Wl,--gc-sections", "-lm"))
@@ -144,8 +152,10 @@ class RuntimeFreeTarget(TvmTarget):
                 base_sections = section_sizes(size_tool, baseline)
                 flash -= sum(v for k, v in base_sections.items() if k in _FLASH_SECTIONS)
             frames = {**stack_usage, **frame_sizes(cross, image)}
+            prologues = prologue_frames(cross, image) if self.mtriple.startswith("thumb") else {}
         weights = sum(int(np.asarray(c).nbytes) for c in program.constants)
-        stack, stack_detail = stack_estimate(frames, name, {s.kernel: s.stack_bytes for s in program.steps})
+        kernel_arrays = {s.kernel: s.stack_bytes for s in program.steps}
+        stack, stack_detail = stack_estimate(frames, name, kernel_arrays, prologues)
         sizes = {
             "flash_bytes": flash,
             "code_bytes": flash - weights,
@@ -163,131 +173,21 @@ class RuntimeFreeTarget(TvmTarget):
             "header": f"{name}.h",
             "kernels": len({s.kernel for s in program.steps}),
             "steps": len(program.steps),
-            "in_place_steps": arena.in_place,
+            "in_place_steps": len(arena.in_place) + len(concatenations),
             "workspace_bytes": sum(s.workspace_bytes for s in program.steps),
             "image_sections": sections,
             "image": "linked probe firmware (model minus empty baseline)" if self.bare_metal else image.name,
             "stack_estimate": stack_detail,
             "cflags": list(self.cflags),
             "tvm_stock_plan_includes_outputs": True,
+            "memory": arena_plan.memory_report(program, arena, concatenations, lowered),
         }
         return Artifact(out_dir, tuple(files), sizes=sizes, details=details)
-
-    def _link_probe(
-        self, cross: CrossToolchain, out_dir: Path, name: str, scratch: Path, empty=False
-    ) -> Path:
-        """A minimal firmware that only calls ``<name>_run`` (or nothing): its size is the model's."""
-        from edgec.targets.tvm.c_emitter import runtime_dir
-
-        upper = name.upper()
-        probe = scratch / f"probe{'_empty' if empty else ''}.c"
-        call = (
-            ""
-            if empty
-            else (
-                f"  static const void *in[{upper}_NUM_INPUTS];\n  static void *out[{upper}_NUM_OUTPUTS];\n"
-                f"  return {name}_run(in, out, arena);\n"
-            )
-        )
-        probe.write_text(
-            f'#include <stdint.h>\n#include "{name}.h"\n'
-            f"static uint8_t arena[{upper}_ARENA_BYTES + 1] __attribute__((aligned(16)));\n"
-            "extern uint8_t __stack_top[];\nint probe_main(void);\n"
-            '__attribute__((section(".vectors"), used)) static void *const vectors[2] = '
-            "{__stack_top, (void *)probe_main};\n"
-            f"int probe_main(void) {{\n  (void)arena;\n{call}  return 0;\n}}\n"
-        )
-        image = scratch / f"probe{'_empty' if empty else ''}.elf"
-        # Generous regions: the probe is measured, never run, and must link even when the model
-        # is larger than the board (the budget check then says by how much).
-        script = scratch / "probe.ld"
-        script.write_text(
-            "ENTRY(probe_main)\nMEMORY\n{\n  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 1024M\n"
-            "  RAM (rwx) : ORIGIN = 0x40000000, LENGTH = 1024M\n}\n"
-            'REGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\nINCLUDE sections.ld\n'
-        )
-        cross.link(
-            image,
-            [probe, out_dir / f"lib{name}.a"],
-            (
-                f"-I{out_dir}",
-                "-O2",
-                "-nostartfiles",
-                "--specs=nano.specs",
-                "-Wl,--gc-sections",
-                f"-L{runtime_dir() / 'cortex_m'}",
-                f"-T{script}",
-                "-lm",
-                "-lc",
-                "-lnosys",
-            ),
-        )
-        return image
 
     def run(
         self, build_dir: Path, manifest: dict[str, Any], inputs: list[np.ndarray], repeat: int = 0
     ) -> tuple[list[np.ndarray], list[float]]:
-        build_dir = Path(build_dir)
-        libraries = sorted(build_dir.glob("lib*.a"))
-        if len(libraries) != 1:
-            raise EdgecError(f"'{build_dir}' has {len(libraries)} lib*.a files; expected the one edgec built")
-        name = libraries[0].stem.removeprefix("lib")
-        outputs = [(o["dtype"], o["shape"]) for o in manifest["outputs"]]
-        with tempfile.TemporaryDirectory(prefix="edgec-run-") as work_name:
-            work = Path(work_name)
-            models = [(name, len(manifest["inputs"]), len(manifest["outputs"]))]
-            image = self.build_harness([build_dir], models, work)
-            result = exchange(work, inputs, outputs, repeat, lambda cwd: self._launch(image, cwd))
-        return result.outputs, result.seconds
-
-    def build_harness(self, build_dirs: list[Path], models: list[tuple[str, int, int]], work: Path) -> Path:
-        """Compiles and links the file-based test harness around one or more model libraries.
-
-        Args:
-            build_dirs: The build directory of each model (same order as ``models``).
-            models: ``(name, inputs, outputs)`` per model, see :func:`write_harness_config`.
-            work: A scratch folder for the harness and its files.
-        """
-        from edgec.targets.tvm.c_emitter import runtime_dir
-
-        cross = self.cross()
-        write_harness_config(work / "harness_config.h", models)
-        runtime = runtime_dir()
-        image = work / "harness.elf"
-        libraries = [d / f"lib{name}.a" for d, (name, _, _) in zip(build_dirs, models, strict=True)]
-        includes = [f"-I{d}" for d in build_dirs]
-        common = [f"-I{work}", *includes, "-O2", "-std=c11", "-Wl,--gc-sections"]
-        if self.bare_metal:
-            cross.link(
-                image,
-                [runtime / "harness.c", runtime / "cortex_m" / "startup.c", *libraries],
-                (
-                    *common,
-                    "-DEDGEC_BARE_METAL",
-                    "-nostartfiles",
-                    "--specs=nano.specs",
-                    "--specs=rdimon.specs",
-                    f"-L{runtime / 'cortex_m'}",
-                    f"-T{runtime / 'cortex_m' / self.linker_script}",
-                    "-lm",
-                ),
-            )
-        else:
-            static = ("-static",) if self.runner == "qemu-aarch64" else ()
-            cross.link(image, [runtime / "harness.c", *libraries], (*common, *static, "-lm"))
-        return image
-
-    def _launch(self, image: Path, cwd: Path, timeout: float | None = None) -> str:
-        from edgec.targets.runners import default_timeout
-
-        limit = timeout if timeout is not None else default_timeout()
-        if self.bare_metal:
-            command = qemu_system_command(self.machine, self.qemu_cpu, image)
-            return run_emulator(command, cwd, limit, f"qemu-system-arm ({self.machine})")
-        if self.runner == "host":
-            return run_emulator([str(image)], cwd, limit, "the host test harness")
-        qemu = require_tool("qemu-aarch64-static", "qemu-user-static")
-        return run_emulator([qemu, "-cpu", self.qemu_cpu or "max", str(image)], cwd, limit, "qemu-aarch64")
+        return run_harness(self, build_dir, manifest, inputs, repeat)
 
 
 _AARCH64 = Toolchain("aarch64-linux-gnu-gcc", debian_package="gcc-aarch64-linux-gnu")
@@ -334,11 +234,12 @@ register_target(
         description="Cortex-M3, soft float (board: STM32F103RE, 512 KiB flash / 64 KiB RAM); "
         "runtime-free C, runs on qemu mps2-an385",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=512 * KIB,
         ram_bytes=64 * KIB,
-        mtriple="thumbv7m-none-eabi",
+        mtriple="thumbv7m-unknown-none-eabi",
         mcpu="cortex-m3",
         float_abi="soft",
         cflags=("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"),
@@ -352,13 +253,14 @@ register_target(
         description="Cortex-M4F (board: STM32F407VG, 1 MiB flash / 128 KiB contiguous SRAM); "
         "runtime-free C, runs on qemu mps2-an386",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=1 * MIB,
         ram_bytes=128 * KIB,
         vector_bits=32,  # DSP extension: SIMD within a 32-bit register (two int16 MACs per SMLAD)
         micro_kernel="smlad",
-        mtriple="thumbv7em-none-eabihf",
+        mtriple="thumbv7em-unknown-none-eabihf",
         mcpu="cortex-m4",
         float_abi="hard",
         cflags=("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
@@ -372,13 +274,14 @@ register_target(
         description="Cortex-M7 with double-precision FPU (board: STM32F746NG, 1 MiB flash / "
         "320 KiB RAM); runtime-free C, runs on qemu mps2-an500",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=1 * MIB,
         ram_bytes=320 * KIB,
         vector_bits=32,
         micro_kernel="smlad",
-        mtriple="thumbv7em-none-eabihf",
+        mtriple="thumbv7em-unknown-none-eabihf",
         mcpu="cortex-m7",
         float_abi="hard",
         cflags=("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
@@ -393,6 +296,7 @@ register_target(
         description="Cortex-M55 with Helium (MVE) and FPU (budget: 2 MiB flash / 1 MiB SRAM, an "
         "Alif Ensemble E3-class part); runtime-free C, runs on qemu mps3-an547",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=2 * MIB,
@@ -400,7 +304,7 @@ register_target(
         # mcpu=cortex-m55 gives LLVM +mve.fp and +fullfp16 (checked in tests/targets/test_fp16_compute.py).
         fp16_arithmetic=True,
         vector_bits=128,  # Helium (MVE)
-        mtriple="thumbv8.1m.main-none-eabihf",
+        mtriple="thumbv8.1m.main-unknown-none-eabihf",
         mcpu="cortex-m55",
         float_abi="hard",
         cflags=("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
@@ -416,6 +320,7 @@ register_target(
         description="portable C99 kernels (TVM's C code generator) with the runtime-free entry point; "
         "built and run on this host with gcc",
         runtime="none",
+        memory_planning=True,
         runner="host",
         toolchain=Toolchain("gcc", debian_package="gcc"),
         cflags=("-std=c99",),

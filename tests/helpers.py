@@ -119,3 +119,13 @@ def instructions_per_kernel(module: Any, target: dict, mnemonic: str) -> dict[st
         elif re.search(rf"\b{mnemonic}\b", line):
             counts[symbol] = counts.get(symbol, 0) + 1
     return counts
+
+
+def pass_stats(records: list[PassRecord], name: str) -> dict:
+    """The stats of the first record of pass ``name``."""
+    return next(r.stats for r in records if r.name == name)
+
+
+def refusal_reasons(records: list[PassRecord], name: str) -> list[str]:
+    """The reasons pass ``name`` gave for what it refused (its ``refused`` stats)."""
+    return [item["reason"] for item in pass_stats(records, name).get("refused", [])]

@@ -21,10 +21,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgec.compile import compile_model, run_build
+from edgec.compile import compile_model
 from edgec.config import CompileOptions
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
+from edgec.run import run_build
 from edgec.verify import random_inputs, run_onnx
 from tests.helpers import FP32_ATOL, FP32_RTOL, make_model
 from tests.passes.test_control_flow import loop_model

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from edgec.compile import run_build
+from edgec.run import run_build
 from edgec.verify import run_onnx
 from tests.helpers import make_model
 from tests.test_cli import assert_user_error, invoke

@@ -14,6 +14,9 @@ import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from edgec.ir.export import export_functions, fill_graph
 
 
 @dataclass
@@ -60,16 +63,23 @@ class EdgeGraph:
         )
         return cls(gs.import_onnx(model), info)
 
-    def to_onnx(self) -> onnx.ModelProto:
-        """Exports the graph as an ONNX model with the original metadata and opset imports."""
+    def to_onnx(self, *, weight_limit: int | None = None) -> onnx.ModelProto:
+        """Exports the graph as an ONNX model with the original metadata and opset imports.
+
+        Args:
+            weight_limit: constants of more than this many bytes become typed graph inputs
+                instead of initializers, so no weight bytes are copied (what shape inference
+                reads); ``None`` exports every weight.
+        """
         self.gs.toposort()
         opsets = dict(self.info.opset_imports)
         opsets[""] = int(self.gs.opset)
         for node in self.gs.nodes:
             if node.domain and node.domain not in opsets:
                 opsets[node.domain] = 1
-        model = gs.export_onnx(self.gs, do_type_check=False)
-        del model.opset_import[:]
+        model = onnx.ModelProto()
+        fill_graph(model.graph, self.gs, weight_limit)
+        model.functions.extend(export_functions(self.gs))
         model.opset_import.extend(
             onnx.helper.make_opsetid(domain, version) for domain, version in sorted(opsets.items())
         )
@@ -78,14 +88,26 @@ class EdgeGraph:
         model.producer_version = self.info.producer_version
         model.model_version = self.info.model_version
         model.doc_string = self.info.doc_string
-        del model.metadata_props[:]
         for key, value in sorted(self.info.metadata.items()):
             model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
         return model
 
     def copy(self) -> EdgeGraph:
-        """A deep copy that shares nothing with this graph."""
-        return EdgeGraph(gs.import_onnx(self.to_onnx()), _copy.deepcopy(self.info))
+        """A copy whose nodes, tensors and attributes are its own and whose constant values are
+        shared with this graph, copy-on-write.
+
+        Shared arrays are made read-only (lazily loaded initializers load once, read-only, for
+        every copy), so writing one in place raises ``ValueError: assignment destination is
+        read-only`` instead of changing the other graph: a pass gives a constant new values with
+        ``tensor.values = new_array``, which only that graph sees.
+        """
+        for graph in _subgraphs(self.gs):
+            for tensor in _constants_of(graph):
+                _share(tensor)
+        clone = self.gs.copy()
+        for original, copied in _paired(self.gs, clone):
+            _detach(original, copied)
+        return EdgeGraph(clone, _copy.deepcopy(self.info))
 
     # ----- access ----------------------------------------------------------------------------
     @property
@@ -189,6 +211,8 @@ class EdgeGraph:
         graph; a pass that returns a new graph must leave its input's fingerprint unchanged."""
 
         def token(value: object) -> object:
+            if isinstance(value, gs.Constant):
+                return _values_token(value)
             if isinstance(value, (gs.Graph, gs.Tensor, np.ndarray)):
                 return id(value)
             if isinstance(value, (list, tuple)):
@@ -200,7 +224,7 @@ class EdgeGraph:
             for node in self.gs.nodes
         )
         constants = tuple(
-            (name, id(tensor._values))
+            (name, _values_token(tensor))
             for name, tensor in self.tensors().items()
             if isinstance(tensor, gs.Constant)
         )
@@ -232,3 +256,88 @@ class EdgeGraph:
 
     def __repr__(self) -> str:
         return f"EdgeGraph({self.name!r}, {len(self.gs.nodes)} nodes)"
+
+
+# ----- copy-on-write sharing of constant values -------------------------------------------------
+
+
+class _SharedLazyValues(LazyValues):
+    """A lazily loaded initializer shared by graph copies: loaded once, read-only, for all of them
+    (a search over thousands of copies holds each weight once)."""
+
+    def __init__(self, lazy: LazyValues) -> None:
+        # Not LazyValues.__init__: it would parse again what ``lazy`` already read from the proto.
+        self.tensor, self.shape, self.dtype, self.nbytes = lazy.tensor, lazy.shape, lazy.dtype, lazy.nbytes
+        self._loaded: np.ndarray | None = None
+
+    def load(self) -> np.ndarray:
+        if self._loaded is None:
+            values = super().load()
+            values.flags.writeable = False
+            self._loaded = values
+        return self._loaded
+
+
+def _values_token(tensor: gs.Constant) -> int:
+    """What identifies a constant's values: the source proto of lazy ones (so that wrapping them
+    for sharing keeps a graph's fingerprint), else the array object."""
+    values = tensor._values
+    return id(values.tensor) if isinstance(values, LazyValues) else id(values)
+
+
+def _share(tensor: gs.Constant) -> None:
+    values = tensor._values
+    if isinstance(values, np.ndarray):
+        values.flags.writeable = False
+    elif type(values) is LazyValues:  # not SparseValues: the exporter treats those apart
+        tensor._values = _SharedLazyValues(values)
+
+
+def _subgraphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    yield graph
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                yield from _subgraphs(value)
+
+
+def _constants_of(graph: gs.Graph) -> Iterator[gs.Constant]:
+    """Initializers of ``graph`` and constants held in node attributes (``Constant``'s value)."""
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            yield tensor
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Constant):
+                yield value
+
+
+def _paired(original: gs.Graph, copied: gs.Graph) -> Iterator[tuple[gs.Graph, gs.Graph]]:
+    """The graph and its copy, then each subgraph and its copy (``gs.Graph.copy`` keeps order)."""
+    yield original, copied
+    for node, twin in zip(original.nodes, copied.nodes, strict=True):
+        for key, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                yield from _paired(value, twin.attrs[key])
+
+
+def _detach(original: gs.Graph, copied: gs.Graph) -> None:
+    """Gives the copy what ``gs.Graph.copy`` shares, drops or pins: its own shape lists, attribute
+    lists and attribute tensors; tensor types and data locations; and a constant's export dtype
+    left to follow its values (``Constant.copy`` pins the current one, so new values of another
+    dtype would not export)."""
+    twins = copied.tensors()
+    for name, tensor in original.tensors().items():
+        twin = twins[name]
+        if isinstance(tensor, gs.Constant):
+            twin.data_location = tensor.data_location
+            twin._export_dtype = tensor._export_dtype
+        else:
+            twin.type = tensor.type
+            twin.shape = None if tensor.shape is None else list(tensor.shape)
+    for node, twin in zip(original.nodes, copied.nodes, strict=True):
+        for key, value in node.attrs.items():
+            if isinstance(value, list):
+                twin.attrs[key] = list(value)
+            elif isinstance(value, gs.Constant):
+                twin.attrs[key] = value.copy()

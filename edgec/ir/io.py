@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
+import secrets
+import shutil
 from pathlib import Path
 
 import onnx
@@ -19,11 +21,14 @@ from edgec.ir.graph import EdgeGraph
 _EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
-def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
+def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> bool:
+    """Refuses external data outside ``base_dir`` or missing; returns whether the model has any."""
     root = base_dir.resolve()
+    external = False
     for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
+        external = True
         info = external_data_helper.ExternalDataInfo(tensor)
         location = Path(info.location)
         target = (root / location).resolve()
@@ -36,6 +41,7 @@ def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
             raise EdgecError(
                 f"tensor '{tensor.name}' stores its data in '{info.location}', which does not exist in {root}"
             )
+    return external
 
 
 def external_data_files(path: Path) -> list[Path]:
@@ -48,14 +54,22 @@ def external_data_files(path: Path) -> list[Path]:
     return sorted(p.resolve() for p in files)
 
 
-def _parse(path: Path) -> onnx.ModelProto:
-    """The model proto without its external data; an ``EdgecError`` if it is not ONNX."""
+def _read(path: Path) -> bytes:
     if not path.exists():
         raise EdgecError(f"model '{path}' does not exist")
     if not path.is_file():
         raise EdgecError(f"model '{path}' is not a file")
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        return path.read_bytes()
+    except OSError as exc:
+        raise EdgecError(f"cannot read model '{path}': {exc.strerror or exc}") from None
+
+
+def _parse(path: Path, data: bytes | None = None) -> onnx.ModelProto:
+    """The model proto (of the file's bytes ``data`` when given) without its external data; an
+    ``EdgecError`` if it is not ONNX."""
+    try:
+        model = onnx.load_model_from_string(_read(path) if data is None else data)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise EdgecError(f"'{path}' is not a valid ONNX model (protobuf parse failed: {exc})") from None
     if not model.graph.node and not model.graph.output:
@@ -66,14 +80,18 @@ def _parse(path: Path) -> onnx.ModelProto:
 def read_model(path: str | Path) -> onnx.ModelProto:
     """Reads and checks an ONNX file and its external data; every failure is an ``EdgecError``."""
     path = Path(path)
-    model = _parse(path)
-    _check_external_locations(model, path.parent)
-    external_data_helper.load_external_data_for_model(model, str(path.parent))
+    data = _read(path)
+    model = _parse(path, data)
+    external = _check_external_locations(model, path.parent)
     try:
-        onnx.checker.check_model(model)
+        # The checker reads the file's bytes: checking the proto would serialize every weight
+        # again. With external data it reads the path, to find the data files beside the model.
+        onnx.checker.check_model(str(path) if external else data)
     except (onnx.checker.ValidationError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgecError(f"'{path}' fails the ONNX checker: {first_line}") from None
+    del data
+    external_data_helper.load_external_data_for_model(model, str(path.parent))
     return model
 
 
@@ -82,34 +100,83 @@ def load(path: str | Path) -> EdgeGraph:
     return EdgeGraph.from_onnx(read_model(path))
 
 
+# Staging siblings of an output NAME are ``.NAME.<pid>.<8 hex digits>`` (``.NAME.<pid>.old-<hex>``
+# for the previous build while it is swapped out): the pid says whether the edgec that made one
+# still runs.
+_STAGING_SUFFIX = re.compile(r"(\d+)\.(?:old-)?[0-9a-f]{8}")
+
+
+def _staging_sibling(path: Path, kind: str = "") -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}.{kind}{secrets.token_hex(4)}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:  # a killed process its parent has not reaped yet is a zombie: gone for our purpose
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def remove_stale_staging(path: Path) -> list[Path]:
+    """Removes the staging siblings of ``path`` that a killed edgec left behind (their process is
+    gone); returns them. Those of running processes, and names edgec does not make, stay.
+
+    A reused pid keeps a stale folder until that process ends too: never the other way round.
+    """
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = (
+            _STAGING_SUFFIX.fullmatch(entry.name[len(prefix) :]) if entry.name.startswith(prefix) else None
+        )
+        if match is None or _process_alive(int(match[1])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, *, directory: bool = False):
     """Yields a temporary sibling of ``path``; on success renames it over ``path``.
 
-    On failure the temporary is removed, so a reader never sees a half-written file or folder.
+    On failure the temporary is removed, so a reader never sees a half-written file or folder; one
+    left behind by a killed edgec is removed by the next ``atomic_path`` of the same ``path``.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(path)
+        temporary = _staging_sibling(path)
         if directory:
-            temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            temporary.mkdir(mode=0o700)
         else:
-            handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            os.close(handle)
-            temporary = Path(name)
+            os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as exc:
         raise EdgecError(f"cannot write '{path}': {exc.strerror or exc}") from None
-    # mkstemp/mkdtemp create owner-only files; a build output gets the usual umask permissions.
+    # The staging sibling is created owner-only; a build output gets the usual umask permissions.
     umask = os.umask(0)
     os.umask(umask)
     temporary.chmod((0o777 if directory else 0o666) & ~umask)
     try:
         yield temporary
         if directory and path.exists():
-            import shutil
-
-            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            backup.rmdir()
+            backup = _staging_sibling(path, "old-")
             path.rename(backup)
             temporary.rename(path)
             shutil.rmtree(backup)
@@ -117,8 +184,6 @@ def atomic_path(path: Path, *, directory: bool = False):
             os.replace(temporary, path)
     except BaseException:
         if temporary.is_dir():
-            import shutil
-
             shutil.rmtree(temporary, ignore_errors=True)
         else:
             temporary.unlink(missing_ok=True)
@@ -133,12 +198,14 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
             temporary.write_bytes(model.SerializeToString())
         return
     data_name = f"{path.name}.data"
+    remove_stale_staging(path)
+    folder = _staging_sibling(path)
     try:
-        staging = tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent)
+        folder.mkdir(mode=0o700)
     except OSError as exc:
         raise EdgecError(f"cannot write '{path}': {exc.strerror or exc}") from None
-    with staging as folder:
-        staged = Path(folder) / path.name
+    try:
+        staged = folder / path.name
         onnx.save_model(
             onnx.ModelProto.FromString(model.SerializeToString()),
             str(staged),
@@ -148,8 +215,10 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
             size_threshold=0,
         )
         # Data first, then the model that points at it: each rename is atomic.
-        os.replace(Path(folder) / data_name, path.parent / data_name)
+        os.replace(folder / data_name, path.parent / data_name)
         os.replace(staged, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def save(graph: EdgeGraph, path: str | Path) -> None:

@@ -84,32 +84,18 @@ def _clear_intermediate_shapes(graph: EdgeGraph) -> None:
         tensor.shape = None
 
 
+# Shape inference needs a weight's dtype and shape, not its bytes; small constants (Reshape
+# targets, Slice bounds ...) keep their values for data propagation.
 _WEIGHT_BYTES = 4096
 
 
-def _without_large_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with its large initializers turned into typed inputs.
-
-    Shape inference needs a weight's dtype and shape, not its bytes, and onnx serializes the whole
-    model for every call (seconds for a VGG). Small tensors, such as Reshape targets, keep their
-    values for data propagation.
-    """
-    kept, moved = [], []
-    for tensor in model.graph.initializer:
-        if len(tensor.raw_data) > _WEIGHT_BYTES:
-            moved.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-        else:
-            kept.append(tensor)
-    if moved:
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
-        model.graph.input.extend(moved)
-    return model
-
-
 def infer_shapes(graph: EdgeGraph) -> None:
-    """Annotates every tensor with the dtype and shape ONNX shape inference derives."""
-    model = _without_large_weights(graph.to_onnx())
+    """Annotates every tensor with the dtype and shape ONNX shape inference derives.
+
+    The model inference reads is built from the graph with its large constants as typed inputs:
+    no weight bytes are copied or serialized, whatever the model's size.
+    """
+    model = graph.to_onnx(weight_limit=_WEIGHT_BYTES)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError) as exc:

@@ -16,6 +16,7 @@ from edgec.pm.analysis import AnalysisManager
 
 if TYPE_CHECKING:
     from edgec.capabilities import Capabilities
+    from edgec.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,20 @@ class PassContext:
             weight widths ...); ``None`` when no target constrains the passes.
         verify: check every lossless pass numerically against onnxruntime.
         seed: seed of every random choice (verification inputs, sampling).
-        calibration: named arrays with a leading sample dimension, for calibrating passes.
-        evaluation: labelled named arrays (``label`` key) for passes that measure accuracy.
+        calibration: data for calibrating passes: a :class:`edgec.data.Dataset` (how edgec loads
+            ``--calib``), or named arrays with a leading sample axis.
+        evaluation: labelled data for passes that measure accuracy: a ``Dataset``, or named
+            arrays with a ``label`` key.
         dump_after: pass names after which the graph's text form is written to ``dump_dir``.
         dump_dir: where dumps go (stderr when ``None``).
         warn: callback for warnings (the CLI prints them on stderr).
         progress: ``progress(description, total)`` starts a progress bar and returns the
-            function that advances it by a number of items (silent by default).
+            function that advances it by a number of items, ``advance(done, status="")``
+            (silent by default).
+        training: named arrays with a leading sample axis (``label`` optional) for passes that
+            train (distillation, quantization-aware training).
+        reference: the model as loaded, before any pass: the teacher of a distillation that
+            recovers what compression lost.
         options: free-form settings for plugin passes.
         refusals: when a list (``edgec check``), passes record the nodes they refuse here and
             leave them alone instead of raising, so that one run reports every refusal.
@@ -56,12 +64,16 @@ class PassContext:
     capabilities: Capabilities | None = None
     verify: bool = False
     seed: int = 0
-    calibration: dict[str, np.ndarray] | None = None
-    evaluation: dict[str, np.ndarray] | None = None
+    calibration: Dataset | dict[str, np.ndarray] | None = None
+    evaluation: Dataset | dict[str, np.ndarray] | None = None
+    training: dict[str, np.ndarray] | None = None
+    reference: EdgeGraph | None = None
     dump_after: frozenset[str] = frozenset()
     dump_dir: Path | None = None
     warn: Callable[[str], None] = lambda message: None
-    progress: Callable[[str, int], Callable[[int], None]] = lambda description, total: lambda done: None
+    progress: Callable[[str, int], Callable[..., None]] = lambda description, total: (
+        lambda done, status="": None
+    )
     options: dict[str, Any] = field(default_factory=dict)
     refusals: list[UnsupportedNodeError] | None = None
     analyses: AnalysisManager = field(default_factory=AnalysisManager)

@@ -102,7 +102,7 @@ class Verify(PassInstrument):
         self.outputs: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self.cache_size = cache_size
 
-    def _reference(self, graph: EdgeGraph, ctx: PassContext) -> dict[str, np.ndarray]:
+    def _reference(self, instance: Pass, graph: EdgeGraph, ctx: PassContext) -> dict[str, np.ndarray]:
         from edgec.verify import random_inputs, run_onnx
 
         key = graph.fingerprint()
@@ -110,7 +110,10 @@ class Verify(PassInstrument):
             return self.outputs[key]
         if self.feeds is None:
             self.feeds = random_inputs(graph, seed=ctx.seed)
-        return self._remember(key, run_onnx(graph.to_onnx(), self.feeds))
+        return self._remember(
+            key,
+            run_onnx(graph.to_onnx(), self.feeds, f"the graph before pass '{instance.name}' (verification)"),
+        )
 
     def _remember(self, key: int, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.outputs[key] = outputs
@@ -121,7 +124,7 @@ class Verify(PassInstrument):
     def before(self, instance: Pass, graph: EdgeGraph, ctx: PassContext) -> Any:
         if not (ctx.verify and type(instance).lossless):
             return None
-        return self._reference(graph, ctx)
+        return self._reference(instance, graph, ctx)
 
     def after(self, instance, state, result, record, ctx) -> None:
         if state is None or not result.changed:
@@ -129,7 +132,9 @@ class Verify(PassInstrument):
         from edgec.verify import run_onnx
 
         assert self.feeds is not None
-        after = run_onnx(result.graph.to_onnx(), self.feeds)
+        after = run_onnx(
+            result.graph.to_onnx(), self.feeds, f"the graph after pass '{instance.name}' (verification)"
+        )
         record.max_abs_error = check_lossless(instance.name, state, after)
         self._remember(result.graph.fingerprint(), after)
 

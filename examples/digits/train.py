@@ -8,6 +8,7 @@ deterministic: fixed seeds, single-threaded BLAS, no timestamps in any output fi
 Writes into DIR (default: this folder):
     digits_cnn.onnx     opset 17, input ``input`` [1,1,8,8] float32, output ``logits`` [1,10]
     digits_test.npz     held-out test set: ``input`` (N,1,8,8) float32, ``label`` (N,) int64
+    digits_train.npz    the training set: ``input`` (N,1,8,8) float32, ``label`` (N,) int64
     digits_calib.npz    200 training images under ``input`` (for int8 calibration)
     metrics.json        {"test_accuracy", "train_samples", "test_samples"}
 
@@ -404,6 +405,7 @@ def main(argv=None):
         raise SystemExit("onnxruntime output does not match the numpy model")
 
     save_npz(out / "digits_test.npz", input=x_te, label=y_te)
+    save_npz(out / "digits_train.npz", input=x_tr, label=y_tr)
     calib_idx = np.random.default_rng(SEED + 1).choice(len(x_tr), CALIB_SAMPLES, replace=False)
     save_npz(out / "digits_calib.npz", input=x_tr[np.sort(calib_idx)])
     metrics = {

@@ -12,7 +12,6 @@ applies (``bits``, per channel or per tensor). Run it right before ``quantize`` 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,7 +21,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
 from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, infer_shapes, static_shape
+from edgec.ir import EdgeGraph, static_shape
 from edgec.passes.quantization.calibration import check_calibration, iterate_outputs
 from edgec.passes.quantization.numerics import quantize_weight
 from edgec.passes.quantization.static import Evaluator
@@ -83,7 +82,7 @@ def _output_shift(node: gs.Node, mean: np.ndarray, error: np.ndarray, opset: int
         opset_imports=[helper.make_opsetid("", max(opset, 11))],
     )
     model.ir_version = 8
-    shifted = run_onnx(model, {"x": mean})["y"]
+    shifted = run_onnx(model, {"x": mean}, "a layer's weight error (bias correction)")["y"]
     return shifted.mean(axis=tuple(i for i in range(shifted.ndim) if i != 1))
 
 
@@ -106,8 +105,7 @@ class BiasCorrection(Pass):
 
     def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
         samples = check_calibration(ctx.calibration, graph, ctx.warn)
-        with contextlib.suppress(EdgecError):
-            infer_shapes(graph)  # layers whose input shape stays unknown are refused below
+        ctx.analyses.get("shapes", graph)  # layers whose input shape stays unknown are refused below
         candidates, refused = [], []
         for node in graph.nodes:
             if node.op not in ("Conv", "Gemm", "MatMul"):

@@ -8,16 +8,17 @@ choose a clipping range from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import onnx
 
+from edgec.data import Dataset, as_dataset
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, static_shape
-from edgec.verify import onnx_session, run_session_batch
+from edgec.verify import onnx_session
 
 CalibrationMethod = Literal["minmax", "percentile", "entropy", "mse"]
 METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
@@ -33,62 +34,20 @@ Range = tuple[float, float]
 
 
 def check_calibration(
-    samples: dict[str, np.ndarray] | None, graph: EdgeGraph, warn: Callable[[str], None]
+    samples: Dataset | Mapping[str, np.ndarray] | None, graph: EdgeGraph, warn: Callable[[str], None]
 ) -> dict[str, np.ndarray]:
-    """Validates calibration data against the graph's inputs; returns only the model inputs.
+    """Validates calibration data against the graph's inputs; returns the model runs per input
+    (a leading run axis, see :mod:`edgec.data`).
 
     Raises:
-        EdgecError: no data, missing or unexpected names, wrong shape or dtype, NaN/Inf, no samples.
+        EdgecError: no data, missing names, wrong shape or dtype, NaN/Inf, no samples.
     """
     if samples is None:
         raise EdgecError("static quantization needs calibration data: pass --calib data.npz")
-    expected = {t.name: t for t in graph.inputs}
-    missing = sorted(set(expected) - set(samples))
-    if missing:
-        raise EdgecError(
-            f"calibration data lacks {missing}; it holds {sorted(samples)}, the model's inputs are "
-            f"{sorted(expected)}"
-        )
-    counts = set()
-    checked = {}
-    for name, tensor in expected.items():
-        array = np.asarray(samples[name])
-        shape = static_shape(tensor)
-        if shape is None:
-            raise EdgecError(f"input '{name}' has no static shape; fix it with --input-shape")
-        array = as_samples(array, shape)
-        if array.shape[1:] != shape:
-            raise EdgecError(
-                f"calibration input '{name}' has shape {list(array.shape)}; expected N samples of "
-                f"{list(shape)}, i.e. [N, {', '.join(map(str, shape))}]"
-            )
-        dtype = np.dtype(tensor.dtype)
-        if array.dtype != dtype:
-            raise EdgecError(f"calibration input '{name}' has dtype {array.dtype}, the model expects {dtype}")
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise EdgecError(f"calibration input '{name}' contains NaN or Inf")
-        counts.add(len(array))
-        checked[name] = array
-    if len(counts) > 1:
-        raise EdgecError(f"calibration inputs hold different sample counts {sorted(counts)}")
-    if counts == {0}:
-        raise EdgecError("calibration data holds no samples; give at least one (100 or more is typical)")
-    if counts == {1}:
+    dataset = as_dataset(samples, graph, where="calibration data")
+    if dataset.samples == 1:
         warn("calibration uses a single sample; ranges will not represent real data (give 100+ samples)")
-    return checked
-
-
-def as_samples(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``array`` with a leading sample axis for an input of ``shape`` (returned as is if it does not fit).
-
-    Accepts ``[N, *shape]``, a single sample of ``shape``, and ``[N, *shape[1:]]`` for a batch-1
-    input: datasets often stack samples along the batch axis (``[N, C, H, W]`` for ``[1, C, H, W]``).
-    """
-    if array.shape == shape:
-        return array[None]
-    if shape and shape[0] == 1 and array.shape[1:] == shape[1:]:
-        return array[:, None]
-    return array
+    return dataset.runs
 
 
 def _instrumented(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -112,12 +71,14 @@ def iterate_outputs(
     ``advance`` is told how many samples each chunk ran (a progress bar)."""
     # One session for every chunk: building one serializes the model and plans its kernels, which
     # cost more than running resnet50 on a sample (8.5 of 37 s of its quantization).
-    session = onnx_session(_instrumented(model, names))
+    session = onnx_session(
+        _instrumented(model, names), "the float model with its tensors as outputs (calibration)"
+    )
     count = len(next(iter(samples.values())))
     chunk = max(1, min(count, CHUNK_BYTES // max(bytes_per_sample, 1)))
     for start in range(0, count, chunk):
         part = {k: v[start : start + chunk] for k, v in samples.items()}
-        outputs = run_session_batch(session, part)
+        outputs = session.run_batch(part)
         advance(len(next(iter(part.values()))))
         yield {name: outputs[name] for name in names}
 

@@ -12,12 +12,14 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from edgec.data import Dataset
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
+from edgec.passes.common import budget_metric, error_samples
 from edgec.passes.quantization.calibration import METHODS, check_calibration, collect_ranges
 from edgec.passes.quantization.half import to_fp16_compute
 from edgec.passes.quantization.qdq import COMPUTE_OPS, Plan, make_plan
-from edgec.passes.quantization.sensitivity import budget_metric, layers_of, search_mixed_precision
+from edgec.passes.quantization.sensitivity import layers_of, search_mixed_precision
 from edgec.passes.quantization.static import (
     Evaluator,
     build_int8,
@@ -29,7 +31,6 @@ from edgec.passes.quantization.static import (
 from edgec.passes.quantization.weight_only import dynamic_int8, to_fp16, weight_only
 from edgec.pm import Pass, PassContext, PassResult, register
 from edgec.precision import record as record_precision
-from edgec.verify import random_inputs
 
 SCHEMES = ("int8", "int8-dynamic", "weight-int8", "weight-int4", "weight-int2", "weight-binary", "fp16")
 # Opset each scheme needs: per-axis QDQ (13), INT4 and blocked QDQ (21), INT2 (25; binary weights
@@ -44,8 +45,6 @@ _MINIMUM_OPSET = {
     "fp16": 1,
 }
 _WEIGHT_BITS = {"weight-int8": 8, "weight-int4": 4, "weight-int2": 2, "weight-binary": 1}
-# Samples for the error report when no calibration data is given to a data-free scheme.
-_RANDOM_SAMPLES = 8
 
 
 @register
@@ -163,7 +162,7 @@ class Quantize(Pass):
 
         stats: dict[str, Any] = {
             "calibration": self.calibration,
-            "calibration_samples": len(next(iter(samples.values()))),
+            **_calibration_counts(ctx.calibration, samples),
             "per_channel": self.per_channel,
             "symmetric_activations": symmetric,
         }
@@ -190,9 +189,7 @@ class Quantize(Pass):
     ) -> tuple[EdgeGraph, dict[str, Any]]:
         error_data = "calibration"
         if samples is None:
-            error_data = "random"
-            draws = [random_inputs(prepared, seed=ctx.seed + i) for i in range(_RANDOM_SAMPLES)]
-            samples = {name: np.stack([d[name] for d in draws]) for name in draws[0]}
+            samples, error_data = error_samples(prepared, ctx)
         evaluator = Evaluator(prepared, samples, ctx.evaluation)
         quantized = prepared.copy()
         exclude = frozenset(self.exclude)
@@ -226,6 +223,17 @@ class Quantize(Pass):
         }
         stats.update(evaluator.measure(quantized))
         return quantized, stats
+
+
+def _calibration_counts(data: Dataset | dict | None, runs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """How many samples calibrated the ranges; with a declared batch (see ``edgec.data``), also how
+    they filled the runs of the model."""
+    used = len(next(iter(runs.values())))
+    if not isinstance(data, Dataset) or data.batch == 1:
+        return {"calibration_samples": used}
+    samples = min(data.samples, used * data.batch)
+    grouping = {"batch": data.batch, "runs": used, "repeated": used * data.batch - samples}
+    return {"calibration_samples": samples, "calibration_runs": grouping}
 
 
 def _first_reasons(plan: Plan, count: int = 3) -> str:

@@ -14,24 +14,13 @@ from typing import Any, ClassVar, Literal
 
 from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
+from edgec.passes.common import budget_metric
 from edgec.passes.quantization.calibration import METHODS, check_calibration
 from edgec.passes.quantization.qdq import COMPUTE_OPS, Plan, make_plan
 from edgec.passes.quantization.static import Evaluator, build_int8, calibrate_plan, prepare
 from edgec.pm import Pass, PassContext, PassResult, register
 
 Builder = Callable[[frozenset[str]], tuple[EdgeGraph, Plan]]
-
-
-def budget_metric(kind: str, evaluation: dict | None) -> str:
-    """``accuracy`` (needs labelled evaluation data) or ``error``; ``auto`` picks accuracy when
-    evaluation data is given."""
-    if kind == "auto":
-        return "accuracy" if evaluation is not None else "error"
-    if kind == "accuracy" and evaluation is None:
-        raise EdgecError("an accuracy budget needs labelled evaluation data: pass --eval eval.npz")
-    if kind not in ("accuracy", "error"):
-        raise EdgecError(f"unknown budget metric '{kind}'; choose auto, accuracy or error")
-    return kind
 
 
 def layers_of(plan: Plan) -> list[str]:

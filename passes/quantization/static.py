@@ -7,8 +7,7 @@ QDQ, shapes inferred), calibrated once, and every variant is built from a copy o
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,13 +16,13 @@ from onnx import numpy_helper, version_converter
 
 from edgec.capabilities import Capabilities
 from edgec.errors import EdgecError
-from edgec.ir import EdgeGraph, infer_shapes, static_shape
-from edgec.passes.quantization.calibration import as_samples, collect_ranges
+from edgec.ir import EdgeGraph
+from edgec.passes.common import Evaluator as ModelEvaluator
+from edgec.passes.quantization.calibration import collect_ranges
 from edgec.passes.quantization.numerics import packed_bytes
 from edgec.passes.quantization.qdq import Plan, make_plan
 from edgec.passes.quantization.qdq_insert import apply_plan
 from edgec.pm import PassContext, get_pass
-from edgec.verify import accuracy, error_metrics, run_onnx_batch
 
 # ONNX IR version each opset needs (int4 QDQ arrived with opset 21 / IR 10, int2 with 25 / IR 11).
 _IR_FOR_OPSET = {13: 7, 21: 10, 25: 11}
@@ -33,8 +32,6 @@ _INTEGER_WEIGHT_TYPES = (
     onnx.TensorProto.INT4,
     onnx.TensorProto.INT2,
 )
-# Error is measured on at most this many calibration samples (enough for a stable mean).
-ERROR_SAMPLES = 64
 
 
 def weight_bytes(graph: EdgeGraph) -> int:
@@ -90,9 +87,9 @@ def prepare(
         # opset < 13 becomes Shape → Flatten → Softmax → Reshape): fold it again, the shapes are
         # static (only then: onnxslim takes seconds on a large model).
         graph = ctx.run_pass(get_pass("simplify")(), graph).graph
-    with contextlib.suppress(EdgecError):
-        # Unknown shapes only cost memory estimates in calibration; dtypes come from the importer.
-        infer_shapes(graph)
+    # Unknown shapes (inference failed) only cost memory estimates in calibration; dtypes come
+    # from the importer.
+    ctx.analyses.get("shapes", graph)
     done["opset"] = graph.opset
     return graph, done
 
@@ -135,52 +132,8 @@ def calibrate_plan(
 
 
 @dataclass
-class Evaluator:
-    """Measures quantized variants against the float graph: output error on calibration samples and,
-    with labelled evaluation data, top-1 accuracy."""
+class Evaluator(ModelEvaluator):
+    """Measures quantized variants against the float graph (``accuracy`` keys ``float``,
+    ``quantized``, ``drop``)."""
 
-    reference: EdgeGraph
-    samples: dict[str, np.ndarray]
-    evaluation: dict[str, np.ndarray] | None = None
-    _float_outputs: dict[str, np.ndarray] = field(default_factory=dict)
-    _float_accuracy: float | None = None
-
-    def __post_init__(self) -> None:
-        count = len(next(iter(self.samples.values())))
-        self.samples = {k: v[: min(count, ERROR_SAMPLES)] for k, v in self.samples.items()}
-        model = self.reference.to_onnx()
-        self._float_outputs = run_onnx_batch(model, self.samples)
-        if self.evaluation is not None:
-            self._float_accuracy = self._accuracy(model)
-
-    def _accuracy(self, model: onnx.ModelProto) -> float:
-        inputs = {
-            t.name: as_samples(np.asarray(self.evaluation[t.name]), static_shape(t) or ())
-            for t in self.reference.inputs
-        }
-        outputs = run_onnx_batch(model, inputs)
-        first = model.graph.output[0].name
-        return accuracy(outputs[first], self.evaluation["label"])
-
-    def measure(self, graph: EdgeGraph) -> dict[str, Any]:
-        """``error`` (max/mean abs, cosine, and ``relative`` = mean|y_q - y| / mean|y|) and, with
-        evaluation data, ``accuracy`` (float, quantized, drop in points of fraction)."""
-        model = graph.to_onnx()
-        outputs = run_onnx_batch(model, self.samples)
-        metrics = error_metrics(self._float_outputs, outputs, samples=len(next(iter(self.samples.values()))))
-        scale = float(np.mean([np.abs(v).mean() for v in self._float_outputs.values()]))
-        report: dict[str, Any] = {
-            "error": {**metrics.as_dict(), "relative": float(f"{metrics.mean_abs / max(scale, 1e-12):.6g}")}
-        }
-        if self.evaluation is not None:
-            quantized = self._accuracy(model)
-            report["accuracy"] = {
-                "float": round(self._float_accuracy, 6),
-                "quantized": round(quantized, 6),
-                "drop": round(self._float_accuracy - quantized, 6),
-            }
-        return report
-
-    def metric(self, report: dict[str, Any], kind: str) -> float:
-        """The budgeted number: accuracy drop (fraction) or relative output error."""
-        return float(report["accuracy"]["drop"]) if kind == "accuracy" else float(report["error"]["relative"])
+    labels: tuple[str, str] = ("float", "quantized")

@@ -2,7 +2,7 @@
 
 The flow: :func:`optimize_for_cpu` (inference decompositions, NHWC layout, the Relax zero pipeline
 and edgec's default schedules), :func:`build_shared_library` (``tvm.compile`` + link), and the
-runners :func:`run_shared_library` / :func:`time_shared_library` used by ``edgec run``.
+runner in :mod:`.library_runner` (``edgec run``, in the x86 target's worker process).
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import contextlib
 import os
 import pathlib
 import tempfile
-import time
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from edgec.errors import EdgecError, ToolchainError
 
@@ -26,24 +23,23 @@ __all__ = [
     "lower_for_cpu",
     "micro_kernels_built",
     "optimize_for_cpu",
-    "run_shared_library",
-    "time_shared_library",
     "tuning_module",
 ]
 
 
-def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
+def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict, memory_first: bool = False) -> tvm.IRModule:
     """Lower a Relax module to unscheduled TIR kernels for a CPU.
 
     Steps: decompose inference-only ops (BatchNorm becomes a scale and shift that fold into the
     conv epilogue), convert conv2d to NHWC/HWIO (the layout the conv schedules are written for;
-    the weight transposes constant-fold), run the Relax ``zero`` pipeline (legalize, fold, fuse;
-    each packed weight's unpack joins the kernel of its conv2d/matmul, :mod:`.weight_fusion`)
-    under the target.
+    the weight transposes constant-fold), outline the fused conv + pool chains, run the Relax
+    ``zero`` pipeline (legalize, fold, fuse; each packed weight's unpack joins the kernel of its
+    conv2d/matmul, :mod:`.weight_fusion`) under the target.
     """
     import tvm
     from tvm import relax
 
+    from .fused_kernels import outline_fused_kernels
     from .relax_rewrites import clip_as_min_max, fold_constants_with_numpy
     from .weight_fusion import zero_pipeline
 
@@ -53,23 +49,28 @@ def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict) -> tvm.IRModule:
         mod = clip_as_min_max()(mod)
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = fold_constants_with_numpy()(mod)
+        # Fused conv + pool chains (named by the emission, see fused_kernels) as one function each.
+        mod = outline_fused_kernels(mod)
         # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
-        return zero_pipeline()(mod)
+        return zero_pipeline(memory_first)(mod)
 
 
-def tuning_module(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True) -> tvm.IRModule:
-    """What MetaSchedule tunes: :func:`lower_for_cpu`'s kernels with only the int8 micro-kernel
-    rules applied (their hand-written kernels are not tuned; the float kernels stay unscheduled)."""
+def tuning_module(
+    mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True, memory_first: bool = False
+) -> tvm.IRModule:
+    """What MetaSchedule tunes: :func:`lower_for_cpu`'s kernels with only the hand-written kernels'
+    rules applied (:func:`.schedules.fixed_rules`: they are not tuned; the float kernels stay
+    unscheduled)."""
     import tvm
     from tvm.s_tir import dlight
 
-    from .schedules import micro_kernel_rules
+    from .schedules import fixed_rules
     from .weight_fusion import inline_weight_decode
 
     target = tvm.target.Target(tvm_target)
     with target:
-        mod = inline_weight_decode()(lower_for_cpu(mod, tvm_target))
-        rules = micro_kernel_rules(target, micro_kernels)
+        mod = inline_weight_decode()(lower_for_cpu(mod, tvm_target, memory_first))
+        rules = fixed_rules(target, micro_kernels, memory_first)
         return dlight.ApplyDefaultSchedule(*rules)(mod) if rules else mod
 
 
@@ -86,7 +87,11 @@ def _scheduled_kernels(mod: tvm.IRModule) -> set[str]:
 
 
 def optimize_for_cpu(
-    mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True, database: Any = None
+    mod: tvm.IRModule,
+    tvm_target: dict,
+    micro_kernels: bool = True,
+    memory_first: bool = False,
+    database: Any = None,
 ) -> tvm.IRModule:
     """Lower a Relax module to scheduled TIR for a CPU, ready for ``tvm.compile``.
 
@@ -98,7 +103,9 @@ def optimize_for_cpu(
         mod: A Relax module, e.g. from :func:`edgec.targets.tvm.frontend.import_onnx`.
         tvm_target: The TVM target as a JSON dict, e.g. ``{"kind": "llvm", "mcpu": "znver4"}``.
         micro_kernels: schedule int8 convolutions and matmuls with the CPU's micro-kernel
-            (vpmaddwd, SMLAD) where it has one (``Target.micro_kernels``).
+            (vpdpbusd, vpmaddwd, SMLAD) where it has one (``Target.micro_kernels``).
+        memory_first: keep padded inputs and pre-pool tensors out of memory
+            (:mod:`.fused_kernels`, :mod:`.fused_schedules`; ``TvmTarget.memory_planning``).
         database: tuning records to apply first (:mod:`.tuning`).
 
     Returns:
@@ -108,10 +115,11 @@ def optimize_for_cpu(
     from tvm import relax
 
     from . import arm_dsp, x86_int8
+    from .fused_schedules import check_fused_kernels_scheduled
     from .schedules import apply_default_cpu_schedules
 
     target = tvm.target.Target(tvm_target)
-    mod = tuning_module(mod, tvm_target, micro_kernels)
+    mod = tuning_module(mod, tvm_target, micro_kernels, memory_first)
     if database is not None:
         before = _scheduled_kernels(mod)
         with target, database:
@@ -119,7 +127,8 @@ def optimize_for_cpu(
         # How many kernels the database scheduled, for the manifest.
         mod = mod.with_attr("edgec.tuned_kernels", len(_scheduled_kernels(mod) - before))
     with target:
-        mod = apply_default_cpu_schedules(target, micro_kernels)(mod)
+        mod = apply_default_cpu_schedules(target, micro_kernels, memory_first)(mod)
+    check_fused_kernels_scheduled(mod)
     # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights, SMLAD kernels (Cortex-M4/M7)
     # input-channel-innermost ones: re-lay out the constants (a no-op when no kernel was
     # scheduled that way).
@@ -252,97 +261,3 @@ def build_shared_library(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-
-
-def _load_vm(lib_path: pathlib.Path, threads: int = 0) -> Any:
-    import tvm
-    from tvm import relax
-
-    from .threads import configure_thread_pool
-
-    lib_path = pathlib.Path(lib_path)
-    if not lib_path.is_file():
-        raise EdgecError(f"no compiled library at {lib_path}; build the model first")
-    lib = tvm.runtime.load_module(str(lib_path))
-    try:
-        configure_thread_pool(threads)
-    except ValueError as err:
-        raise EdgecError(str(err)) from err
-    return relax.VirtualMachine(lib, tvm.cpu())
-
-
-def _flatten(value: Any, out: list[np.ndarray]) -> list[np.ndarray]:
-    """Relax outputs (a tensor or nested tuples of tensors) as numpy arrays, in order."""
-    if hasattr(value, "numpy"):
-        out.append(value.numpy())
-    elif isinstance(value, list | tuple) or type(value).__name__ in ("Array", "Tuple"):
-        for item in value:
-            _flatten(item, out)
-    else:
-        # tvm_ffi containers (Array) are sequences without numpy(); anything else is a bug.
-        try:
-            items = list(value)
-        except TypeError as err:
-            raise EdgecError(f"unexpected output of type {type(value).__name__}") from err
-        for item in items:
-            _flatten(item, out)
-    return out
-
-
-def _to_device(inputs: list[np.ndarray]) -> list[Any]:
-    import tvm
-
-    dev = tvm.cpu()
-    # np.asarray keeps 0-d arrays 0-d; np.ascontiguousarray would make a scalar input 1-d, which
-    # the VM refuses ("expect Tensor with ndim 0 but get 1").
-    return [tvm.runtime.tensor(np.asarray(x, order="C"), dev) for x in inputs]
-
-
-def run_shared_library(
-    lib_path: pathlib.Path, inputs: list[np.ndarray], threads: int = 0
-) -> list[np.ndarray]:
-    """Run a library built by :func:`build_shared_library` on the host CPU.
-
-    Args:
-        lib_path: The ``.so``.
-        inputs: One array per model input, in the model's input order.
-        threads: The thread count it was compiled with (0: the physical cores; see
-            :func:`.threads.requested_threads`).
-
-    Returns:
-        The outputs as numpy arrays, tuple outputs flattened in order.
-    """
-    vm = _load_vm(lib_path, threads)
-    result = vm["main"](*_to_device(inputs))
-    return _flatten(result, [])
-
-
-def time_shared_library(
-    lib_path: pathlib.Path, inputs: list[np.ndarray], repeat: int, threads: int = 0
-) -> list[float]:
-    """Time ``repeat`` runs of a library (after one warm-up run).
-
-    Inputs are copied to the device once; each timing covers one call of ``main`` including
-    its output allocation, as a user of the library would see it.
-
-    Args:
-        lib_path: The ``.so``.
-        inputs: One array per model input.
-        repeat: How many timed runs (at least 1).
-        threads: As for :func:`run_shared_library`.
-
-    Returns:
-        Seconds per run, in run order.
-    """
-    if repeat < 1:
-        raise EdgecError(f"repeat must be at least 1, got {repeat}")
-    vm = _load_vm(lib_path, threads)
-    main = vm["main"]
-    args = _to_device(inputs)
-    main(*args)
-    times: list[float] = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        main(*args)
-        times.append(time.perf_counter() - start)
-    return times

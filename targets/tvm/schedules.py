@@ -47,7 +47,7 @@ from .schedule_common import (
     root_blocks,
     vectorize_tail,
 )
-from .tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, Matmul
+from .tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, DepthwiseConvRows, Matmul
 
 __all__ = [
     "Conv2dNHWC",
@@ -58,8 +58,8 @@ __all__ = [
     "apply_default_cpu_schedules",
     "cpu_vector_info",
     "default_rules",
+    "fixed_rules",
     "float_rules",
-    "micro_kernel_rules",
 ]
 
 
@@ -148,6 +148,18 @@ class _Reduction(dlight.cpu.Reduction):
         return super().apply(func, target, tunable)
 
 
+class _Gemv(dlight.cpu.GEMV):
+    """dlight's CPU GEMV rule, declining (``None``) where TVM 0.27's ``normalize`` asserts instead:
+    an element-wise chain fused with a reduction that has no spatial loop left (the requantization
+    of a sparse conv's accumulator fused with a global average pool's sum)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        try:
+            return super().apply(func, target, tunable)
+        except AssertionError:
+            return None
+
+
 _IEEE_FLOAT_BITS = {"float16": 16, "float32": 32, "float64": 64}
 
 
@@ -191,18 +203,26 @@ class _LanesByDtype(ScheduleRule):
         return self._rules[lanes].apply(func, target, tunable)
 
 
-def micro_kernel_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRule]:
-    """The target's int8 micro-kernel rules (SMLAD on Cortex-M4/M7, vpdpbusd on x86 with VNNI,
-    vpmaddwd on x86 AVX2), if ``micro_kernels``; each declines anything but an int8 conv2d/matmul
-    it can take."""
+def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool = False) -> list[ScheduleRule]:
+    """The rules of the hand-written kernels, which tuning leaves alone, in priority order: the
+    fused conv + pool ones first (``memory_first``), the sparse kernels', then the int8
+    micro-kernels' (SMLAD on Cortex-M4/M7, vpdpbusd on x86 with VNNI, vpmaddwd on x86 AVX2), if
+    ``micro_kernels``; each declines what it cannot take."""
     from .arm_dsp import Int8DspConv, has_dsp
+    from .fused_schedules import ConvPool
+    from .sparse_schedule import SparseRows
     from .x86_int8 import Int8PmaddwdConv, has_avx2
     from .x86_vnni import Int8VnniConv, vnni_lanes
 
+    fused: list[ScheduleRule] = [ConvPool(dsp=True), ConvPool(dsp=False)] if memory_first else []
     if not micro_kernels:
-        return []
+        return [*fused[1:], SparseRows()]
+    if target.kind.name == "c":
+        return [*fused, SparseRows()]
     lanes = vnni_lanes(target)
     return [
+        *fused,
+        SparseRows(),
         *([Int8DspConv()] if has_dsp(target) else []),
         # VNNI first; what it declines (reductions not a multiple of 4) still gets vpmaddwd.
         *([Int8VnniConv(lanes)] if lanes else []),
@@ -210,25 +230,38 @@ def micro_kernel_rules(target: Target, micro_kernels: bool = True) -> list[Sched
     ]
 
 
-def float_rules(target: Target) -> list[ScheduleRule]:
-    """The register-tiled and fallback CPU rules, in priority order."""
+def float_rules(target: Target, memory_first: bool = False) -> list[ScheduleRule]:
+    """The register-tiled and fallback CPU rules, in priority order. Target ``c`` (portable C)
+    gets none but, ``memory_first``, :class:`.fused_schedules.PerElement`: its kernels are TVM's
+    loops."""
+    from .fused_schedules import PerElement
+
+    if target.kind.name == "c":
+        return [PerElement()] if memory_first else []
     info = cpu_vector_info(target)
+    # Memory-first: a depthwise conv whose merged padding would otherwise be a bounds test per MAC.
+    rows: list[ScheduleRule] = [_LanesByDtype(DepthwiseConvRows, info)] if memory_first else []
     return [
         _LanesByDtype(Conv2dNHWC, info),
+        *rows,
         _LanesByDtype(DepthwiseConv2dNHWC, info),
         _LanesByDtype(Matmul, info),
-        dlight.cpu.GEMV(),
+        _Gemv(),
         _Reduction(),
         _LanesByDtype(ParallelVectorize, info),
     ]
 
 
-def default_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRule]:
-    """The CPU rules in priority order for ``target`` (its int8 micro-kernel rules first)."""
-    return [*micro_kernel_rules(target, micro_kernels), *float_rules(target)]
+def default_rules(
+    target: Target, micro_kernels: bool = True, memory_first: bool = False
+) -> list[ScheduleRule]:
+    """The CPU rules in priority order for ``target``: :func:`fixed_rules`, then :func:`float_rules`."""
+    return [*fixed_rules(target, micro_kernels, memory_first), *float_rules(target, memory_first)]
 
 
-def apply_default_cpu_schedules(target: Target, micro_kernels: bool = True) -> tvm.transform.Pass:
+def apply_default_cpu_schedules(
+    target: Target, micro_kernels: bool = True, memory_first: bool = False
+) -> tvm.transform.Pass:
     """A module pass that schedules every not-yet-scheduled PrimFunc with :func:`default_rules`.
 
     Run it inside ``with target:`` (or on functions carrying a ``target`` attribute), after the
@@ -238,12 +271,12 @@ def apply_default_cpu_schedules(target: Target, micro_kernels: bool = True) -> t
     Args:
         target: The CPU target the rules are parameterised for.
         micro_kernels: include the int8 micro-kernel rule (see :func:`default_rules`).
+        memory_first: include the fused conv + pool rules (see :func:`default_rules`).
 
     Returns:
         The pass; scheduled functions get the ``tirx.is_scheduled`` attribute.
     """
     from .weight_fusion import inline_weight_decode
 
-    return tvm.transform.Sequential(
-        [inline_weight_decode(), dlight.ApplyDefaultSchedule(*default_rules(target, micro_kernels))]
-    )
+    rules = default_rules(target, micro_kernels, memory_first)
+    return tvm.transform.Sequential([inline_weight_decode(), dlight.ApplyDefaultSchedule(*rules)])

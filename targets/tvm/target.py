@@ -26,17 +26,30 @@ from edgec.targets.tvm.tuning_database import TuningDatabase, TuningKey
 if TYPE_CHECKING:
     from edgec.targets.tvm.tuning import TuneReport
 
-__all__ = ["PACKED_WEIGHT_BITS", "TvmTarget", "legalization"]
+__all__ = ["PACKED_WEIGHT_BITS", "SPARSE_FORMATS", "TvmTarget", "legalization"]
 
 # Weight widths kept at their width in the artifact and decoded in the kernels (16: float16).
 PACKED_WEIGHT_BITS = frozenset({1, 2, 4, 8, 16})
+# Sparse weight formats the conv/matmul kernels read compressed (edgec.targets.tvm.sparse_layout).
+SPARSE_FORMATS = frozenset({"bitmap", "nm"})
 
 
-def legalization(rounding: str) -> str:
+def legalization(
+    rounding: str, memory_planning: bool = False, ram_budget: int | None = None, streaming: str = "none"
+) -> str:
     """The pipeline that makes a graph lowerable by the TVM targets: n-ary Sum as Add (the
     frontend's Sum breaks NHWC), inference Dropout/Identity removed (relax's dropout returns a tuple
-    that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed."""
-    return f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights"
+    that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed; with
+    ``memory_planning``, integer convolutions and the pools that read them fused and the first
+    stages planned in row bands under ``ram_budget`` (``plan-memory``, told which convolutions the
+    target's schedules write row by row: ``streaming``). Weights with zeros are stored sparse before
+    the memory passes: a pruned model keeps the flash its pruning saved, and a conv reading a sparse
+    weight is neither fused with its pool nor streamed in place (its kernel walks output channels),
+    which the passes record with the reason."""
+    pipeline = f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights,sparse-weights"
+    if not memory_planning:
+        return pipeline
+    return pipeline + f",fuse-conv-pool,plan-memory{{budget={ram_budget or 0},streaming={streaming}}}"
 
 
 @dataclass(frozen=True)
@@ -50,11 +63,16 @@ class TvmTarget(Target):
             ``None`` for plain code.
         tuning_database: a tuning database root (``--db``): ``lower`` applies its best records
             for this target, CPU and thread count (:meth:`tuning_key`) before the default rules.
+        memory_planning: RAM is the budget that decides (microcontrollers; portable C): the
+            legalization fuses convolutions with their pools, and the lowering keeps padded
+            inputs and pre-pool tensors out of memory (``edgec compile --no-memory-planning``
+            switches it off, for comparisons).
     """
 
     vector_bits: int = 0
     micro_kernel: str | None = None
     tuning_database: str = ""
+    memory_planning: bool = False
 
     def simd_bits(self) -> int:
         """The SIMD width of this target's CPU (subclasses may detect the host's)."""
@@ -73,9 +91,23 @@ class TvmTarget(Target):
             fp16_arithmetic=self.has_fp16_arithmetic(),
             vector_bits=self.simd_bits(),
             int8_micro_kernel=self.int8_micro_kernel(),
+            sparse_formats=SPARSE_FORMATS if self.sparse_weights else frozenset(),
             requantize_rounding=self.requantize_rounding,
-            legalization=legalization(self.requantize_rounding),
+            legalization=legalization(
+                self.requantize_rounding, self.memory_planning, self.ram_bytes, self.row_streaming()
+            ),
         )
+
+    def row_streaming(self) -> str:
+        """Which convolutions this target's schedules write row by row, in place over their input
+        (``memory_model.STREAMING``): none in portable C (its kernels are TVM's plain loops), the
+        depthwise ones elsewhere, every one the SMLAD kernels take with them."""
+        if self.tvm_target().get("kind") == "c":
+            return "none"
+        return "all" if self.int8_micro_kernel() == "smlad" else "depthwise"
+
+    def describe(self) -> dict:
+        return {**super().describe(), "memory_planning": self.memory_planning}
 
     def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
         from edgec.targets.tvm.frontend import unsupported
@@ -108,7 +140,7 @@ class TvmTarget(Target):
                 f"target '{self.name}' runs under {self.runner}; tuning measures kernels on this "
                 "machine, so it tunes x86 targets (a board over TVM RPC is not supported yet)"
             )
-        module = tuning_module(translate(graph), self.tvm_target(), self.micro_kernels)
+        module = tuning_module(translate(graph), self.tvm_target(), self.micro_kernels, self.memory_planning)
         database = TuningDatabase(Path(self.tuning_database), self.tuning_key())
         warn = progress.warn if progress is not None else None
         bar = progress.bar if progress is not None else None
@@ -133,9 +165,11 @@ class TvmTarget(Target):
         if self.tuning_database:
             database = TuningDatabase(Path(self.tuning_database), self.tuning_key())
             with database.reading() as records:
-                module = optimize_for_cpu(module, self.tvm_target(), self.micro_kernels, records)
+                module = optimize_for_cpu(
+                    module, self.tvm_target(), self.micro_kernels, self.memory_planning, records
+                )
         else:
-            module = optimize_for_cpu(module, self.tvm_target(), self.micro_kernels)
+            module = optimize_for_cpu(module, self.tvm_target(), self.micro_kernels, self.memory_planning)
         tuned = (
             int(module.attrs["edgec.tuned_kernels"]) if "edgec.tuned_kernels" in (module.attrs or {}) else 0
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
@@ -54,3 +55,33 @@ def test_missing_external_data_is_a_clear_error(tmp_path: Path) -> None:
 def load_from(model: onnx.ModelProto, path: Path):
     onnx.save_model(model, str(path))
     return load(path)
+
+
+def test_stale_staging_siblings_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    """Only ``.NAME.<pid>.<hex>`` (and ``.old-`` backups) whose process is gone go; a running
+    edgec's staging folder, other outputs' and unknown names stay."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    stale = [tmp_path / f".build.{dead_pid}.0123abcd", tmp_path / f".build.{dead_pid}.old-89abcdef"]
+    for folder in stale:
+        (folder / "partial").mkdir(parents=True)
+    stale_file = tmp_path / f".model.onnx.{dead_pid}.00ff00ff"
+    stale_file.write_bytes(b"half")
+    kept = [
+        tmp_path / f".build.{os.getpid()}.0123abcd",  # a running process (this one)
+        tmp_path / f".build.5.{dead_pid}.0123abcd",  # staging of the output 'build.5'
+        tmp_path / ".build.k2j3h4g5",  # an older edgec's name: its owner is unknown
+        tmp_path / f".build.{dead_pid}.notours",
+    ]
+    for folder in kept:
+        folder.mkdir()
+    assert sorted(io.remove_stale_staging(tmp_path / "build")) == sorted(stale)
+    with atomic_path(tmp_path / "model.onnx") as temporary:
+        temporary.write_bytes(b"new")
+    assert not stale_file.exists() and (tmp_path / "model.onnx").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p.name for p in kept] + ["model.onnx"])

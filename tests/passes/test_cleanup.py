@@ -7,18 +7,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgec.ir import EdgeGraph, op_sequence
-from tests.helpers import assert_same_outputs, covers, make_model, rng, run_pipeline
+from tests.helpers import assert_same_outputs, covers, make_model, pass_stats, refusal_reasons, run_pipeline
 
 F = TensorProto.FLOAT
 I64 = TensorProto.INT64
-
-
-def _stats(records, name: str) -> dict:
-    return next(r.stats for r in records if r.name == name)
-
-
-def _reasons(records, name: str) -> list[str]:
-    return [item["reason"] for item in _stats(records, name).get("refused", [])]
 
 
 # ----- eliminate-dead-code ---------------------------------------------------------------------
@@ -43,7 +35,7 @@ def test_dead_code_structure():
     assert op_sequence(graph) == ["Relu"]
     assert "@w" not in graph.text()
     assert not graph.to_onnx().graph.initializer
-    assert _stats(records, "eliminate-dead-code")["removed_nodes"] == 2
+    assert pass_stats(records, "eliminate-dead-code")["removed_nodes"] == 2
 
 
 @covers("eliminate-dead-code", kind="numeric")
@@ -64,82 +56,6 @@ def test_dead_code_keeps_live_nodes_and_graph_inputs():
     assert not records[0].changed
     # Graph inputs are the model's interface: callers still feed them.
     assert [t.name for t in graph.inputs] == ["x", "unused_input"]
-
-
-# ----- fold-constants --------------------------------------------------------------------------
-
-
-def _constant_subgraph_model() -> onnx.ModelProto:
-    """y = x + transpose(a) * 2 + reshape(x's static shape) chain folded by Shape."""
-    return make_model(
-        [
-            helper.make_node("Transpose", ["a"], ["at"], perm=[1, 0], name="t"),
-            helper.make_node("Mul", ["at", "two"], ["scaled"], name="scale"),
-            helper.make_node("Add", ["x", "scaled"], ["s"], name="add"),
-            helper.make_node("Shape", ["x"], ["shape"], name="shape"),
-            helper.make_node("Reshape", ["s", "shape"], ["y"], name="reshape"),
-        ],
-        {"x": (F, [3, 2])},
-        {"y": (F, [3, 2])},
-        {"a": rng(1).standard_normal((2, 3)).astype(np.float32), "two": np.array(2.0, np.float32)},
-    )
-
-
-@covers("fold-constants", kind="structural")
-def test_fold_constants_structure():
-    graph, records = run_pipeline("fold-constants", _constant_subgraph_model())
-    assert op_sequence(graph) == ["Add", "Reshape"]
-    assert "Transpose" not in graph.text() and "Shape" not in graph.text()
-    assert _stats(records, "fold-constants")["folded"] == 3
-
-
-@covers("fold-constants", kind="numeric")
-def test_fold_constants_numeric():
-    model = _constant_subgraph_model()
-    graph, _ = run_pipeline("fold-constants", model)
-    assert_same_outputs(model, graph.to_onnx())
-
-
-@covers("fold-constants", kind="negative")
-def test_fold_constants_refuses_a_result_over_the_size_cap():
-    model = make_model(
-        [
-            helper.make_node("ConstantOfShape", ["shape"], ["big"], name="fill"),
-            helper.make_node("Add", ["x", "big"], ["y"], name="add"),
-        ],
-        {"x": (F, [64, 64])},
-        {"y": (F, [64, 64])},
-        {"shape": np.array([64, 64], np.int64)},
-    )
-    graph, records = run_pipeline("fold-constants{max_bytes=1024}", model)
-    assert op_sequence(graph) == ["ConstantOfShape", "Add"]
-    assert _reasons(records, "fold-constants") == ["result 'big' would be 16384 bytes (max_bytes=1024)"]
-
-
-def test_fold_constants_leaves_random_and_quantized_weights():
-    model = make_model(
-        [
-            helper.make_node("RandomNormal", [], ["noise"], shape=[4], name="noise"),
-            helper.make_node("DequantizeLinear", ["q", "s"], ["w"], name="dq"),
-            helper.make_node("Add", ["x", "w"], ["xw"], name="add"),
-            helper.make_node("Add", ["xw", "noise"], ["y"], name="add_noise"),
-        ],
-        {"x": (F, [4])},
-        {"y": (F, [4])},
-        {"q": np.array([1, 2, 3, 4], np.int8), "s": np.array(0.5, np.float32)},
-    )
-    graph, records = run_pipeline("fold-constants", model, verify=False)
-    assert op_sequence(graph).count("RandomNormal") == 1 and "DequantizeLinear" in op_sequence(graph)
-    assert sorted(_reasons(records, "fold-constants")) == [
-        "keeps quantized weights quantized",
-        "random values must differ between runs",
-    ]
-
-
-def test_fold_constants_options_are_typed():
-    graph, records = run_pipeline("fold-constants{fold_shapes=false}", _constant_subgraph_model())
-    assert "Shape" in op_sequence(graph)
-    assert records[0].options == {"max_bytes": 16 << 20, "fold_shapes": False}
 
 
 # ----- eliminate-identity ----------------------------------------------------------------------
@@ -168,7 +84,7 @@ def test_eliminate_identity_structure():
     assert op_sequence(graph) == ["Relu"]
     assert graph.text().splitlines()[2].startswith("  %y = Relu(%x)")
     assert [t.name for t in graph.outputs] == ["y"]
-    assert _stats(records, "eliminate-identity")["applied"] == {
+    assert pass_stats(records, "eliminate-identity")["applied"] == {
         "cast": 1,
         "dropout": 1,
         "identity": 2,
@@ -199,7 +115,7 @@ def test_eliminate_identity_refuses_used_dropout_mask_and_real_ops():
     )
     graph, records = run_pipeline("eliminate-identity", model)
     assert op_sequence(graph) == ["Dropout", "Reshape", "Transpose", "Cast"]
-    assert sorted(_reasons(records, "eliminate-identity")) == [
+    assert sorted(refusal_reasons(records, "eliminate-identity")) == [
         "Dropout's mask output is used",
         "it casts float32 to float64",
         "it reshapes [2, 3] to [3, 2]",
@@ -219,7 +135,7 @@ def test_eliminate_identity_refuses_training_dropout_and_input_to_output_identit
     )
     graph, records = run_pipeline("eliminate-identity", model, verify=False)
     assert sorted(op_sequence(graph)) == ["Dropout", "Identity"]
-    reasons = _reasons(records, "eliminate-identity")
+    reasons = refusal_reasons(records, "eliminate-identity")
     assert "Dropout's training_mode is not a constant false" in reasons
     assert any("graph output" in reason for reason in reasons)
 
@@ -300,7 +216,7 @@ def test_merge_reshapes_structure():
     assert op_sequence(graph) == ["Reshape", "Relu"]
     reshape = graph.nodes[0]
     np.testing.assert_array_equal(reshape.inputs[1].values, [6, 4])
-    assert _stats(records, "merge-reshapes")["merged"] == 3
+    assert pass_stats(records, "merge-reshapes")["merged"] == 3
 
 
 @covers("merge-reshapes", kind="numeric")
@@ -323,7 +239,7 @@ def test_merge_reshapes_refuses_a_runtime_shape():
     )
     graph, records = run_pipeline("merge-reshapes", model, verify=False)
     assert op_sequence(graph) == ["Reshape", "Reshape"]
-    assert _reasons(records, "merge-reshapes") == [
+    assert refusal_reasons(records, "merge-reshapes") == [
         "Reshape 'second' has a shape or axes computed at run time"
     ]
 

@@ -17,19 +17,13 @@ from tests.helpers import (
     assert_same_outputs,
     covers,
     make_model,
+    pass_stats,
+    refusal_reasons,
     rng,
     run_pipeline,
 )
 
 F = TensorProto.FLOAT
-
-
-def _stats(records, name: str) -> dict:
-    return next(r.stats for r in records if r.name == name)
-
-
-def _reasons(records, name: str) -> list[str]:
-    return [item["reason"] for item in _stats(records, name).get("refused", [])]
 
 
 def _bn_params(channels: int, seed: int) -> dict[str, np.ndarray]:
@@ -74,7 +68,7 @@ def test_conv_bn_structure():
     graph, records = run_pipeline("fuse-conv-bn", _conv_bn_model())
     assert op_sequence(graph) == ["Conv"]
     assert "BatchNormalization" not in graph.text()
-    assert _stats(records, "fuse-conv-bn")["fused"] == 1
+    assert pass_stats(records, "fuse-conv-bn")["fused"] == 1
 
 
 @covers("fuse-conv-bn", kind="numeric")
@@ -89,7 +83,7 @@ def test_conv_bn_numeric():
 def test_conv_bn_refuses_training_mode():
     graph, records = run_pipeline("fuse-conv-bn", _conv_bn_model(training=True), verify=False)
     assert op_sequence(graph) == ["Conv", "BatchNormalization"]
-    assert _reasons(records, "fuse-conv-bn") == ["BatchNormalization is in training mode"]
+    assert refusal_reasons(records, "fuse-conv-bn") == ["BatchNormalization is in training mode"]
 
 
 # ----- fuse-gemm-bn ----------------------------------------------------------------------------
@@ -112,7 +106,7 @@ def test_gemm_bn_structure():
         graph, records = run_pipeline("fuse-gemm-bn", _gemm_bn_model(op))
         assert op_sequence(graph) == ["Gemm"]
         assert "beta=1" in graph.text() or op == "MatMul"
-        assert _stats(records, "fuse-gemm-bn")["applied"] == {f"{op.lower()}-bn": 1}
+        assert pass_stats(records, "fuse-gemm-bn")["applied"] == {f"{op.lower()}-bn": 1}
 
 
 @covers("fuse-gemm-bn", kind="numeric")
@@ -134,7 +128,7 @@ def test_gemm_bn_refuses_a_3d_matmul():
     )
     graph, records = run_pipeline("fuse-gemm-bn", model)
     assert op_sequence(graph) == ["MatMul", "BatchNormalization"]
-    assert _reasons(records, "fuse-gemm-bn") == ["MatMul input has rank 3, folding needs rank 2"]
+    assert refusal_reasons(records, "fuse-gemm-bn") == ["MatMul input has rank 3, folding needs rank 2"]
 
 
 # ----- fuse-matmul-add -------------------------------------------------------------------------
@@ -177,10 +171,10 @@ def test_matmul_add_numeric():
 def test_matmul_add_refuses_3d_input_and_row_bias():
     graph, records = run_pipeline("fuse-matmul-add", _matmul_add_model(rank=3))
     assert op_sequence(graph) == ["MatMul", "Add"]
-    assert _reasons(records, "fuse-matmul-add") == ["MatMul input has rank 3, Gemm needs rank 2"]
+    assert refusal_reasons(records, "fuse-matmul-add") == ["MatMul input has rank 3, Gemm needs rank 2"]
     graph, records = run_pipeline("fuse-matmul-add", _matmul_add_model((3, 1)))
     assert op_sequence(graph) == ["MatMul", "Add"]
-    assert _reasons(records, "fuse-matmul-add") == [
+    assert refusal_reasons(records, "fuse-matmul-add") == [
         "bias shape [3, 1] does not broadcast over the last dimension only"
     ]
 
@@ -238,7 +232,7 @@ def test_pad_conv_refuses_reflect_nonzero_value_and_channel_padding():
     for reason, model in cases.items():
         graph, records = run_pipeline("fuse-pad-conv", model)
         assert op_sequence(graph) == ["Pad", "Conv"], reason
-        assert _reasons(records, "fuse-pad-conv") == [reason]
+        assert refusal_reasons(records, "fuse-pad-conv") == [reason]
 
 
 # ----- fuse-conv-mul-add -----------------------------------------------------------------------
@@ -270,7 +264,7 @@ def _conv_mul_add_model(scale_shape, shift_shape, with_bias: bool = False) -> on
 def test_conv_mul_add_structure():
     graph, records = run_pipeline("fuse-conv-mul-add", _conv_mul_add_model((4, 1, 1), (1, 4, 1, 1)))
     assert op_sequence(graph) == ["Conv"]
-    assert _stats(records, "fuse-conv-mul-add")["applied"] == {"conv-add": 1, "conv-mul": 1}
+    assert pass_stats(records, "fuse-conv-mul-add")["applied"] == {"conv-add": 1, "conv-mul": 1}
 
 
 @covers("fuse-conv-mul-add", kind="numeric")
@@ -290,7 +284,9 @@ def test_conv_mul_add_numeric():
 def test_conv_mul_add_refuses_spatial_operands():
     graph, records = run_pipeline("fuse-conv-mul-add", _conv_mul_add_model((3, 3), (4, 1, 3)))
     assert op_sequence(graph) == ["Conv", "Mul", "Add"]
-    assert _reasons(records, "fuse-conv-mul-add") == ["operand shape [3, 3] is not per output channel (C=4)"]
+    assert refusal_reasons(records, "fuse-conv-mul-add") == [
+        "operand shape [3, 3] is not per output channel (C=4)"
+    ]
 
 
 # ----- the default pipeline on real models -----------------------------------------------------

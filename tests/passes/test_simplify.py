@@ -151,6 +151,59 @@ def test_simplify_keeps_an_unused_input_declared() -> None:
     assert [t.name for t in run.graph.inputs] == ["x", "unused"]
 
 
+def _count_slim_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import onnxslim
+
+    runs: list[int] = []
+    slim = onnxslim.slim
+
+    def counting(model: onnx.ModelProto) -> onnx.ModelProto:
+        runs.append(len(model.graph.node))
+        return slim(model)
+
+    monkeypatch.setattr(onnxslim, "slim", counting)
+    return runs
+
+
+def test_simplify_runs_onnxslim_again_only_after_a_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = _count_slim_runs(monkeypatch)
+    graph = _graph(reshape_chain_model())
+    fix_input_shapes(graph, {"x": (2, 3, 4, 4)})
+    run = PassManager("simplify,inline-constant-if,simplify", PassContext(verify=True)).run(graph)
+    assert runs == [6]  # onnxslim iterates to its own fixed point: nothing left for a second run
+    first, _, second = run.records
+    assert first.changed and not second.changed
+    assert second.stats["skipped"] == "unchanged since simplified"
+    # A changed graph is simplified again: here an Identity inserted before the Relu.
+    relu = next(node for node in run.graph.nodes if node.op == "Relu")
+    moved = gs.Variable("moved", dtype=np.float32)
+    run.graph.gs.nodes.append(gs.Node("Identity", inputs=[relu.inputs[0]], outputs=[moved]))
+    relu.inputs[0] = moved
+    again = PassManager("simplify", PassContext(verify=True)).run(run.graph)
+    assert runs == [6, 3] and again.records[0].changed
+    assert op_sequence(again.graph) == ["Reshape", "Relu"]
+
+
+def test_simplify_runs_again_after_new_input_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = _count_slim_runs(monkeypatch)
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": (F, ["n"])}, {"y": (F, ["n"])})
+    graph = _graph(model)
+    fix_input_shapes(graph, {"x": (2,)})
+    graph = PassManager("simplify", PassContext(verify=True)).run(graph).graph
+    graph.inputs[0].shape = [3]
+    PassManager("simplify", PassContext(verify=True)).run(graph)
+    assert runs == [1, 1]
+
+
+def test_simplify_keeps_the_graph_it_was_given_when_onnxslim_changes_nothing() -> None:
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")], {"x": (F, [2])}, {"y": (F, [2])}
+    )
+    graph = _graph(model)
+    run = PassManager("simplify", PassContext(verify=True)).run(graph)
+    assert not run.records[0].changed and run.graph is graph
+
+
 def test_import_pipeline_removes_if_and_lstm() -> None:
     assert "import" in all_pipelines()
     assert not all_pipelines()["import"].fixed_point

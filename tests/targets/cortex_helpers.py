@@ -54,9 +54,9 @@ def max_error_vs_onnxruntime(
     graph = EdgeGraph.from_onnx(model)
     feeds = random_inputs(graph, seed=0)
     expected = run_onnx(model, feeds)
-    outputs, _ = get_target(target_name).run(build_dir, manifest, [feeds[t.name] for t in graph.inputs])
+    outputs, _ = get_target(target_name).run(build_dir, manifest, [feeds[t.name][None] for t in graph.inputs])
     return max(
-        float(np.abs(got - expected[spec["name"]]).max())
+        float(np.abs(got[0] - expected[spec["name"]]).max())
         for got, spec in zip(outputs, manifest["outputs"], strict=True)
     )
 

@@ -17,7 +17,7 @@ from tests.targets.cortex_helpers import build, needs_tools
 
 
 def _run(target: str, build_dir: Path, manifest: dict, samples: np.ndarray) -> np.ndarray:
-    return np.stack([get_target(target).run(build_dir, manifest, [x])[0][0] for x in samples])
+    return get_target(target).run(build_dir, manifest, [samples])[0][0]
 
 
 @needs_tools("arm-none-eabi-gcc", "qemu-system-arm", "aarch64-linux-gnu-gcc", "qemu-aarch64-static")

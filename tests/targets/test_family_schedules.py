@@ -1,6 +1,6 @@
 """Default CPU schedules for the model families (targets/tvm/tiled_schedules.py): depthwise
 convolutions, tiles of whole native vectors, batched matmuls; and the family builders
-(edgec/architectures.py) compiled for x86 against onnxruntime."""
+(edgec/families.py) compiled for x86 against onnxruntime."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
-from edgec.architectures import attention_recognizer, family_model, mobilenet, yolo
 from edgec.errors import EdgecError
+from edgec.families import attention_recognizer, family_model, mobilenet, yolo
 from edgec.ir import EdgeGraph
 from edgec.targets.tvm.build import optimize_for_cpu
 from edgec.targets.tvm.schedule_common import CpuVectorInfo

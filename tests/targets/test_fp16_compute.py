@@ -29,7 +29,7 @@ from edgec.ir import EdgeGraph
 from edgec.pm import PassContext, get_pass
 from edgec.targets import get_target
 from edgec.targets.registry import all_targets
-from edgec.targets.runners import run_emulator
+from edgec.targets.runners import build_harness, run_emulator
 from edgec.verify import run_onnx
 from tests.helpers import DIGITS
 from tests.targets.cortex_helpers import DIGITS_ONNX, build, needs_tools
@@ -82,7 +82,8 @@ def test_fp16_build_matches_onnxruntime_and_float32(fp16_build):
     test = dict(np.load(DIGITS / "digits_test.npz"))
     count = BATCH[target]
     images, labels = test["input"][:count].astype(np.float32), test["label"][:count]
-    (got,), _ = get_target(target).run(out, manifest, [images])
+    (got,), _ = get_target(target).run(out, manifest, [images[None]])
+    got = got[0]
     float16_graph = run_onnx(model, {"input": images})["logits"]
     float32 = run_onnx(rebatch(onnx.load(DIGITS_ONNX), count), {"input": images})["logits"]
     scale = float(np.abs(float32).max())
@@ -130,7 +131,7 @@ def test_qemu_executes_the_fp16_instructions(fp16_build, tmp_path):
     instruction: qemu-aarch64 really executes them on cortex-a55's CPU model (cortex-a76)."""
     target, out, manifest, _, _ = fp16_build
     runner = get_target(target)
-    image = runner.build_harness([out], [("digits", 1, 1)], tmp_path)
+    image = build_harness(runner, [out], [("digits", 1, 1)], tmp_path)
     shape = manifest["inputs"][0]["shape"]
     (tmp_path / "in0.bin").write_bytes(np.zeros(shape, np.float32).tobytes())
     (tmp_path / "edgec_repeat.txt").write_text("0\n")

@@ -462,7 +462,8 @@ def test_digits_weight_only_on_cortex_m4_needs_no_more_arena_than_fp32(
     build = tmp_path / scheme
     manifest = result.manifest
     model = onnx.load(build / "optimized.onnx")
-    for x in np.load(EXAMPLES / "digits_test.npz")["input"][:2]:
-        outputs, _ = get_target("cortex-m4").run(build, manifest, [x[None].astype(np.float32)])
-        expected = run_onnx(model, {"input": x[None].astype(np.float32)})["logits"]
-        np.testing.assert_allclose(outputs[0], expected, rtol=0, atol=FP32_ATOL)
+    images = np.load(EXAMPLES / "digits_test.npz")["input"][:2, None].astype(np.float32)
+    (outputs,), _ = get_target("cortex-m4").run(build, manifest, [images])
+    for image, got in zip(images, outputs, strict=True):
+        expected = run_onnx(model, {"input": image})["logits"]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=FP32_ATOL)

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.errors import EdgecError, UnsupportedNodeError
-from edgec.targets.tvm import build, frontend, schedules
+from edgec.targets.tvm import build, frontend, library_runner, schedules
 from edgec.targets.tvm.translate import translate
 from tests.helpers import legalize
 
@@ -87,7 +87,8 @@ def _check(model: onnx.ModelProto, tmp_path: pathlib.Path) -> None:
     lib = tmp_path / "model.so"
     _compile(model, lib)
     inputs = _inputs(model)
-    got = build.run_shared_library(lib, inputs)
+    got, _ = library_runner.run_shared_library(lib, [x[None] for x in inputs])
+    got = [g[0] for g in got]
     want = _ort(model, inputs)
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
@@ -277,12 +278,19 @@ def test_build_is_atomic_and_byte_deterministic(tmp_path):
     assert sorted(p.name for p in a.parent.iterdir()) == ["m.so"]  # no temp file left
 
 
-def test_time_shared_library(tmp_path):
+def test_run_shared_library_runs_a_batch_and_times_the_first_sample(tmp_path):
+    """One load of the library for the whole batch: each sample's outputs equal its own run."""
     lib = tmp_path / "m.so"
     model = _conv_relu()
     _compile(model, lib)
-    times = build.time_shared_library(lib, _inputs(model), repeat=3)
+    samples = [_inputs(model, seed) for seed in range(3)]
+    batch = [np.stack(values) for values in zip(*samples, strict=True)]
+    outputs, times = library_runner.run_shared_library(lib, batch, repeat=3)
     assert len(times) == 3 and all(t > 0 for t in times)
+    for index, sample in enumerate(samples):
+        (alone,), _ = library_runner.run_shared_library(lib, [x[None] for x in sample])
+        np.testing.assert_array_equal(outputs[0][index], alone[0])
+        np.testing.assert_allclose(alone[0], _ort(model, sample)[0], atol=1e-4, rtol=1e-4)
 
 
 def test_missing_cross_compiler_is_a_toolchain_error(tmp_path):

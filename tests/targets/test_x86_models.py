@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 import edgec
-from edgec.compile import run_build
 from edgec.ir import EdgeGraph
+from edgec.run import run_build
 from edgec.verify import random_inputs, run_onnx
 from edgec.zoo import light_model
 

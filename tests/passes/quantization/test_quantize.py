@@ -216,7 +216,7 @@ def _relu_only_model() -> onnx.ModelProto:
         ("quantize", None, "needs calibration data"),
         ("quantize", {"x": np.zeros((0, 1, 16), np.float32)}, "no samples"),
         ("quantize", {"x": np.full((4, 1, 16), np.nan, np.float32)}, "NaN or Inf"),
-        ("quantize", {"y": np.zeros((4, 1, 16), np.float32)}, "lacks ['x']"),
+        ("quantize", {"y": np.zeros((4, 1, 16), np.float32)}, "missing ['x']"),
         ("quantize", {"x": np.zeros((4, 1, 15), np.float32)}, "expected N samples"),
         ("quantize", {"x": np.zeros((4, 1, 16), np.float64)}, "dtype float64"),
         ("quantize{exclude=nope}", None, "unknown nodes"),

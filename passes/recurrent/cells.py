@@ -1,152 +1,13 @@
-"""Recurrent layers decomposed: ONNX ``LSTM``, ``GRU`` and ``RNN`` unrolled over a static sequence.
-
-TVM's relax ONNX frontend implements none of the three. For a static sequence length each is a
-fixed chain of per-step matrix products and pointwise gates, which every target lowers:
-
-* the input projection of all steps at once, ``XW = X · Wᵀ + b`` (``[seq, batch, gates·H]``);
-* per step ``t`` (in reverse for the backward direction): ``Gather(XW, t)`` plus ``H_{t-1} · Rᵀ``,
-  the gate activations, the state update;
-* ``Y`` stacked from the per-step ``H_t``; ``Y_h``/``Y_c`` the last states.
-
-A missing initial state is zero, so the first step skips its recurrent product (exactly, as
-``0 · R = 0``). Streaming models keep their state as explicit graph inputs and outputs
-(``initial_h`` in, ``Y_h`` out), which stays so: the firmware loop feeds ``Y_h`` back.
-
-Refused, naming the node: ``sequence_lens`` other than the full length everywhere, non-zero
-peepholes, non-default activations, ``clip``, ``input_forget``, non-constant weights, a symbolic
-sequence length.
-"""
+"""The unrolled cells: per direction and step, the MatMul/Add/Sigmoid/Tanh/Mul chain of LSTM, GRU
+and RNN, and :func:`decompose` which writes it in place of the node."""
 
 from __future__ import annotations
-
-import contextlib
-from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from edgec.errors import EdgecError, Fix, UnsupportedNodeError
-from edgec.ir import EdgeGraph, dependency_fix, infer_shapes, static_shape
-from edgec.pm import Pass, PassContext, PassResult, register
-
-_DEFAULT_ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"], "RNN": ["tanh"]}
-_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-
-
-@dataclass
-class _Layer:
-    """A validated recurrent node: its constants as arrays, its shapes as integers."""
-
-    node: gs.Node
-    x: gs.Tensor
-    w: np.ndarray  # [directions, gates*H, input]
-    r: np.ndarray  # [directions, gates*H, H]
-    b: np.ndarray  # [directions, 2*gates*H] (zeros when absent)
-    initial_h: gs.Tensor | None
-    initial_c: gs.Tensor | None
-    seq: int
-    batch: int
-    hidden: int
-    directions: list[str]  # "forward" / "reverse", one per direction index
-    layout: int
-    linear_before_reset: bool
-
-
-def _optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
-    if len(node.inputs) > index and node.inputs[index].name:
-        return node.inputs[index]
-    return None
-
-
-def _constant(node: gs.Node, tensor: gs.Tensor | None, what: str) -> np.ndarray | None:
-    if tensor is None:
-        return None
-    if not isinstance(tensor, gs.Constant):
-        raise UnsupportedNodeError(
-            node.name,
-            node.op,
-            f"its {what} '{tensor.name}' is not a constant; decomposition needs constant weights",
-        )
-    return np.asarray(tensor.values)
-
-
-def _validate(node: gs.Node) -> _Layer:
-    """Checks what the decomposition supports; raises ``UnsupportedNodeError`` saying what is not."""
-    op = node.op
-    attrs = node.attrs
-    direction = str(attrs.get("direction", "forward"))
-    if isinstance(attrs.get("direction"), bytes):
-        direction = attrs["direction"].decode()
-    directions = {"forward": ["forward"], "reverse": ["reverse"], "bidirectional": ["forward", "reverse"]}
-    if direction not in directions:
-        raise UnsupportedNodeError(node.name, op, f"direction '{direction}' is not an ONNX direction")
-    count = len(directions[direction])
-    activations = [str(a).lower() for a in attrs.get("activations", [])]
-    default = _DEFAULT_ACTIVATIONS[op]
-    if activations and activations not in (default, default * count):
-        raise UnsupportedNodeError(
-            node.name,
-            op,
-            f"custom activations {attrs['activations']} are not supported (only the default {default})",
-        )
-    if attrs.get("activation_alpha") or attrs.get("activation_beta"):
-        raise UnsupportedNodeError(node.name, op, "activation_alpha/activation_beta are not supported")
-    if attrs.get("clip") is not None:
-        raise UnsupportedNodeError(node.name, op, "cell clipping ('clip') is not supported")
-    if op == "LSTM" and int(attrs.get("input_forget", 0)):
-        raise UnsupportedNodeError(
-            node.name, op, "input_forget (coupled input and forget gates) is not supported"
-        )
-    layout = int(attrs.get("layout", 0))
-    x = node.inputs[0]
-    w = _constant(node, node.inputs[1], "weight W")
-    r = _constant(node, node.inputs[2], "recurrence weight R")
-    b = _constant(node, _optional_input(node, 3), "bias B")
-    hidden = int(r.shape[-1])
-    if b is None:
-        b = np.zeros((count, 2 * _GATES[op] * hidden), w.dtype)
-    shape = static_shape(x)
-    if shape is None or len(shape) != 3:
-        shown = "unknown" if x.shape is None else list(x.shape)
-        # Inputs are static by now (compile fixes them first): a length that still is symbolic comes
-        # from an input's value, e.g. an If on a sample rate whose branches give different lengths.
-        raise UnsupportedNodeError(
-            node.name,
-            op,
-            f"input '{x.name}' has a symbolic sequence length or batch (shape {shown})",
-            dependency_fix(x) or Fix("--input-shape", advice="fix the shapes of the model's inputs"),
-        )
-    seq, batch = (shape[1], shape[0]) if layout else (shape[0], shape[1])
-    lengths = _optional_input(node, 4)
-    if lengths is not None:
-        values = np.asarray(lengths.values) if isinstance(lengths, gs.Constant) else None
-        if values is None or not np.all(values == seq):
-            raise UnsupportedNodeError(
-                node.name,
-                op,
-                f"{op} with sequence_lens is not supported (sequence_lens '{lengths.name}' varies per "
-                "batch entry or is computed at run time)",
-                Fix(advice=f"export the model without sequence_lens on {op}"),
-            )
-    peepholes = _constant(node, _optional_input(node, 7), "peephole P") if op == "LSTM" else None
-    if peepholes is not None and np.any(peepholes != 0):
-        raise UnsupportedNodeError(node.name, op, "peephole connections (non-zero P) are not supported")
-    return _Layer(
-        node=node,
-        x=x,
-        w=w,
-        r=r,
-        b=b,
-        initial_h=_optional_input(node, 5),
-        initial_c=_optional_input(node, 6) if op == "LSTM" else None,
-        seq=seq,
-        batch=batch,
-        hidden=hidden,
-        directions=directions[direction],
-        layout=layout,
-        linear_before_reset=bool(int(attrs.get("linear_before_reset", 0))),
-    )
+from edgec.ir import EdgeGraph
+from edgec.passes.recurrent.layer import Layer
 
 
 class _Builder:
@@ -210,16 +71,14 @@ def _project_inputs(
     return builder.op("Add", [product, builder.const("bias", bias.astype(builder.dtype))], hint)
 
 
-def _initial(
-    builder: _Builder, layer: _Layer, state: gs.Tensor | None, d: int, hint: str
-) -> gs.Tensor | None:
+def _initial(builder: _Builder, layer: Layer, state: gs.Tensor | None, d: int, hint: str) -> gs.Tensor | None:
     if state is None:
         return None
     # initial_h is [directions, batch, H] (layout 0) or [batch, directions, H] (layout 1).
     return builder.gather(state, d, 1 if layer.layout else 0, hint)
 
 
-def _lstm_direction(builder: _Builder, layer: _Layer, xs: gs.Tensor, d: int, steps: list[int]):
+def _lstm_direction(builder: _Builder, layer: Layer, xs: gs.Tensor, d: int, steps: list[int]):
     """i, o, f = sigmoid(Xt·Wᵀ + H·Rᵀ + Wb + Rb)[i,o,f]; g = tanh(…)[c]; C = f⊙C + i⊙g; H = o⊙tanh(C)."""
     hidden = layer.hidden
     w, r, b = layer.w[d], layer.r[d], layer.b[d]
@@ -245,7 +104,7 @@ def _lstm_direction(builder: _Builder, layer: _Layer, xs: gs.Tensor, d: int, ste
     return hs, h, c
 
 
-def _gru_direction(builder: _Builder, layer: _Layer, xs: gs.Tensor, d: int, steps: list[int]):
+def _gru_direction(builder: _Builder, layer: Layer, xs: gs.Tensor, d: int, steps: list[int]):
     """z, r = sigmoid(Xt·Wᵀ + H·Rᵀ + Wb + Rb)[z,r]; h̃ = tanh(Xt·Whᵀ + (r⊙H)·Rhᵀ + Rbh + Wbh), or with
     linear_before_reset tanh(Xt·Whᵀ + r⊙(H·Rhᵀ + Rbh) + Wbh); H' = (1 - z)⊙h̃ + z⊙H = h̃ + z⊙(H - h̃)."""
     hidden = layer.hidden
@@ -291,7 +150,7 @@ def _gru_direction(builder: _Builder, layer: _Layer, xs: gs.Tensor, d: int, step
     return hs, h, None
 
 
-def _rnn_direction(builder: _Builder, layer: _Layer, xs: gs.Tensor, d: int, steps: list[int]):
+def _rnn_direction(builder: _Builder, layer: Layer, xs: gs.Tensor, d: int, steps: list[int]):
     """H = tanh(Xt·Wᵀ + H·Rᵀ + Wb + Rb)."""
     hidden = layer.hidden
     w, r, b = layer.w[d], layer.r[d], layer.b[d]
@@ -311,11 +170,11 @@ def _rnn_direction(builder: _Builder, layer: _Layer, xs: gs.Tensor, d: int, step
 _DIRECTION = {"LSTM": _lstm_direction, "GRU": _gru_direction, "RNN": _rnn_direction}
 
 
-def _zero_state(builder: _Builder, layer: _Layer) -> gs.Tensor:
+def _zero_state(builder: _Builder, layer: Layer) -> gs.Tensor:
     return builder.const("zeros", np.zeros((layer.batch, layer.hidden), builder.dtype))
 
 
-def decompose(graph: EdgeGraph, layer: _Layer) -> None:
+def decompose(graph: EdgeGraph, layer: Layer) -> None:
     """Replaces ``layer.node`` in ``graph`` by its unrolled computation, writing the same outputs."""
     node = layer.node
     builder = _Builder(graph, node.name, layer.w.dtype)
@@ -354,63 +213,3 @@ def decompose(graph: EdgeGraph, layer: _Layer) -> None:
         builder.op("Concat", states, "state", out=out, axis=axis)
     graph.gs.nodes.remove(node)
     graph.gs.nodes.extend(builder.nodes)
-
-
-def _decompose_all(graph: EdgeGraph, ctx: PassContext, op: str) -> PassResult:
-    targets = [node for node in graph.nodes if node.op == op and node.domain in (None, "", "ai.onnx")]
-    if not targets:
-        return PassResult(graph, changed=False, stats={"decomposed": 0})
-    if any(static_shape(node.inputs[0]) is None for node in targets):
-        # Nodes whose input shape stays unknown are refused below, by name.
-        with contextlib.suppress(EdgecError):
-            infer_shapes(graph)
-    decomposed = []
-    for node in targets:
-        try:
-            layer = _validate(node)
-        except UnsupportedNodeError as error:
-            ctx.refuse(error)
-            continue
-        decompose(graph, layer)
-        decomposed.append({"node": node.name, "steps": layer.seq, "directions": len(layer.directions)})
-    if decomposed:
-        graph.cleanup()
-    return PassResult(
-        graph, changed=bool(decomposed), stats={"decomposed": len(decomposed), "nodes": decomposed}
-    )
-
-
-@register
-@dataclass(frozen=True)
-class DecomposeLSTM(Pass):
-    """Unrolls every LSTM with a static sequence length into MatMul, Add, Sigmoid, Tanh and Mul."""
-
-    name: ClassVar[str] = "decompose-lstm"
-    lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        return _decompose_all(graph, ctx, "LSTM")
-
-
-@register
-@dataclass(frozen=True)
-class DecomposeGRU(Pass):
-    """Unrolls every GRU with a static sequence length into MatMul, Add, Sigmoid, Tanh and Mul."""
-
-    name: ClassVar[str] = "decompose-gru"
-    lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        return _decompose_all(graph, ctx, "GRU")
-
-
-@register
-@dataclass(frozen=True)
-class DecomposeRNN(Pass):
-    """Unrolls every simple RNN with a static sequence length into MatMul, Add and Tanh."""
-
-    name: ClassVar[str] = "decompose-rnn"
-    lossless: ClassVar[bool] = True
-
-    def run(self, graph: EdgeGraph, ctx: PassContext) -> PassResult:
-        return _decompose_all(graph, ctx, "RNN")
