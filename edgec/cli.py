@@ -429,6 +429,12 @@ def targets(as_json: bool) -> None:
         click.echo(f"{entry['name']:<14} {entry['description']}{budgets}{origin}")
 
 
+@main.command("cmake-dir")
+def cmake_dir() -> None:
+    """Print the folder of edgec's CMake package (EdgecConfig.cmake, EdgecModel.cmake)."""
+    click.echo(Path(__file__).resolve().parent / "cmake")
+
+
 # The distillation command lives in its own module (edgec/cli_distill.py).
 main.add_command(_distill_command)
 
