@@ -206,7 +206,8 @@ class RuntimeFreeTarget(TvmTarget):
         script.write_text(
             "ENTRY(probe_main)\nMEMORY\n{\n  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 1024M\n"
             "  RAM (rwx) : ORIGIN = 0x40000000, LENGTH = 1024M\n}\n"
-            'REGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\nINCLUDE sections.ld\n'
+            'REGION_ALIAS("VECTORS", FLASH);\nREGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\n'
+            "INCLUDE sections.ld\n"
         )
         cross.link(
             image,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -66,6 +67,13 @@ def test_find_package_defines_edgec_add_model(cli, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_wheel_carries_the_cmake_package(tmp_path: Path) -> None:
+    # Build from a copy: setuptools leaves build/ and *.egg-info in the source folder.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for folder in ("edgec", "passes", "targets"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [
             sys.executable,
@@ -77,7 +85,7 @@ def test_the_wheel_carries_the_cmake_package(tmp_path: Path) -> None:
             "--no-build-isolation",
             "-w",
             str(tmp_path),
-            str(REPO),
+            str(source),
         ],
         check=True,
         capture_output=True,
