@@ -2,7 +2,7 @@
 
 python benchmarks/pruning.py [--models resnet50 mobilenet_style ...] [--ratios 0.3 0.5] [--repeat 20]
                              [--mcu-models digits mobilenet_style yolo_style] [--no-x86] [--no-mcu]
-                             [--no-digits] [--json]
+                             [--no-digits] [--no-sparse] [--json]
 
 Tables, all from one run on this machine:
 
@@ -17,6 +17,9 @@ Tables, all from one run on this machine:
    ``mcu_cycles.py``) before/after, for models that fit the board (the large ones do not).
 4. digits: top-1 accuracy before recovery after channel pruning (with and without bias
    compensation) and unstructured/N:M sparsity, and the budgeted mode at one point of accuracy.
+5. sparse weights (``benchmarks/sparse_weights.py``): the digits CNN at 0/50/75/80 % and 2:4 with
+   int8, stored sparse against dense (bytes, accuracy, Cortex-M4 image and instructions, bit-exact
+   checks), and x86 latency of sparse against dense builds (``--no-sparse`` skips it).
 
 The light models carry seeded random weights (``edgec.zoo``); ``mobilenet_style`` and
 ``yolo_style`` are built by ``edgec.architectures``. Latencies are the minimum over rounds that
@@ -35,10 +38,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-from _common import onnxruntime_latency, scratch
+from _common import interleaved_minimum, onnxruntime_latency, save_with_inputs, scratch
 from mcu_cycles import DIGITS, build_plugin, count_inferences
 from rich.console import Console
 from rich.table import Table
+from sparse_weights import digits_rows as sparse_digits_rows
+from sparse_weights import latency_rows as sparse_latency_rows
+from sparse_weights import print_tables as print_sparse_tables
 
 import edgec
 from edgec.architectures import mobilenet_style, yolo_style
@@ -89,16 +95,6 @@ def accepted(original: onnx.ModelProto, pruned_path: Path) -> str:
     return "yes"
 
 
-def interleaved_minimum(timers: dict[str, Any], rounds: int) -> dict[str, float]:
-    """Milliseconds per run of each timer, the minimum over ``rounds`` interleaved rounds: a shared
-    machine's load drifts, and round-robin rounds expose every variant to the same drift."""
-    best = {key: float("inf") for key in timers}
-    for _ in range(rounds):
-        for key, timer in timers.items():
-            best[key] = min(best[key], 1e3 * min(timer()))
-    return best
-
-
 def _edgec_times(build: Path, inputs: Path) -> list[float]:
     return run_build(build, inputs, 5)[1]
 
@@ -113,11 +109,7 @@ def x86_rows(
     rows = []
     for name in names:
         model = x86_model(name)
-        path = folder / f"{name}.onnx"
-        onnx.save(model, str(path))
-        feeds = random_inputs(EdgeGraph.from_onnx(model), seed=0)
-        inputs = folder / f"{name}-x.npz"
-        np.savez(inputs, **feeds)
+        path, feeds, inputs = save_with_inputs(model, name, folder)
         builds = {0.0: (folder / f"{name}-base", edgec.compile(path, folder / f"{name}-base", target="x86"))}
         for ratio in ratios:
             build = folder / f"{name}-{ratio}"
@@ -313,6 +305,7 @@ def main() -> None:
     parser.add_argument("--no-x86", action="store_true")
     parser.add_argument("--no-mcu", action="store_true")
     parser.add_argument("--no-digits", action="store_true")
+    parser.add_argument("--no-sparse", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     # The same thread count on both sides (one by default: the machine may be shared).
@@ -325,12 +318,20 @@ def main() -> None:
             report["x86"] = x86_rows(args.models, args.ratios, args.repeat, args.threads, folder)
         if not args.no_mcu:
             report["mcu"] = mcu_rows(args.mcu_models, args.ratios, folder)
+        if not args.no_sparse:
+            points = ["0", "0.5", "0.75", "0.8", "2:4"]
+            report["sparse"] = {
+                "digits": sparse_digits_rows(points, folder, args.repeat, not args.no_mcu, 2),
+                "latency": sparse_latency_rows(["squeezenet", "mobilenet_style"], 0.8, folder, args.repeat),
+            }
     if not args.no_digits:
         report["digits"] = digits_rows()
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print_tables(report, threads)
+    if report.get("sparse"):
+        print_sparse_tables(report["sparse"])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Small architectures built in code, with seeded random weights, for tests and benchmarks that
 need shapes the onnx wheel's light models lack: a MobileNet-style depthwise-separable network
 with hard-swish and inverted residuals, and a YOLO-style detector (two scales joined by Resize and
-Concat, C2f blocks that Split their channels, one detection map per scale).
+Concat, C2f blocks that Split their channels, one detection map per scale); and the two networks
+of the microcontroller memory benchmark: MobileNetV2 and an MNIST-sized CNN.
 
 Weights follow He initialisation and BatchNormalization statistics are positive, so activations
 stay in a normal range and numeric comparisons mean something.
@@ -43,7 +44,8 @@ class _Builder:
     def conv_bn(
         self, x: str, cin: int, cout: int, k: int = 1, stride: int = 1, group: int = 1, act: str = ""
     ) -> str:
-        """Conv (no bias) → BatchNormalization → optional activation (``relu``, ``hswish``, ``silu``)."""
+        """Conv (no bias) → BatchNormalization → optional activation (``relu``, ``relu6``, ``hswish``,
+        ``silu``)."""
         fan_in = cin // group * k * k
         w = self.rng.normal(0, np.sqrt(2.0 / fan_in), (cout, cin // group, k, k)).astype(np.float32)
         (y,) = self.node("Conv", [x, self.const("w", w)], kernel_shape=[k, k], strides=[stride, stride],
@@ -53,12 +55,21 @@ class _Builder:
         (y,) = self.node("BatchNormalization", [y, *(self.const("bn", s.astype(np.float32)) for s in stats)])
         if act == "relu":
             (y,) = self.node("Relu", [y])
+        elif act == "relu6":
+            bounds = [self.const("clip", np.array(v, np.float32)) for v in (0.0, 6.0)]
+            (y,) = self.node("Clip", [y, *bounds])
         elif act == "hswish":
             (y,) = self.node("HardSwish", [y])
         elif act == "silu":
             (gate,) = self.node("Sigmoid", [y])
             (y,) = self.node("Mul", [y, gate])
         return y
+
+    def classifier(self, x: str, features: int, classes: int) -> str:
+        """Gemm ``x @ W^T + 0`` with He-scaled weights (the fully connected layer of a classifier)."""
+        fc = self.rng.normal(0, np.sqrt(1.0 / features), (classes, features)).astype(np.float32)
+        weight = self.const("fc", fc)
+        return self.node("Gemm", [x, weight, self.const("fc_b", np.zeros(classes, np.float32))], transB=1)[0]
 
     def model(self, name: str, x: str, shape: list[int], outputs: list[str]) -> onnx.ModelProto:
         graph = helper.make_graph(
@@ -106,11 +117,56 @@ def mobilenet_style(
     head = _scaled(576, width)
     y = b.conv_bn(y, channels, head, act="hswish")
     (y,) = b.node("Flatten", b.node("GlobalAveragePool", [y]))
-    fc = b.rng.normal(0, np.sqrt(1.0 / head), (classes, head)).astype(np.float32)
-    (logits,) = b.node(
-        "Gemm", [y, b.const("fc", fc), b.const("fc_b", np.zeros(classes, np.float32))], transB=1
-    )
-    return b.model("mobilenet_style", "input", [1, 3, size, size], [logits])
+    return b.model("mobilenet_style", "input", [1, 3, size, size], [b.classifier(y, head, classes)])
+
+
+# MobileNetV2's inverted residual stages (expansion t, output channels c, repeats n, first stride
+# s): Table 2 of Sandler et al. 2018.
+_MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                 (6, 320, 1, 1))  # fmt: skip
+
+
+def _divisible(value: float, divisor: int = 8) -> int:
+    """MobileNetV2's channel rounding: to a multiple of ``divisor``, never below 90 % of ``value``."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def mobilenet_v2(size: int = 96, classes: int = 2, width: float = 0.35, seed: int = 0) -> onnx.ModelProto:
+    """MobileNetV2 (Sandler et al. 2018): a 3x3 stride-2 stem, seventeen inverted residual blocks
+    (expand 1x1 → depthwise 3x3 → project 1x1 without activation, residual Add when the shape
+    allows), a 1x1 conv to 1280 channels, global pooling and a classifier; ReLU6 activations.
+    The defaults are the Visual Wake Words configuration of the microcontroller literature:
+    width 0.35, a 96x96 RGB input, two classes."""
+    b = _Builder(seed)
+    channels = _divisible(32 * width)
+    y = b.conv_bn("input", 3, channels, k=3, stride=2, act="relu6")
+    for expansion, c, repeats, first_stride in _MOBILENET_V2:
+        out = _divisible(c * width)
+        for index in range(repeats):
+            stride = first_stride if index == 0 else 1
+            hidden = channels * expansion
+            inner = y if expansion == 1 else b.conv_bn(y, channels, hidden, act="relu6")
+            inner = b.conv_bn(inner, hidden, hidden, k=3, stride=stride, group=hidden, act="relu6")
+            inner = b.conv_bn(inner, hidden, out)
+            y = b.node("Add", [y, inner])[0] if stride == 1 and channels == out else inner
+            channels = out
+    last = _divisible(1280 * max(1.0, width))
+    y = b.conv_bn(y, channels, last, act="relu6")
+    (y,) = b.node("Flatten", b.node("GlobalAveragePool", [y]))
+    return b.model("mobilenet_v2", "input", [1, 3, size, size], [b.classifier(y, last, classes)])
+
+
+def mnist_cnn(seed: int = 0) -> onnx.ModelProto:
+    """The MNIST-sized CNN of the Cortex-M int8 anchor (``shared/research/cortex-m-int8-anchor.md``):
+    Conv3x3 1→32, ReLU, MaxPool 2, Conv3x3 32→64, ReLU, MaxPool 2, Flatten, FC 3136→128, ReLU,
+    FC 128→10 on a 1x1x28x28 input (4.24 M MACs)."""
+    b = _Builder(seed)
+    y = b.conv_bn("input", 1, 32, k=3, act="relu")
+    y = b.conv_bn(b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])[0], 32, 64, k=3, act="relu")
+    (y,) = b.node("Flatten", b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2]))
+    (y,) = b.node("Relu", [b.classifier(y, 3136, 128)])
+    return b.model("mnist_cnn", "input", [1, 1, 28, 28], [b.classifier(y, 128, 10)])
 
 
 def yolo_style(size: int = 320, classes: int = 8, width: float = 1.0, seed: int = 0) -> onnx.ModelProto:

@@ -50,7 +50,8 @@ class Capabilities:
         vector_bits: the SIMD register width the kernels are written for (0: scalar).
         int8_micro_kernel: the int8 dot-product instruction the integer convolutions and matmuls
             use (``vpmaddwd``, ``smlad``), ``None`` for plain vectorised code.
-        sparse_formats: sparse weight formats the kernels decode (none yet).
+        sparse_formats: sparse weight formats its conv/matmul kernels read compressed (``bitmap``:
+            a bit per weight and the non-zeros; ``nm``: N:M values and their positions).
         requantize_rounding: ``single`` or ``double`` (see ``Target.requantize_rounding``).
         legalization: the pipeline of registered passes that makes a graph lowerable.
     """

@@ -15,7 +15,10 @@ from typing import Any
 import click
 
 from edgec.cli_distill import distill as _distill_command
+from edgec.cli_lists import passes as _passes_command
+from edgec.cli_lists import targets as _targets_command
 from edgec.errors import BudgetError, EdgecError
+from edgec.report import echo_json
 
 _SHAPE_HELP = "fix an input's shape, e.g. input=1x3x224x224 (repeatable)"
 
@@ -33,12 +36,6 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EdgecError as error:
             _fail(error)
-
-
-def _echo_json(data: Any) -> None:
-    from edgec.manifest import dumps
-
-    click.echo(dumps(data), nl=False)
 
 
 def _options(ctx_params: dict[str, Any]):
@@ -68,6 +65,10 @@ def _options(ctx_params: dict[str, Any]):
         overrides["freeze_inputs"] = {**base.freeze_inputs, **specs}
     if ctx_params.pop("no_micro_kernels", False):
         overrides["micro_kernels"] = False
+    if ctx_params.pop("no_sparse_weights", False):
+        overrides["sparse_weights"] = False
+    if ctx_params.pop("no_memory_planning", False):
+        overrides["memory_planning"] = False
     no_simplify = ctx_params.pop("no_simplify", False)
     if no_simplify:
         overrides["simplify"] = False
@@ -198,6 +199,18 @@ def main() -> None:
     is_flag=True,
     help="schedule int8 kernels without the target's micro-kernels (vpmaddwd, SMLAD), for comparisons",
 )
+@click.option(
+    "--no-sparse-weights",
+    "no_sparse_weights",
+    is_flag=True,
+    help="store every weight dense, also where a sparse format would be smaller (for comparisons)",
+)
+@click.option(
+    "--no-memory-planning",
+    "no_memory_planning",
+    is_flag=True,
+    help="Cortex-M/c: no conv+pool fusion, row bands or padding merges (every layer output whole)",
+)
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
@@ -255,7 +268,7 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
         for r in prepared.run.records
     ]
     if as_json:
-        _echo_json({"pipeline": prepared.pipeline, "passes": records, "output": str(output)})
+        echo_json({"pipeline": prepared.pipeline, "passes": records, "output": str(output)})
         return
     if quiet:
         return
@@ -271,11 +284,24 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
 @click.argument("model", type=click.Path())
 @click.option("--input-shape", multiple=True, help=_SHAPE_HELP)
 @click.option("--groups", is_flag=True, help="print the channel dependency groups channel pruning uses")
+@click.option("--memory", is_flag=True, help="MODEL is a build directory: print its memory timeline")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @_console
-def inspect(model: str, input_shape: tuple[str, ...], groups: bool, as_json: bool) -> None:
-    """Print per-node MACs, parameters and output sizes of MODEL (or its channel groups)."""
+def inspect(model: str, input_shape: tuple[str, ...], groups: bool, memory: bool, as_json: bool) -> None:
+    """Print per-node MACs, parameters and output sizes of MODEL (or its channel groups; with
+    --memory, the memory timeline of a build directory)."""
     from edgec.ir import EdgeGraph, fix_input_shapes, graph_cost, infer_shapes, parse_input_shape, read_model
+
+    if memory:
+        from edgec.manifest import read_manifest
+        from edgec.report import print_memory
+
+        manifest = read_manifest(Path(model))
+        if as_json:
+            echo_json(manifest.get("memory"))
+            return
+        print_memory(manifest)
+        return
 
     graph = EdgeGraph.from_onnx(read_model(model))
     fix_input_shapes(graph, dict(map(parse_input_shape, input_shape)))
@@ -284,11 +310,11 @@ def inspect(model: str, input_shape: tuple[str, ...], groups: bool, as_json: boo
         from edgec.groups_report import channel_groups, format_groups
 
         report = channel_groups(graph)
-        _echo_json(report) if as_json else click.echo(format_groups(report), nl=False)
+        echo_json(report) if as_json else click.echo(format_groups(report), nl=False)
         return
     cost = graph_cost(graph)
     if as_json:
-        _echo_json(cost.as_dict())
+        echo_json(cost.as_dict())
         return
     from rich.console import Console
     from rich.table import Table
@@ -334,7 +360,7 @@ def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: b
             np.savez(handle, **outputs)
     latency = {"min": 1e3 * min(times), "median": 1e3 * float(np.median(times))} if times else None
     if as_json:
-        _echo_json({"outputs": {k: list(v.shape) for k, v in outputs.items()}, "latency_ms": latency})
+        echo_json({"outputs": {k: list(v.shape) for k, v in outputs.items()}, "latency_ms": latency})
         return
     for name, value in outputs.items():
         click.echo(f"{name}: {value.dtype}{list(value.shape)}")
@@ -361,72 +387,11 @@ def check(model: str, as_json: bool, **params: Any) -> None:
     graph = load_model(Path(model), options).graph
     report = check_model(graph, options.target, pipeline=IMPORT_PIPELINE if options.simplify else "")
     if as_json:
-        _echo_json(report.as_dict())
+        echo_json(report.as_dict())
     else:
         click.echo("\n".join(report.lines()))
     if not report.ok:
         sys.exit(1)
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-def passes(as_json: bool) -> None:
-    """List the registered passes (built-in and plugins) and named pipelines."""
-    import dataclasses
-
-    from edgec.pm import all_passes, all_pipelines, plugin_source
-
-    entries = []
-    for name, cls in all_passes().items():
-        options = {
-            f.name: repr(f.default) if f.default is not dataclasses.MISSING else None
-            for f in dataclasses.fields(cls)
-        }
-        entries.append(
-            {
-                "name": name,
-                "lossless": cls.lossless,
-                "summary": cls.summary(),
-                "options": options,
-                "plugin": plugin_source(name),
-            }
-        )
-    pipelines = [
-        {"name": p.name, "pipeline": p.pipeline, "fixed_point": p.fixed_point, "description": p.description}
-        for p in all_pipelines().values()
-    ]
-    if as_json:
-        _echo_json({"passes": entries, "pipelines": pipelines})
-        return
-    for entry in entries:
-        options = ", ".join(f"{k}={v}" for k, v in entry["options"].items())
-        origin = f" [plugin: {entry['plugin']}]" if entry["plugin"] else ""
-        kind = "lossless" if entry["lossless"] else "lossy"
-        click.echo(f"{entry['name']:<28} {kind:<9} {entry['summary']}{origin}")
-        if options:
-            click.echo(f"{'':<38} options: {options}")
-    click.echo("\nnamed pipelines:")
-    for p in pipelines:
-        click.echo(f"  {p['name']:<12} {p['pipeline']}{' (to a fixed point)' if p['fixed_point'] else ''}")
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-def targets(as_json: bool) -> None:
-    """List the compilation targets."""
-    from edgec.targets import all_targets
-    from edgec.targets.registry import plugin_source
-
-    entries = [{**t.describe(), "plugin": plugin_source(name)} for name, t in all_targets().items()]
-    if as_json:
-        _echo_json({"targets": entries})
-        return
-    for entry in entries:
-        budgets = ""
-        if entry["flash_bytes"]:
-            budgets = f" (flash {entry['flash_bytes'] // 1024} KiB, RAM {entry['ram_bytes'] // 1024} KiB)"
-        origin = f" [plugin: {entry['plugin']}]" if entry["plugin"] else ""
-        click.echo(f"{entry['name']:<14} {entry['description']}{budgets}{origin}")
 
 
 @main.command("cmake-dir")
@@ -435,8 +400,10 @@ def cmake_dir() -> None:
     click.echo(Path(__file__).resolve().parent / "cmake")
 
 
-# The distillation command lives in its own module (edgec/cli_distill.py).
+# Commands in their own modules: distillation (edgec/cli_distill.py), the listings (edgec/cli_lists.py).
 main.add_command(_distill_command)
+main.add_command(_passes_command)
+main.add_command(_targets_command)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from edgec.manifest import MANIFEST, TIMINGS, file_hashes, sha256_file, write_js
 from edgec.pm import PassContext, PassManager, PipelineRun, format_pipeline, parse_pipeline
 from edgec.precision import mismatches, planned
 from edgec.progress import Progress
+from edgec.report import memory_section
 
 IMPORT_PIPELINE = "import"
 
@@ -120,7 +121,8 @@ def load_model(source: Path, options: CompileOptions) -> LoadedModel:
 
 def target_of(options: CompileOptions) -> Any:
     """The target the options name, with the code-generation choices the options make (its
-    requantization rounding, its int8 micro-kernels); the manifest records them."""
+    requantization rounding, its int8 micro-kernels, sparse weights, its RAM budget, its memory
+    planning); the manifest records them."""
     from edgec.targets import get_target
 
     target = get_target(options.target)
@@ -128,6 +130,12 @@ def target_of(options: CompileOptions) -> Any:
         target = dataclasses.replace(target, requantize_rounding=options.rounding)
     if not options.micro_kernels:
         target = dataclasses.replace(target, micro_kernels=False)
+    if not options.sparse_weights:
+        target = dataclasses.replace(target, sparse_weights=False)
+    if options.ram_budget:  # the budget the memory planner plans for and the build is checked against
+        target = dataclasses.replace(target, ram_bytes=options.ram_budget)
+    if not options.memory_planning and getattr(target, "memory_planning", False):
+        target = dataclasses.replace(target, memory_planning=False)
     return target
 
 
@@ -303,6 +311,7 @@ def compile_model(
             **artifact.sizes,
         }
         failures = _budget_gates(target, sizes, error, options)
+        legalization = _pass_records(legal)
         manifest = {
             "schema": 1,
             "edgec_version": edgec.__version__,
@@ -315,7 +324,8 @@ def compile_model(
             "frozen_inputs": prepared.frozen,
             "data": _data_records(prepared, options),
             "passes": _pass_records(prepared.run),
-            "legalization": _pass_records(legal),
+            "legalization": legalization,
+            "memory": memory_section(legalization, artifact.details),
             "capabilities": prepared.context.capabilities.as_dict()
             if prepared.context.capabilities
             else None,

@@ -58,6 +58,10 @@ class CompileOptions:
         prune_channels: channel ratio appended to the pipeline (``prune-channels``), 0.3 = 30%.
         prune_nm: N:M sparsity appended to the pipeline (``prune-nm``), e.g. ``2:4``.
         micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
+        sparse_weights: store weights with zeros sparse where that is smaller (the target's formats).
+        memory_planning: on targets whose budget is RAM (Cortex-M, ``c``), fuse convolutions with
+            their pools, plan row bands of the first stages under the RAM budget and keep padded
+            inputs out of memory; off, every layer's output is a tensor (for comparisons).
         train: .npz training dataset (``label`` optional) for passes that train (``qat``,
             ``distill``).
         qat: fine-tune the ``quantize`` scheme with quantization-aware training on ``train``.
@@ -87,6 +91,8 @@ class CompileOptions:
     prune_channels: float | None = None
     prune_nm: str | None = None
     micro_kernels: bool = True
+    sparse_weights: bool = True
+    memory_planning: bool = True
     train: Path | None = None
     qat: bool = False
     epochs: int | None = None
@@ -166,6 +172,10 @@ _FIELDS = {f.name for f in dataclasses.fields(CompileOptions)} - {"config_file"}
 _PATH_FIELDS = {"inputs", "eval", "calib", "train"}
 
 
+# Options a config file gives as true/false.
+_SWITCHES = ("simplify", "verify", "micro_kernels", "sparse_weights", "memory_planning", "qat")
+
+
 def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
@@ -188,7 +198,7 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = Path(value) if base is None else (base / value)
         elif name == "dump_after":
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
-        elif name in ("simplify", "verify", "micro_kernels", "qat") and not isinstance(value, bool):
+        elif name in _SWITCHES and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
         elif name in ("seed", "flash_budget", "ram_budget", "epochs") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0

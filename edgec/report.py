@@ -1,5 +1,5 @@
-"""What ``edgec compile`` prints and writes beside a build: the report of its manifest and a
-Make-format dependency file."""
+"""What ``edgec compile`` prints and writes beside a build: the report of its manifest, its memory
+section (``edgec inspect --memory``) and a Make-format dependency file."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from edgec.errors import EdgecError
 from edgec.manifest import dumps
 
 
@@ -30,10 +31,15 @@ def write_depfile(depfile: Path, out_dir: Path, model: Path, options) -> None:
         temporary.write_text(rule + "\n")
 
 
+def echo_json(data: Any) -> None:
+    """Prints ``data`` as the JSON every ``--json`` flag prints (the manifest's encoding)."""
+    click.echo(dumps(data), nl=False)
+
+
 def print_manifest(manifest: dict[str, Any], as_json: bool) -> None:
     """Prints a build's manifest: as JSON, or as the human-readable report of ``edgec compile``."""
     if as_json:
-        click.echo(dumps(manifest), nl=False)
+        echo_json(manifest)
         return
     from rich.console import Console
     from rich.table import Table
@@ -91,3 +97,75 @@ def precision_lines(precision: dict[str, dict[str, str]], shown: int = 3) -> lis
     if len(kept) > shown:
         lines.append(f"  ({len(kept) - shown} more in the manifest's 'precision')")
     return lines
+
+
+def memory_section(legalization: list[dict[str, Any]], details: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's ``memory``: the conv + pool fusions and the row bands the legalization made
+    (with the planner's choice and why), and from the build the fused kernels, the in-place steps,
+    the live set at the peak and the timeline; ``None`` for a build without a memory report."""
+    build = details.pop("memory", None)
+    if build is None:
+        return None
+    records = {record["name"]: record for record in legalization}
+    plan = records.get("plan-memory", {}).get("stats", {})
+    bands = records.get("patch-stages", {}).get("stats", {})
+    return {
+        "fusions": records.get("fuse-conv-pool", {}).get("stats", {}).get("nodes", []),
+        "patches": {
+            **plan.get("chosen", {}),
+            "why": plan.get("why"),
+            **{k: bands[k] for k in ("rows", "macs") if k in bands},
+        }
+        if plan
+        else None,
+        **build,
+    }
+
+
+def print_memory(manifest: dict[str, Any]) -> None:
+    """Prints a build's memory timeline (``edgec inspect --memory``): the arena bytes live at each
+    step, the live set at the peak, and the fusions, row bands and in-place steps that made it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    memory = manifest.get("memory")
+    if not memory:
+        raise EdgecError(
+            "this build has no memory report: only runtime-free targets (Cortex-M/A, c) record one"
+        )
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+    sizes = manifest["sizes"]
+    console.print(
+        f"[bold]{manifest['name']}[/] on {manifest['target']['name']}: arena {sizes['arena_bytes']:,} B, "
+        f"stack {sizes.get('stack_bytes', 0):,} B"
+    )
+    peak = memory["peak"]
+    scale = max(peak.get("live_bytes", 0), 1)
+    in_place = {item["step"]: item["kind"] for item in memory["in_place"]}
+    table = Table("step", "kernel", "live B", "", "in place", box=None)
+    for step in memory["steps"]:
+        bar = "#" * round(30 * step["live_bytes"] / scale)
+        kernel = step["kernel"] if len(step["kernel"]) <= 48 else step["kernel"][:45] + "..."
+        style = "bold" if step["step"] == peak["step"] else None
+        table.add_row(
+            str(step["step"]),
+            kernel,
+            f"{step['live_bytes']:,}",
+            bar,
+            in_place.get(step["step"], ""),
+            style=style,
+        )
+    console.print(table)
+    console.print(f"peak at step {peak['step']} ({peak['kernel']}): {peak['live_bytes']:,} B live")
+    for buffer in peak["live"]:
+        console.print(f"  {buffer['bytes']:>9,} B at {buffer['offset']:>7,}  {', '.join(buffer['tensors'])}")
+    for fusion in memory["fusions"]:
+        console.print(f"fused: {fusion['conv']} + {fusion['pool']}")
+    patches = memory.get("patches") or {}
+    if patches.get("until"):
+        console.print(
+            f"row bands: {patches['bands']} bands up to '{patches['until']}', "
+            f"{patches['extra_macs']:,} extra MACs ({patches['extra_macs_share']:.1%}); {patches['why']}"
+        )
+    elif patches:
+        console.print(f"row bands: none; {patches['why']}")

@@ -109,6 +109,8 @@ class Target:
         micro_kernels: use the target's hand-written int8 micro-kernels (x86 ``vpmaddwd``,
             Cortex-M4/M7 ``SMLAD``) where it has them; off, its integer convolutions and matmuls
             are TVM's vectorised loops (``edgec compile --no-micro-kernels``, for comparisons).
+        sparse_weights: store weights with zeros in the sparse formats the target declares where
+            that is smaller; off, every weight is stored dense (``--no-sparse-weights``).
     """
 
     name: str
@@ -121,6 +123,7 @@ class Target:
     requantize_rounding: Literal["single", "double"] = "single"
     fp16_arithmetic: bool = False
     micro_kernels: bool = True
+    sparse_weights: bool = True
 
     def capabilities(self) -> Capabilities:
         """What this target runs natively (read by passes through ``PassContext.capabilities``)."""
@@ -214,6 +217,7 @@ class Target:
             "requantize_rounding": self.requantize_rounding,
             "fp16_arithmetic": self.has_fp16_arithmetic(),
             "micro_kernels": self.micro_kernels,
+            "sparse_weights": self.sparse_weights,
         }
 
 

@@ -37,6 +37,8 @@ from edgec.targets.runners import run_harness
 from edgec.targets.toolchains import (
     CrossToolchain,
     frame_sizes,
+    link_probe,
+    prologue_frames,
     read_stack_usage,
     section_sizes,
     stack_estimate,
@@ -98,6 +100,7 @@ class RuntimeFreeTarget(TvmTarget):
 
     # -- build, run ---------------------------------------------------------------------------
     def build(self, module, out_dir: Path, name: str) -> Artifact:
+        from edgec.targets.tvm import arena as arena_plan
         from edgec.targets.tvm import c_emitter, relax_program
 
         out_dir = Path(out_dir)
@@ -106,8 +109,10 @@ class RuntimeFreeTarget(TvmTarget):
         build_target = self.tvm_target()
         lowered = relax_program.lower_to_calls(module, build_target)
         program = relax_program.read_program(lowered, relax_program.kernel_memory(lowered, build_target))
-        arena = relax_program.plan_arena(program)
+        concatenations = arena_plan.alias_concatenations(program)
+        arena = arena_plan.plan_arena(program)
         stock = relax_program.stock_plan_bytes(lowered)
+        lowered = arena_plan.without_noalias(lowered, program, arena)
         kernels = c_emitter.build_kernels(
             lowered, program, build_target, f"{name}_", out_dir / f"{name}_kernels"
         )
@@ -132,8 +137,9 @@ class RuntimeFreeTarget(TvmTarget):
             cross.archive(out_dir / library, objects)
             files.append(library)
             if self.bare_metal:
-                image = self._link_probe(cross, out_dir, name, scratch)
-                baseline = self._link_probe(cross, out_dir, name, scratch, empty=True)
+                support = c_emitter.runtime_dir() / "cortex_m"
+                image = link_probe(cross, out_dir, name, scratch, support)
+                baseline = link_probe(cross, out_dir, name, scratch, support, empty=True)
             else:
                 image = out_dir / f"lib{name}.so"
                 cross.link(image, objects, ("-shared", "-Wl,--gc-sections", "-lm"))
@@ -146,8 +152,10 @@ class RuntimeFreeTarget(TvmTarget):
                 base_sections = section_sizes(size_tool, baseline)
                 flash -= sum(v for k, v in base_sections.items() if k in _FLASH_SECTIONS)
             frames = {**stack_usage, **frame_sizes(cross, image)}
+            prologues = prologue_frames(cross, image) if self.mtriple.startswith("thumb") else {}
         weights = sum(int(np.asarray(c).nbytes) for c in program.constants)
-        stack, stack_detail = stack_estimate(frames, name, {s.kernel: s.stack_bytes for s in program.steps})
+        kernel_arrays = {s.kernel: s.stack_bytes for s in program.steps}
+        stack, stack_detail = stack_estimate(frames, name, kernel_arrays, prologues)
         sizes = {
             "flash_bytes": flash,
             "code_bytes": flash - weights,
@@ -165,67 +173,16 @@ class RuntimeFreeTarget(TvmTarget):
             "header": f"{name}.h",
             "kernels": len({s.kernel for s in program.steps}),
             "steps": len(program.steps),
-            "in_place_steps": arena.in_place,
+            "in_place_steps": len(arena.in_place) + len(concatenations),
             "workspace_bytes": sum(s.workspace_bytes for s in program.steps),
             "image_sections": sections,
             "image": "linked probe firmware (model minus empty baseline)" if self.bare_metal else image.name,
             "stack_estimate": stack_detail,
             "cflags": list(self.cflags),
             "tvm_stock_plan_includes_outputs": True,
+            "memory": arena_plan.memory_report(program, arena, concatenations, lowered),
         }
         return Artifact(out_dir, tuple(files), sizes=sizes, details=details)
-
-    def _link_probe(
-        self, cross: CrossToolchain, out_dir: Path, name: str, scratch: Path, empty=False
-    ) -> Path:
-        """A minimal firmware that only calls ``<name>_run`` (or nothing): its size is the model's."""
-        from edgec.targets.tvm.c_emitter import runtime_dir
-
-        upper = name.upper()
-        probe = scratch / f"probe{'_empty' if empty else ''}.c"
-        call = (
-            ""
-            if empty
-            else (
-                f"  static const void *in[{upper}_NUM_INPUTS];\n  static void *out[{upper}_NUM_OUTPUTS];\n"
-                f"  return {name}_run(in, out, arena);\n"
-            )
-        )
-        probe.write_text(
-            f'#include <stdint.h>\n#include "{name}.h"\n'
-            f"static uint8_t arena[{upper}_ARENA_BYTES + 1] __attribute__((aligned(16)));\n"
-            "extern uint8_t __stack_top[];\nint probe_main(void);\n"
-            '__attribute__((section(".vectors"), used)) static void *const vectors[2] = '
-            "{__stack_top, (void *)probe_main};\n"
-            f"int probe_main(void) {{\n  (void)arena;\n{call}  return 0;\n}}\n"
-        )
-        image = scratch / f"probe{'_empty' if empty else ''}.elf"
-        # Generous regions: the probe is measured, never run, and must link even when the model
-        # is larger than the board (the budget check then says by how much).
-        script = scratch / "probe.ld"
-        script.write_text(
-            "ENTRY(probe_main)\nMEMORY\n{\n  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 1024M\n"
-            "  RAM (rwx) : ORIGIN = 0x40000000, LENGTH = 1024M\n}\n"
-            'REGION_ALIAS("VECTORS", FLASH);\nREGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\n'
-            "INCLUDE sections.ld\n"
-        )
-        cross.link(
-            image,
-            [probe, out_dir / f"lib{name}.a"],
-            (
-                f"-I{out_dir}",
-                "-O2",
-                "-nostartfiles",
-                "--specs=nano.specs",
-                "-Wl,--gc-sections",
-                f"-L{runtime_dir() / 'cortex_m'}",
-                f"-T{script}",
-                "-lm",
-                "-lc",
-                "-lnosys",
-            ),
-        )
-        return image
 
     def run(
         self, build_dir: Path, manifest: dict[str, Any], inputs: list[np.ndarray], repeat: int = 0
@@ -277,6 +234,7 @@ register_target(
         description="Cortex-M3, soft float (board: STM32F103RE, 512 KiB flash / 64 KiB RAM); "
         "runtime-free C, runs on qemu mps2-an385",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=512 * KIB,
@@ -295,6 +253,7 @@ register_target(
         description="Cortex-M4F (board: STM32F407VG, 1 MiB flash / 128 KiB contiguous SRAM); "
         "runtime-free C, runs on qemu mps2-an386",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=1 * MIB,
@@ -315,6 +274,7 @@ register_target(
         description="Cortex-M7 with double-precision FPU (board: STM32F746NG, 1 MiB flash / "
         "320 KiB RAM); runtime-free C, runs on qemu mps2-an500",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=1 * MIB,
@@ -336,6 +296,7 @@ register_target(
         description="Cortex-M55 with Helium (MVE) and FPU (budget: 2 MiB flash / 1 MiB SRAM, an "
         "Alif Ensemble E3-class part); runtime-free C, runs on qemu mps3-an547",
         runtime="none",
+        memory_planning=True,
         runner="qemu-system-arm",
         toolchain=_ARM_EABI,
         flash_bytes=2 * MIB,
@@ -359,6 +320,7 @@ register_target(
         description="portable C99 kernels (TVM's C code generator) with the runtime-free entry point; "
         "built and run on this host with gcc",
         runtime="none",
+        memory_planning=True,
         runner="host",
         toolchain=Toolchain("gcc", debian_package="gcc"),
         cflags=("-std=c99",),

@@ -22,6 +22,8 @@ from edgec.errors import ToolchainError
 __all__ = [
     "CrossToolchain",
     "frame_sizes",
+    "link_probe",
+    "prologue_frames",
     "read_stack_usage",
     "relevant_lines",
     "require_tool",
@@ -200,6 +202,50 @@ def frame_sizes(toolchain: CrossToolchain, elf: Path) -> dict[str, int]:
     return named
 
 
+_PROLOGUE = 16  # instructions of a function's start read for its frame
+_REGISTER_RANGE = re.compile(r"[rds](\d+)-[rds](\d+)")
+
+
+def _registers(operand: str) -> int:
+    count = 0
+    for item in operand.strip("{} ").split(","):
+        bounds = _REGISTER_RANGE.fullmatch(item.strip())
+        count += int(bounds.group(2)) - int(bounds.group(1)) + 1 if bounds else 1
+    return count
+
+
+def prologue_frames(toolchain: CrossToolchain, elf: Path) -> dict[str, int]:
+    """Frame bytes per Arm function from its prologue: pushes, ``sub sp`` and realignment.
+
+    A function with 64-byte aligned stack arrays (TVM's, for buffers under 1 KiB) realigns ``sp``
+    and then addresses its frame through a frame pointer, so the DWARF table (:func:`frame_sizes`)
+    never sees the ``sub sp`` of its locals and spills; the prologue does.
+    """
+    dump = run_tool([toolchain.tool("objdump"), "-d", str(elf)], what="disassembling").stdout
+    frames: dict[str, int] = {}
+    function, seen = "", 0
+    for line in dump.splitlines():
+        header = re.match(r"^[0-9a-f]+ <([^>]+)>:$", line)
+        if header:
+            function, seen = header.group(1), 0
+            frames[function] = 0
+            continue
+        parts = line.split("\t")
+        if not function or len(parts) < 4 or seen >= _PROLOGUE:
+            continue
+        seen += 1
+        mnemonic, operands = parts[2].strip(), parts[3].strip()
+        if mnemonic in ("push", "push.w") or (mnemonic == "stmdb" and operands.startswith("sp!")):
+            frames[function] += 4 * _registers(operands.split("!,")[-1])
+        elif mnemonic == "vpush":
+            frames[function] += (8 if "d" in operands else 4) * _registers(operands)
+        elif mnemonic in ("sub", "sub.w", "subw") and operands.startswith("sp,") and "#" in operands:
+            frames[function] += int(operands.rsplit("#", 1)[1].split()[0], 0)
+        elif mnemonic == "bfc" and operands.endswith(tuple(f"#{bits}" for bits in range(2, 8))):
+            frames[function] += 2 ** int(operands.rsplit("#", 1)[1])  # realignment slack
+    return {name: size for name, size in frames.items() if size}
+
+
 def read_stack_usage(su_file: Path) -> dict[str, int]:
     """gcc ``-fstack-usage`` output: ``file:line:col:function<TAB>bytes<TAB>qualifiers``."""
     frames: dict[str, int] = {}
@@ -211,7 +257,9 @@ def read_stack_usage(su_file: Path) -> dict[str, int]:
     return frames
 
 
-def stack_estimate(frames: dict[str, int], name: str, kernels: dict[str, int]) -> tuple[int, dict[str, Any]]:
+def stack_estimate(
+    frames: dict[str, int], name: str, kernels: dict[str, int], prologues: dict[str, int] | None = None
+) -> tuple[int, dict[str, Any]]:
     """An upper bound of the stack one call needs: entry + step loop + the deepest kernel.
 
     A TVM kernel is a wrapper ``__tvm_ffi_<prefix><k>`` calling ``<prefix><k>_compute_`` and,
@@ -219,23 +267,28 @@ def stack_estimate(frames: dict[str, int], name: str, kernels: dict[str, int]) -
     that carries the kernel's name is summed. TVM turns buffers of at most 1 KiB into stack arrays
     realigned to 64 bytes, so such a frame is addressed through a frame pointer and its size is
     not in the frame tables: their bytes come from the lowered TIR (``kernel_memory``) and are
-    added. The harness measures the real high-water mark on bare metal (``stack.txt``).
+    added, unless the prologues (:func:`prologue_frames`, which see the locals, spills included)
+    say more. The harness measures the real high-water mark on bare metal (``stack.txt``).
 
     Args:
         frames: Frame bytes per function (:func:`frame_sizes`, :func:`read_stack_usage`).
         name: The model's prefix.
         kernels: Kernel name to the bytes of its stack arrays.
+        prologues: Frame bytes per function read from its prologue.
 
     Returns:
         The estimate and how it was made up.
     """
+    prologues = prologues or {}
     entry = frames.get(f"{name}_run", 0) + frames.get("edgec_run_steps", 0)
     shim = max(frames.get(f, 0) for f in ("TVMBackendParallelLaunch", "TVMBackendAllocWorkspace"))
     deepest, deepest_kernel = 0, ""
     for kernel, arrays in sorted(kernels.items()):
         symbol = f"{name}_{kernel}"
-        total = arrays + sum(
-            v for f, v in frames.items() if f == f"__tvm_ffi_{symbol}" or f.startswith(symbol + "_")
+        own = [f for f in {*frames, *prologues} if f == f"__tvm_ffi_{symbol}" or f.startswith(symbol + "_")]
+        total = max(
+            arrays + sum(frames.get(f, 0) for f in own),
+            sum(max(frames.get(f, 0), prologues.get(f, 0)) for f in own),
         )
         if total > deepest:
             deepest, deepest_kernel = total, kernel
@@ -247,6 +300,67 @@ def stack_estimate(frames: dict[str, int], name: str, kernels: dict[str, int]) -
         "deepest_kernel": deepest_kernel,
         "deepest_kernel_bytes": deepest,
         "margin_bytes": margin,
-        "method": "DWARF frame info (kernels) + gcc -fstack-usage (entry, shim) + TIR stack arrays",
+        "method": "DWARF frame info and prologues (kernels) + gcc -fstack-usage (entry, shim) "
+        "+ TIR stack arrays",
     }
     return entry + shim + deepest + margin, detail
+
+
+def link_probe(
+    cross: CrossToolchain, out_dir: Path, name: str, scratch: Path, support: Path, empty: bool = False
+) -> Path:
+    """A minimal firmware that only calls ``<name>_run`` (or nothing): its size is the model's.
+
+    Args:
+        cross: The bare-metal toolchain.
+        out_dir: The build directory with ``lib<name>.a`` and ``<name>.h``.
+        name: The model's C prefix.
+        scratch: Where the probe's source, linker script and image go.
+        support: The folder with ``sections.ld`` (the runtime's ``cortex_m``).
+        empty: Link a probe that calls nothing (the baseline to subtract).
+    """
+    upper = name.upper()
+    probe = scratch / f"probe{'_empty' if empty else ''}.c"
+    call = (
+        ""
+        if empty
+        else (
+            f"  static const void *in[{upper}_NUM_INPUTS];\n  static void *out[{upper}_NUM_OUTPUTS];\n"
+            f"  return {name}_run(in, out, arena);\n"
+        )
+    )
+    probe.write_text(
+        f'#include <stdint.h>\n#include "{name}.h"\n'
+        f"static uint8_t arena[{upper}_ARENA_BYTES + 1] __attribute__((aligned(16)));\n"
+        "extern uint8_t __stack_top[];\nint probe_main(void);\n"
+        '__attribute__((section(".vectors"), used)) static void *const vectors[2] = '
+        "{__stack_top, (void *)probe_main};\n"
+        f"int probe_main(void) {{\n  (void)arena;\n{call}  return 0;\n}}\n"
+    )
+    image = scratch / f"probe{'_empty' if empty else ''}.elf"
+    # Generous regions: the probe is measured, never run, and must link even when the model
+    # is larger than the board (the budget check then says by how much).
+    script = scratch / "probe.ld"
+    script.write_text(
+        "ENTRY(probe_main)\nMEMORY\n{\n  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 1024M\n"
+        "  RAM (rwx) : ORIGIN = 0x40000000, LENGTH = 1024M\n}\n"
+        'REGION_ALIAS("VECTORS", FLASH);\nREGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\n'
+        "INCLUDE sections.ld\n"
+    )
+    cross.link(
+        image,
+        [probe, out_dir / f"lib{name}.a"],
+        (
+            f"-I{out_dir}",
+            "-O2",
+            "-nostartfiles",
+            "--specs=nano.specs",
+            "-Wl,--gc-sections",
+            f"-L{support}",
+            f"-T{script}",
+            "-lm",
+            "-lc",
+            "-lnosys",
+        ),
+    )
+    return image

@@ -74,6 +74,11 @@ def _conv_macs(node: gs.Node) -> int:
     weight_shape = _shape(node.inputs[1])
     if out_shape is None or weight_shape is None:
         return 0
+    window = node.attrs.get("pool_kernel_shape")
+    if window is not None and node.domain == "edgec":
+        # A conv fused with the pool that reads it (windows tiling the input): the node's output
+        # is pooled, the conv computed every output of every window.
+        out_shape = (*out_shape[:2], *(d * int(k) for d, k in zip(out_shape[2:], window, strict=True)))
     if node.op in ("ConvTranspose",):
         input_shape = _shape(node.inputs[0])
         return prod(input_shape) * prod(weight_shape[1:]) if input_shape else 0
@@ -202,3 +207,29 @@ def dependency_fix(tensor: gs.Tensor) -> Fix | None:
             "--input-shape", f"{names[0]}=1x...", f"it depends on the shape of input {', '.join(names)}"
         )
     return None
+
+
+def execution_order(graph: EdgeGraph) -> list[gs.Node]:
+    """The nodes in the order a memory-minded runtime executes them: depth first from the graph
+    outputs, each node right after the nodes it reads (inputs in order), so that a branch is
+    finished before the next one starts (the row bands of a patched stage run one after the
+    other, where a level-by-level topological sort would interleave them and keep every band's
+    intermediates alive at once). Nodes no output depends on come last, in graph order."""
+    producer = {id(out): node for node in graph.nodes for out in node.outputs}
+    order: list[gs.Node] = []
+    done: set[int] = set()
+    for root in [producer[id(t)] for t in graph.outputs if id(t) in producer] + list(graph.nodes):
+        stack: list[tuple[gs.Node, int]] = [(root, 0)]
+        while stack:
+            node, position = stack.pop()
+            if id(node) in done:
+                continue
+            if position < len(node.inputs):
+                stack.append((node, position + 1))
+                source = producer.get(id(node.inputs[position]))
+                if source is not None and id(source) not in done:
+                    stack.append((source, 0))
+                continue
+            done.add(id(node))
+            order.append(node)
+    return order

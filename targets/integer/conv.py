@@ -81,17 +81,25 @@ class IntegerConv(WeightedKind):
         if one_dimensional:
             x = relax.op.expand_dims(x, [2])
         pads = [int(p) for p in node.attrs["pads"]]
-        padding: tuple[int, ...] = (pads[0], pads[1], pads[2], pads[3])
+        strides = [int(s) for s in node.attrs["strides"]]
+        dilations = [int(d) for d in node.attrs["dilations"]]
         zx = attr_int(node, "x_zero_point")
-        if any(pads) and zx != 0:
-            x = relax.op.nn.pad(x, [0, 0, 0, 0, pads[0], pads[2], pads[1], pads[3]], pad_value=zx)
-            padding = (0, 0, 0, 0)
-        acc = relax.op.nn.conv2d(
-            x, relax.const(self.constant(node, "weight"), "int8"),
-            strides=[int(s) for s in node.attrs["strides"]], padding=padding,
-            dilation=[int(d) for d in node.attrs["dilations"]], groups=attr_int(node, "group"),
-            out_dtype="int32",
-        )  # fmt: skip
+        sparse = self.sparse_weight(node)
+        if sparse is not None:
+            from edgec.targets.tvm.sparse_kernels import emit_sparse_conv2d
+
+            acc = emit_sparse_conv2d(
+                bb, x, sparse, strides, pads, dilations, attr_int(node, "group"), "int32", zx
+            )
+        else:
+            padding: tuple[int, ...] = (pads[0], pads[1], pads[2], pads[3])
+            if any(pads) and zx != 0:
+                x = relax.op.nn.pad(x, [0, 0, 0, 0, pads[0], pads[2], pads[1], pads[3]], pad_value=zx)
+                padding = (0, 0, 0, 0)
+            acc = relax.op.nn.conv2d(
+                x, relax.const(self.constant(node, "weight"), "int8"), strides=strides, padding=padding,
+                dilation=dilations, groups=attr_int(node, "group"), out_dtype="int32",
+            )  # fmt: skip
         acc = relax.op.add(acc, channel_const(self.constant(node, "bias"), "int32", 4, 1))
         mult, shift = self.constant(node, "multiplier"), self.constant(node, "shift")
         y = emit_finish(bb, acc, node, 4, 1, mult, shift)
@@ -104,7 +112,7 @@ class IntegerConv(WeightedKind):
             x = x[:, :, None, :]
         x = pad(x, node.attrs["pads"], attr_int(node, "x_zero_point"))  # padding by z_x == real zero
         acc = conv_sum(
-            x, self.constant(node, "weight"), node.attrs["strides"], node.attrs["dilations"],
+            x, self.weight(node), node.attrs["strides"], node.attrs["dilations"],
             attr_int(node, "group"),
         )  # fmt: skip
         acc = acc + self.constant(node, "bias").astype(np.int64).reshape(1, -1, 1, 1)

@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 from edgec.ir import EdgeGraph
 from edgec.targets.integer.boundary import IntegerDequantize, IntegerQuantize
 from edgec.targets.integer.conv import IntegerConv
+from edgec.targets.integer.conv_pool import IntegerConvAveragePool, IntegerConvMaxPool
 from edgec.targets.integer.elementwise import IntegerAdd, IntegerMul
 from edgec.targets.integer.kind import DOMAIN, IntegerKind
 from edgec.targets.integer.matmul import IntegerMatMul
@@ -19,7 +20,7 @@ from edgec.targets.integer.movement import Int8Movement
 from edgec.targets.integer.pool import IntegerAveragePool
 from edgec.targets.integer.rescale import IntegerRescale
 
-__all__ = ["BOUNDARY_KINDS", "GROUP_KINDS", "KINDS", "IntegerKernelTable", "kind_of"]
+__all__ = ["BOUNDARY_KINDS", "FUSED_KINDS", "GROUP_KINDS", "KINDS", "IntegerKernelTable", "kind_of"]
 
 # Kinds that replace a QDQ group ``... → f [→ act] → Q``, tried in this order on each Q.
 GROUP_KINDS: tuple[IntegerKind, ...] = (
@@ -33,7 +34,9 @@ GROUP_KINDS: tuple[IntegerKind, ...] = (
 )
 # The float/integer boundary, planned once every group is: the Q and DQ that are left.
 BOUNDARY_KINDS: tuple[IntegerKind, ...] = (IntegerQuantize(), IntegerDequantize())
-KINDS: tuple[IntegerKind, ...] = GROUP_KINDS + BOUNDARY_KINDS
+# Kinds the memory legalization makes from integer nodes (``fuse-conv-pool``).
+FUSED_KINDS: tuple[IntegerKind, ...] = (IntegerConvMaxPool(), IntegerConvAveragePool())
+KINDS: tuple[IntegerKind, ...] = GROUP_KINDS + BOUNDARY_KINDS + FUSED_KINDS
 
 _BY_OP_TYPE = {kind.op_type: kind for kind in KINDS if kind.op_type}
 

@@ -25,13 +25,19 @@ from edgec.ir import EdgeGraph
 from edgec.rewrite import Op
 from edgec.targets.integer.qdq import Group
 
-__all__ = ["DOMAIN", "IntegerKind", "attr_int"]
+__all__ = ["DOMAIN", "IntegerKind", "attr_int", "original_name"]
 
 DOMAIN = "edgec"
 
 
 def attr_int(node: gs.Node, name: str) -> int:
     return int(node.attrs[name])
+
+
+def original_name(node: gs.Node) -> str:
+    """The name of the node a legal node computes: its own, or, for a row band's copy of it
+    (``patch-stages``), the name of the node it copies."""
+    return str(node.attrs.get("patch_of", node.name))
 
 
 class IntegerKind:
@@ -113,6 +119,10 @@ class IntegerKind:
     def reference(self, node: gs.Node, args: list[np.ndarray]) -> np.ndarray:
         """``node`` computed in numpy with the kernels' integer arithmetic."""
         raise NotImplementedError(f"{type(self).__name__} has no numpy reference")
+
+    def replaced(self, node: gs.Node) -> list[tuple[str, str]]:
+        """``(name, op)`` of the float nodes this legal node computes (one, unless it fuses two)."""
+        return [(original_name(node), str(node.attrs["replaces"]))]
 
     def weights(self, node: gs.Node) -> str:
         """How the node's weights are stored (``int8``), empty when it has none."""

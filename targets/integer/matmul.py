@@ -70,13 +70,19 @@ class IntegerMatMul(WeightedKind):
 
         x = bb.normalize(args[0])
         rank = len(x.ty.shape)
-        acc = relax.op.matmul(x, relax.const(self.constant(node, "weight"), "int8"), out_dtype="int32")
+        sparse = self.sparse_weight(node)
+        if sparse is not None:
+            from edgec.targets.tvm.sparse_kernels import emit_sparse_matmul
+
+            acc = emit_sparse_matmul(bb, x, sparse, "int32")
+        else:
+            acc = relax.op.matmul(x, relax.const(self.constant(node, "weight"), "int8"), out_dtype="int32")
         acc = relax.op.add(acc, relax.const(self.constant(node, "bias").astype(np.int32), "int32"))
         mult, shift = self.constant(node, "multiplier"), self.constant(node, "shift")
         return emit_finish(bb, acc, node, rank, rank - 1, mult, shift)
 
     def reference(self, node: gs.Node, args: list[np.ndarray]) -> np.ndarray:
-        weight = self.constant(node, "weight").astype(np.float64)
+        weight = self.weight(node).astype(np.float64)
         acc = np.rint(args[0].astype(np.float64) @ weight).astype(np.int64)
         acc = acc + self.constant(node, "bias").astype(np.int64)
         check_int32(acc, node.name)

@@ -3,7 +3,8 @@
 Every ``edgec.Integer*`` node runs its kind's :meth:`~.kind.IntegerKind.reference` (TFLite's
 requantization formulas written literally, where the kernels use the shift-only form), data
 movement on int8 runs in numpy, an ``edgec.PackedDequantize`` decodes its bytes with
-:func:`~edgec.targets.tvm.packed_layout.dequantize`, and a node of the float remainder (a final
+:func:`~edgec.targets.tvm.packed_layout.dequantize`, an ``edgec.SparseWeight`` its arrays with
+:func:`~edgec.targets.tvm.sparse_layout.decode`, and a node of the float remainder (a final
 Softmax) runs alone in onnxruntime. The reference reads the same nodes as the lowering, so the two
 executors cannot disagree about a parameter. No tvm import.
 """
@@ -21,9 +22,10 @@ from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph
 from edgec.targets.integer.kernels import kind_of
 from edgec.targets.integer.movement import Int8Movement, run_movement
+from edgec.targets.tvm import sparse_layout
 from edgec.targets.tvm.packed_layout import PACKED_DOMAIN, PACKED_OP, dequantize, packed_bytes, spec_of
 
-__all__ = ["run_reference"]
+__all__ = ["reference_difference", "run_reference"]
 
 _MOVEMENT = frozenset(Int8Movement.float_ops)
 
@@ -90,6 +92,9 @@ def run_reference(
             results = [kind.reference(node, args[: kind.data_inputs])]
         elif node.domain == PACKED_DOMAIN and node.op == PACKED_OP:
             results = [dequantize(spec_of(node), packed_bytes(node))]
+        elif sparse_layout.is_sparse(node):
+            encoded = sparse_layout.spec_of(node)
+            results = [sparse_layout.decode(encoded.spec, encoded.values, encoded.index)]
         elif node.op in _MOVEMENT and args[0] is not None and np.asarray(args[0]).dtype == np.int8:
             results = [run_movement(node, args)]
         else:
@@ -99,3 +104,19 @@ def run_reference(
     if keep_all:
         return values
     return {tensor.name: values[tensor.name] for tensor in graph.outputs}
+
+
+def reference_difference(before: EdgeGraph, after: EdgeGraph, seed: int = 0) -> float:
+    """Largest output difference between two legal graphs run by :func:`run_reference` on the
+    same seeded random inputs (a rewrite of a legal graph that keeps the arithmetic gives 0)."""
+    from edgec.verify import random_inputs
+
+    feeds = random_inputs(before, seed=seed)
+    expected, got = run_reference(before, feeds), run_reference(after, feeds)
+    return max(
+        (
+            float(np.max(np.abs(got[name].astype(np.float64) - value), initial=0.0))
+            for name, value in expected.items()
+        ),
+        default=0.0,
+    )

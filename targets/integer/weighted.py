@@ -13,6 +13,7 @@ from edgec.targets.integer import qdq
 from edgec.targets.integer.fixed_point import INT32_MAX, INT32_MIN, quantize_multiplier
 from edgec.targets.integer.kind import IntegerKind
 from edgec.targets.integer.qdq import Activation, Group, Refuse
+from edgec.targets.tvm.sparse_layout import Encoded, decode, sparse_producer, spec_of
 
 __all__ = ["WeightedKind"]
 
@@ -61,3 +62,15 @@ class WeightedKind(IntegerKind):
 
     def weights(self, node: gs.Node) -> str:
         return "int8"
+
+    def sparse_weight(self, node: gs.Node) -> Encoded | None:
+        """The weight as the ``sparse-weights`` legalization stored it, ``None`` when dense."""
+        producer = sparse_producer(node.inputs[self.data_inputs])
+        return spec_of(producer) if producer is not None else None
+
+    def weight(self, node: gs.Node) -> np.ndarray:
+        """The dense int8 weight (decoded when it is stored sparse)."""
+        encoded = self.sparse_weight(node)
+        if encoded is None:
+            return self.constant(node, "weight")
+        return decode(encoded.spec, encoded.values, encoded.index)

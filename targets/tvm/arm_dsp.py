@@ -46,6 +46,7 @@ from tvm.target import Target
 
 from .int8_rules import Int8MicroKernelRule, kernel_layouts, loop_extent, match_int8_reduction
 from .int8_rules import relayout_constant_weights as _relayout
+from .schedule_common import gather_input_copies, row_window, with_row_window
 
 __all__ = [
     "DOT4_INTRIN",
@@ -132,8 +133,9 @@ class Int8DspConv(Int8MicroKernelRule):
         rank = found.weight_rank
         permutation = [*range(rank - 2), rank - 1, rank - 2]
         sch = s_tir.Schedule(func.with_attr(WEIGHT_PERMUTATION_ATTR, {found.weight_param: permutation}))
-        self._inline_copies(sch)
+        padding = gather_input_copies(sch)
         main = sch.get_sblock(name)
+        window = row_window(sch, main) if conv else None
         blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
         epilogue = blocks[[sch.get(b).name_hint for b in blocks].index(name) + 1 :]
         sch.transform_layout(main, weight_name, lambda *idx: (*idx[:-2], idx[-1], idx[-2]))
@@ -148,7 +150,12 @@ class Int8DspConv(Int8MicroKernelRule):
         rco, rci = sch.split(rc, [None, 4])
         if conv:
             sch.reorder(n, h, coo, wo, ry, rx, rco, wi, coi, rci)
-            sch.fuse(n, h, coo)
+            if padding is None:
+                sch.fuse(n, h, coo)
+            else:
+                # The padded input rows one output row reads, copied once per row: the tensorized
+                # reads stay plain loads, and the padded input never exists whole.
+                sch.compute_at(padding, h)
             first_reduce = ry
         else:
             sch.reorder(coo, wo, rco, wi, coi, rci)
@@ -161,18 +168,11 @@ class Int8DspConv(Int8MicroKernelRule):
         sch.tensorize(rci, DOT4_INTRIN)
         sch.unroll(wi)
         sch.unroll(coi)
-        return sch
-
-    @staticmethod
-    def _inline_copies(sch: s_tir.Schedule) -> None:
-        """Inlines the ``pad_temp`` copies in front of the conv (its padding is done outside)."""
-        for block in list(sch.get_child_blocks(sch.get_sblock("root"))):
-            if sch.get(block).name_hint.startswith("pad_temp"):
-                sch.compute_inline(block)
+        return with_row_window(sch, window)  # a conv's rows are its outermost loop, in order
 
     def _match(self, func: tirx.PrimFunc, sch: s_tir.Schedule) -> Any:
         """The :class:`.int8_rules.Int8Reduction` when the function fits, else None."""
-        self._inline_copies(sch)
+        gather_input_copies(sch)
         found = match_int8_reduction(func, sch)
         if found is None or found.reduction % 4 or found.channels % _TILE_CHANNELS:
             return None

@@ -90,7 +90,9 @@ def _fold_constants_with_numpy() -> tvm.transform.Pass:
     return fold
 
 
-def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True) -> tvm.IRModule:
+def optimize_for_cpu(
+    mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True, memory_first: bool = False
+) -> tvm.IRModule:
     """Lower a Relax module to scheduled TIR for a CPU, ready for ``tvm.compile``.
 
     Steps: decompose inference-only ops (BatchNorm becomes a scale and shift that fold into the
@@ -104,6 +106,8 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = 
         tvm_target: The TVM target as a JSON dict, e.g. ``{"kind": "llvm", "mcpu": "znver4"}``.
         micro_kernels: schedule int8 convolutions and matmuls with the CPU's micro-kernel
             (vpmaddwd, SMLAD) where it has one (``Target.micro_kernels``).
+        memory_first: keep padded inputs and pre-pool tensors out of memory
+            (:mod:`.fused_kernels`, :mod:`.fused_schedules`; ``TvmTarget.memory_planning``).
 
     Returns:
         The module with every PrimFunc the rules match marked ``tirx.is_scheduled``.
@@ -112,6 +116,8 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = 
     from tvm import relax
 
     from . import arm_dsp, x86_int8
+    from .fused_kernels import outline_fused_kernels
+    from .fused_schedules import check_fused_kernels_scheduled
     from .schedules import apply_default_cpu_schedules
     from .weight_fusion import zero_pipeline
 
@@ -121,9 +127,12 @@ def optimize_for_cpu(mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = 
         mod = _fold_constants_with_numpy()(mod)
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = _fold_constants_with_numpy()(mod)
+        # Fused conv + pool chains (named by the emission, see fused_kernels) as one function each.
+        mod = outline_fused_kernels(mod)
         # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
-        mod = zero_pipeline()(mod)
-        mod = apply_default_cpu_schedules(target, micro_kernels)(mod)
+        mod = zero_pipeline(memory_first)(mod)
+        mod = apply_default_cpu_schedules(target, micro_kernels, memory_first)(mod)
+    check_fused_kernels_scheduled(mod)
     # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights, SMLAD kernels (Cortex-M4/M7)
     # input-channel-innermost ones: re-lay out the constants (a no-op when no kernel was
     # scheduled that way).

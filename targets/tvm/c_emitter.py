@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from edgec.errors import EdgecError
-from edgec.targets.tvm.relax_program import ArenaPlan, Program
+from edgec.targets.tvm.arena import ArenaPlan
+from edgec.targets.tvm.relax_program import Program
 
 __all__ = ["build_kernels", "emit_sources", "runtime_dir"]
 
@@ -145,7 +146,7 @@ def emit_sources(program: Program, arena: ArenaPlan, name: str, out_dir: Path) -
             desc = descs.setdefault((shape_index, len(tensor.shape), code, bits), len(descs))
             kind, where = tensor.storage.split(":")
             if kind == "alloc":
-                kind_c, where_value = "EDGEC_IN_ARENA", arena.offset(tensor.storage)
+                kind_c, where_value = "EDGEC_IN_ARENA", arena.offset(tensor.storage) + tensor.offset
             else:
                 kind_c, where_value = f"EDGEC_IN_{kind.upper()}", int(where)
             args_rows.append(f"  {{{where_value}u, {desc}u, {kind_c}, 0}},  /* {tensor.name} */")
@@ -200,8 +201,9 @@ int {name}_run(const void *const *inputs, void *const *outputs, void *arena);
     for index, tensor_name in program.output_copies:
         tensor = program.tensors[tensor_name]
         kind, where = tensor.storage.split(":")
+        offset = arena.offset(tensor.storage) + tensor.offset if kind == "alloc" else 0
         source = {
-            "alloc": f"(const uint8_t *)arena + {arena.offset(tensor.storage) if kind == 'alloc' else 0}u",
+            "alloc": f"(const uint8_t *)arena + {offset}u",
             "input": f"(const uint8_t *)inputs[{where}]",
             "output": f"(const uint8_t *)outputs[{where}]",
             "const": f"(const uint8_t *){name}_constants[{where}]",

@@ -21,6 +21,7 @@ import onnx
 from edgec.errors import EdgecError, UnsupportedNodeError
 from edgec.targets.integer.kernels import KINDS
 from edgec.targets.tvm.packed_layout import PACKED_DOMAIN, PACKED_OP
+from edgec.targets.tvm.sparse_layout import SPARSE_OP
 
 if TYPE_CHECKING:
     import tvm
@@ -32,7 +33,7 @@ __all__ = ["EDGEC_OPS", "import_onnx", "input_signature", "run_frontend", "unsup
 # default domain and the com.microsoft contrib ops it knows (Gelu, Attention, ...) are safe.
 _SUPPORTED_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
 # edgec's own ops in a legal graph, emitted by edgec (not the frontend).
-EDGEC_OPS = frozenset({kind.op_type for kind in KINDS if kind.op_type} | {PACKED_OP})
+EDGEC_OPS = frozenset({kind.op_type for kind in KINDS if kind.op_type} | {PACKED_OP, SPARSE_OP})
 
 
 def _frontend_op_types() -> frozenset[str]:

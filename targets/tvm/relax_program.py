@@ -1,59 +1,55 @@
-"""A lowered Relax ``main`` as a straight-line program of kernel calls, and its arena plan.
+"""A lowered Relax ``main`` as a straight-line program of kernel calls.
 
 After the Relax lowering passes up to ``CallTIRRewrite`` (:func:`lower_to_calls`), ``main`` is a
 straight line of ``alloc_tensor``, reshapes (views) and direct calls of TIR kernels with their
 outputs as explicit arguments. :func:`read_program` reads that line into a :class:`Program`
-(tensors, the storage holding each one, kernel steps, constants); :func:`plan_arena` places every
-arena storage and every kernel workspace (sized by TVM's own analysis of the lowered kernels,
-:func:`.kernel_memory.kernel_memory`) in one arena with :mod:`edgec.targets.memory_plan`, writing an
-element-wise kernel's output over an input that dies there. :func:`stock_plan_bytes` is TVM's own
-``StaticPlanBlockMemory`` figure for comparison.
+(tensors, the storage holding each one, kernel steps with their workspaces, sized by TVM's own
+analysis of the lowered kernels, :func:`.kernel_memory.kernel_memory`, constants);
+:mod:`.arena` plans it. :func:`stock_plan_bytes` is TVM's own ``StaticPlanBlockMemory`` figure for
+comparison.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edgec.errors import EdgecError, UnsupportedNodeError
-from edgec.targets.memory_plan import (
-    Buffer,
-    MemoryPlan,
-    liveness_lower_bound,
-    merge_in_place,
-    naive_bytes,
-    plan_greedy_by_size,
-)
+from edgec.targets.memory_plan import Buffer
 from edgec.targets.tvm.kernel_memory import KernelMemory, kernel_memory
 
+# The function attribute of a kernel that writes its output row by row, in increasing row order,
+# output row y after reading only input rows at or above y·stride - pad: ``[data argument, window
+# rows, stride, pad]``, ``pad`` at least the padding above the input. The schedules that make such
+# loop nests set it (schedule_common.row_window); the arena may then place the output over its
+# dying input, ahead of it by the margin that allows (edgec.targets.tvm.arena).
+ROW_WINDOW_ATTR = "edgec.row_window"
+
 __all__ = [
-    "ArenaPlan",
     "KernelMemory",
     "Program",
     "Step",
     "Tensor",
     "kernel_memory",
     "lower_to_calls",
-    "plan_arena",
     "read_program",
     "stock_plan_bytes",
 ]
 
-ARENA_ALIGNMENT = 16
-# TVM's op_pattern: element-wise and broadcast kernels read input element i to write output i.
-_IN_PLACE_PATTERNS = (0, 1)
-
 
 @dataclass
 class Tensor:
-    """A value of ``main``: its shape/dtype and the storage that holds its bytes."""
+    """A value of ``main``: its shape/dtype and the storage that holds its bytes (from byte
+    ``offset`` on: a tensor a concatenation's producer writes into its slice of the result)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     storage: str
+    offset: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -69,6 +65,9 @@ class Step:
     workspace_bytes: int
     op_pattern: int
     stack_bytes: int = 0
+    # [data argument, window rows, stride, pad bound] when the kernel streams rows in order
+    # (schedule_common.ROW_WINDOW_ATTR): its output may overlap its dying input.
+    row_window: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -110,38 +109,6 @@ class Program:
                 buffers = [Buffer(b.name, b.size, b.first, end) if b.name == storage else b for b in buffers]
             del index
         return buffers
-
-    def in_place_pairs(self) -> list[tuple[str, str]]:
-        """(input storage, output storage) pairs an element-wise kernel may write over."""
-        last_use: dict[str, int] = {}
-        for index, step in enumerate(self.steps):
-            for arg in step.args:
-                last_use[self.tensors[arg].storage] = index
-        for _, name in self.output_copies:
-            last_use[self.tensors[name].storage] = len(self.steps)
-        pairs = []
-        taken: set[str] = set()
-        for index, step in enumerate(self.steps):
-            if step.op_pattern not in _IN_PLACE_PATTERNS or step.workspace_bytes:
-                continue
-            out = self.tensors[step.args[-1]]
-            if not out.storage.startswith("alloc:"):
-                continue
-            for arg in step.args[:-1]:
-                source = self.tensors[arg]
-                if (
-                    source.storage.startswith("alloc:")
-                    and source.storage not in taken
-                    and source.shape == out.shape
-                    and source.dtype == out.dtype
-                    and last_use[source.storage] == index
-                    and self.storage_bytes[source.storage] == self.storage_bytes[out.storage]
-                    and sum(self.tensors[a].storage == source.storage for a in step.args) == 1
-                ):
-                    pairs.append((source.storage, out.storage))
-                    taken.add(source.storage)
-                    break
-        return pairs
 
 
 def _static_shape(ty: Any, what: str) -> tuple[tuple[int, ...], str]:
@@ -196,6 +163,9 @@ def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Pro
     program = Program()
     names: dict[Any, str] = {}
     const_ids: dict[Any, int] = {}
+    # Equal constants are stored once: the row bands of a patched stage (patch-stages) read the
+    # same weights through constants of their own.
+    by_content: dict[tuple[str, tuple[int, ...], bytes], int] = {}
 
     def new_tensor(var_name: str, shape, dtype, storage) -> str:
         name = f"{var_name}#{len(program.tensors)}"
@@ -209,8 +179,16 @@ def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Pro
             return names[expr]
         if isinstance(expr, GenericConst):
             if expr not in const_ids:
-                const_ids[expr] = len(program.constants)
-                program.constants.append(expr.value.numpy())
+                value = expr.value.numpy()
+                key = (
+                    value.dtype.str,
+                    value.shape,
+                    hashlib.sha256(np.ascontiguousarray(value).tobytes()).digest(),
+                )
+                if key not in by_content:
+                    by_content[key] = len(program.constants)
+                    program.constants.append(value)
+                const_ids[expr] = by_content[key]
             index = const_ids[expr]
             array = program.constants[index]
             return new_tensor(f"const{index}", array.shape, str(array.dtype), f"const:{index}")
@@ -252,9 +230,11 @@ def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Pro
                     )
                 args = [resolve(arg, f"{value.op.name_hint} argument") for arg in value.args]
                 kernel = (memory or {}).get(value.op.name_hint, KernelMemory(0, 0))
-                pattern = int(func.attrs["op_pattern"]) if func.attrs and "op_pattern" in func.attrs else 99
+                attrs = func.attrs or {}
+                pattern = int(attrs["op_pattern"]) if "op_pattern" in attrs else 99
+                rows = tuple(int(v) for v in attrs[ROW_WINDOW_ATTR]) if ROW_WINDOW_ATTR in attrs else None
                 program.steps.append(
-                    Step(value.op.name_hint, args, kernel.workspace_bytes, pattern, kernel.stack_bytes)
+                    Step(value.op.name_hint, args, kernel.workspace_bytes, pattern, kernel.stack_bytes, rows)
                 )
             else:
                 op = value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else None
@@ -284,35 +264,6 @@ def read_program(mod: Any, memory: dict[str, KernelMemory] | None = None) -> Pro
         else:
             program.output_copies.append((index, name))
     return program
-
-
-@dataclass(frozen=True)
-class ArenaPlan:
-    """Where every arena storage lives and how the plan compares with the bounds."""
-
-    plan: MemoryPlan
-    owner: dict[str, str]
-    lower_bound_bytes: int
-    naive_bytes: int
-    in_place: int
-
-    def offset(self, storage: str) -> int:
-        return self.plan.offsets[self.owner.get(storage, storage)]
-
-
-def plan_arena(program: Program, alignment: int = ARENA_ALIGNMENT) -> ArenaPlan:
-    """Greedy-by-size plan of the program's arena, with element-wise in-place reuse."""
-    buffers = program.buffers()
-    pairs = program.in_place_pairs()
-    merged, owner = merge_in_place(buffers, pairs)
-    plan = plan_greedy_by_size(merged, alignment)
-    return ArenaPlan(
-        plan,
-        owner,
-        liveness_lower_bound(merged, alignment),
-        naive_bytes(buffers, alignment),
-        len(pairs),
-    )
 
 
 def stock_plan_bytes(mod_after_calls: Any) -> int:

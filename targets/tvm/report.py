@@ -2,7 +2,8 @@
 
 Read from the legal graph itself, which says everything: an ``edgec.Integer*`` node is an integer
 kernel of its kind (reported under the name and op of the float node it replaces), an
-``edgec.PackedDequantize`` a weight kept at its width and decoded in the kernel that reads it, and
+``edgec.PackedDequantize`` a weight kept at its width and decoded in the kernel that reads it, an
+``edgec.SparseWeight`` a weight kept compressed and read so by its reader's sparse kernel, and
 every other node goes through TVM's frontend in the dtype of its inputs (int8 data movement,
 int8-dynamic ``MatMulInteger``, float16 or float32 arithmetic). A float node whose op has an
 integer kernel says why it is float: the target's capability check, else ``group-qdq``'s refusal of
@@ -21,6 +22,7 @@ from edgec.targets.base import BuiltNode
 from edgec.targets.integer.boundary import IntegerDequantize
 from edgec.targets.integer.kernels import kind_of
 from edgec.targets.legalize.group_qdq import refusals
+from edgec.targets.tvm import sparse_layout
 from edgec.targets.tvm.packed_layout import HALF_BITS, PACKED_DOMAIN, PACKED_OP, PackedWeight, spec_of
 
 __all__ = ["built_nodes"]
@@ -53,6 +55,12 @@ class _Graph:
             if _is_packed(node):
                 spec = spec_of(node)
                 self.stored[id(node.outputs[0])] = (_storage(spec), spec.count)
+            elif sparse_layout.is_sparse(node):
+                spec = sparse_layout.spec_of(node).spec
+                self.stored[id(node.outputs[0])] = (
+                    _CONSTANT_STORAGE[spec.dtype],
+                    spec.rows * spec.row_length,
+                )
             elif node.op in _WEIGHT_VIEWS and id(node.inputs[0]) in self.stored:
                 self.stored[id(node.outputs[0])] = self.stored[id(node.inputs[0])]
             integer = kind is not None and not isinstance(kind, IntegerDequantize)
@@ -90,6 +98,12 @@ def _precision(node: gs.Node, tensors: _Graph) -> str:
     return "int8" if tensors.data_is_int8(node) else "float32"
 
 
+def _sparse_weight(node: gs.Node) -> sparse_layout.Encoded | None:
+    """The sparse weight a conv/matmul reads (input 1), ``None`` when it reads none."""
+    producer = sparse_layout.sparse_producer(node.inputs[1]) if len(node.inputs) > 1 else None
+    return sparse_layout.spec_of(producer) if producer is not None else None
+
+
 def built_nodes(graph: EdgeGraph, capabilities: Capabilities) -> dict[str, BuiltNode]:
     """Node name → what the lowering builds for it, for every node of the legal graph that
     computes something (not ``Constant``)."""
@@ -105,8 +119,20 @@ def built_nodes(graph: EdgeGraph, capabilities: Capabilities) -> dict[str, Built
         kind = kind_of(node)
         if node.op == "Constant" and not node.domain:
             continue
+        sparse = _sparse_weight(node)
         if kind is not None:
-            built[node.name] = BuiltNode(str(node.attrs["replaces"]), "int8", kind.weights(node), kind.kernel)
+            kernel = kind.kernel + (f", sparse {sparse.label} weight (skips zeros)" if sparse else "")
+            for name, op in kind.replaced(node):
+                built[name] = BuiltNode(op, "int8", kind.weights(node), kernel)
+        elif sparse_layout.is_sparse(node):
+            encoded = sparse_layout.spec_of(node)
+            storage = _CONSTANT_STORAGE[encoded.spec.dtype]
+            readers = ", ".join(f"'{reader.name}'" for reader in node.outputs[0].outputs)
+            kernel = (
+                f"{encoded.label} sparse weight, {encoded.stored_bytes} of {node.attrs['dense_bytes']} B, "
+                f"read compressed by the kernel of {readers}"
+            )
+            built[node.name] = BuiltNode(sparse_layout.SPARSE_OP, storage, storage, kernel)
         elif _is_packed(node):
             spec = spec_of(node)
             precision = "int8" if spec.integer else "float16" if spec.scale.dtype == np.float16 else "float32"
@@ -121,5 +147,6 @@ def built_nodes(graph: EdgeGraph, capabilities: Capabilities) -> dict[str, Built
                     or refused.get(node.name)
                     or "not quantized by the pipeline (no QDQ group around it)"
                 )
-            built[node.name] = BuiltNode(node.op, precision, tensors.weights(node), FRONTEND, reason)
+            kernel = f"sparse {node.op} ({sparse.label} weight, skips zeros)" if sparse else FRONTEND
+            built[node.name] = BuiltNode(node.op, precision, tensors.weights(node), kernel, reason)
     return built

@@ -11,20 +11,28 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from .relax_program import ROW_WINDOW_ATTR
+
 __all__ = [
     "COMM_REDUCE",
     "DATA_PAR",
     "MIN_PARALLEL_ELEMENTS",
+    "ROW_WINDOW_ATTR",
     "SCHEDULE_ERRORS",
     "CpuRule",
     "CpuVectorInfo",
     "cpu_vector_info",
     "extent",
+    "gather_input_copies",
     "inline_spatial_chain",
+    "is_padding",
+    "is_select",
     "is_spatial",
     "iter_types",
     "root_blocks",
+    "row_window",
     "vectorize_tail",
+    "with_row_window",
 ]
 
 # A parallel loop costs a thread-pool launch (a few microseconds); below this many output
@@ -143,3 +151,89 @@ class CpuRule(ScheduleRule):
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         raise NotImplementedError
+
+
+def is_select(value: object) -> bool:
+    """Whether a TIR expression is an ``if_then_else`` (a padding copy's bounds-tested load)."""
+    import tvm
+
+    op = getattr(value, "op", None)
+    return isinstance(op, tvm.ir.Op) and op.same_as(tvm.ir.Op.get("prim.if_then_else"))
+
+
+def is_padding(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    """Whether ``block`` stores a bounds-tested value (a padding copy), not a plain load."""
+    return is_select(getattr(sch.get(block).body, "value", None))
+
+
+def gather_input_copies(sch: s_tir.Schedule) -> s_tir.SBlockRV | None:
+    """Inlines the copies in front of the first reduction into the last of them (a convolution's
+    ``pad_temp``), which inlines too when it does not pad; returns the padding copy that is left.
+
+    The copies are the conv's own ``pad_temp`` plus, when a padding kernel was merged into the
+    conv (:func:`.fused_kernels.fuse_input_padding`), its layout transposes and zero-point pad.
+    """
+    blocks = root_blocks(sch)
+    first = next((i for i, b in enumerate(blocks) if not is_spatial(sch, b)), None)
+    if not first:
+        return None
+    copies = blocks[:first]
+    for block in copies[:-1]:
+        sch.compute_inline(block)
+    last = copies[-1]
+    if is_padding(sch, last):
+        return last
+    sch.compute_inline(last)
+    return None
+
+
+def row_window(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> list[int] | None:
+    """``[data parameter, window rows, stride, pad bound]`` of an NHWC conv block (after
+    :func:`gather_input_copies`), for :data:`ROW_WINDOW_ATTR`; ``None`` when it is not readable.
+
+    The conv reads its input (or the padding copy of it) at row ``y·stride + r·dilation``; the pad
+    bound is all the padding the copy adds to the height (at least the padding above).
+    """
+    from tvm.sym.pattern import detect_linear_equation
+
+    func = sch.mod["main"]
+    stmt = sch.get(conv)
+    ivars = [iv.var for iv in stmt.iter_vars]
+    if len(ivars) != 7:
+        return None
+    rows, kernel_rows = ivars[1], int(stmt.iter_vars[4].dom.extent)
+    reads = [
+        r for r in stmt.reads if len(r.source.shape) == 4 and not r.source.same_as(stmt.writes[0].source)
+    ]
+    source = next((r for r in reads if any(v.same_as(rows) for v in _vars(r.region[1].min))), None)
+    if source is None:
+        return None
+    coefficients = detect_linear_equation(source.region[1].min, [rows, ivars[4]])
+    if len(coefficients) != 3:
+        return None
+    stride, dilation = int(coefficients[0]), int(coefficients[1])
+    data, padded = source.source, int(source.source.shape[1])
+    if not any(p.name == data.name for p in func.params):  # a padding copy: its source
+        copies = [b for b in root_blocks(sch) if sch.get(b).writes[0].source.same_as(data)]
+        if len(copies) != 1 or not sch.get(copies[0]).reads:
+            return None
+        data = sch.get(copies[0]).reads[0].source
+    params = [i for i, p in enumerate(func.params) if p.name == data.name]
+    if len(params) != 1 or stride < 1:
+        return None
+    return [params[0], (kernel_rows - 1) * dilation + 1, stride, max(0, padded - int(data.shape[1]))]
+
+
+def _vars(expr: object) -> list[object]:
+    import tvm_ffi
+
+    found: list[object] = []
+    tvm_ffi.structural_walk(expr, (tirx.Var, lambda v, out=found: out.append(v)))
+    return found
+
+
+def with_row_window(sch: s_tir.Schedule, window: list[int] | None) -> s_tir.Schedule:
+    """``sch`` with :data:`ROW_WINDOW_ATTR` set on its function (unchanged when ``window`` is None)."""
+    if window is None:
+        return sch
+    return s_tir.Schedule(sch.mod["main"].with_attr(ROW_WINDOW_ATTR, window))

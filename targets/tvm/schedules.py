@@ -47,7 +47,7 @@ from .schedule_common import (
     root_blocks,
     vectorize_tail,
 )
-from .tiled_schedules import Conv2dNHWC, Matmul
+from .tiled_schedules import Conv2dNHWC, DepthwiseConvRows, Matmul
 
 __all__ = [
     "Conv2dNHWC",
@@ -143,6 +143,18 @@ class _Reduction(dlight.cpu.Reduction):
         return super().apply(func, target, tunable)
 
 
+class _Gemv(dlight.cpu.GEMV):
+    """dlight's CPU GEMV rule, declining (``None``) where TVM 0.27's ``normalize`` asserts instead:
+    an element-wise chain fused with a reduction that has no spatial loop left (the requantization
+    of a sparse conv's accumulator fused with a global average pool's sum)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        try:
+            return super().apply(func, target, tunable)
+        except AssertionError:
+            return None
+
+
 _IEEE_FLOAT_BITS = {"float16": 16, "float32": 32, "float64": 64}
 
 
@@ -186,29 +198,48 @@ class _LanesByDtype(ScheduleRule):
         return self._rules[lanes].apply(func, target, tunable)
 
 
-def default_rules(target: Target, micro_kernels: bool = True) -> list[ScheduleRule]:
+def default_rules(
+    target: Target, micro_kernels: bool = True, memory_first: bool = False
+) -> list[ScheduleRule]:
     """The CPU rules in priority order for ``target`` (with its int8 micro-kernel rule first, when
-    it has one and ``micro_kernels``)."""
+    it has one and ``micro_kernels``; the fused conv + pool rules first of all when
+    ``memory_first``; the sparse kernels' rule before the dense ones). Target ``c`` (portable C)
+    gets only the sparse kernels' rule and memory rules, with ``memory_first``: the fused conv +
+    pool one and :class:`.fused_schedules.PerElement`; its kernels are TVM's loops."""
     from .arm_dsp import Int8DspConv, has_dsp
+    from .fused_schedules import ConvPool, PerElement
+    from .sparse_schedule import SparseRows
     from .x86_int8 import Int8PmaddwdConv, has_avx2
 
+    fused: list[ScheduleRule] = [ConvPool(dsp=True), ConvPool(dsp=False)] if memory_first else []
+    if not micro_kernels:
+        fused = fused[1:]
+    if target.kind.name == "c":
+        return [*fused, SparseRows(), PerElement()] if memory_first else [SparseRows()]
     info = cpu_vector_info(target)
     # Cortex-M4/M7: int8 conv2d/matmul with SMLAD first; x86 with AVX2: with vpmaddwd (each
     # declines anything else).
     dsp: list[ScheduleRule] = [Int8DspConv()] if micro_kernels and has_dsp(target) else []
     pmaddwd: list[ScheduleRule] = [Int8PmaddwdConv()] if micro_kernels and has_avx2(target) else []
+    # Memory-first: a depthwise conv whose merged padding would otherwise be a bounds test per MAC.
+    depthwise: list[ScheduleRule] = [_LanesByDtype(DepthwiseConvRows, info)] if memory_first else []
     return [
+        *fused,
+        SparseRows(),
         *dsp,
         *pmaddwd,
         _LanesByDtype(Conv2dNHWC, info),
+        *depthwise,
         _LanesByDtype(Matmul, info),
-        dlight.cpu.GEMV(),
+        _Gemv(),
         _Reduction(),
         _LanesByDtype(ParallelVectorize, info),
     ]
 
 
-def apply_default_cpu_schedules(target: Target, micro_kernels: bool = True) -> tvm.transform.Pass:
+def apply_default_cpu_schedules(
+    target: Target, micro_kernels: bool = True, memory_first: bool = False
+) -> tvm.transform.Pass:
     """A module pass that schedules every not-yet-scheduled PrimFunc with :func:`default_rules`.
 
     Run it inside ``with target:`` (or on functions carrying a ``target`` attribute), after the
@@ -218,12 +249,12 @@ def apply_default_cpu_schedules(target: Target, micro_kernels: bool = True) -> t
     Args:
         target: The CPU target the rules are parameterised for.
         micro_kernels: include the int8 micro-kernel rule (see :func:`default_rules`).
+        memory_first: include the fused conv + pool rules (see :func:`default_rules`).
 
     Returns:
         The pass; scheduled functions get the ``tirx.is_scheduled`` attribute.
     """
     from .weight_fusion import inline_weight_decode
 
-    return tvm.transform.Sequential(
-        [inline_weight_decode(), dlight.ApplyDefaultSchedule(*default_rules(target, micro_kernels))]
-    )
+    rules = default_rules(target, micro_kernels, memory_first)
+    return tvm.transform.Sequential([inline_weight_decode(), dlight.ApplyDefaultSchedule(*rules)])

@@ -20,17 +20,28 @@ from edgec.ir import EdgeGraph
 from edgec.targets.base import Lowered, Target
 from edgec.targets.integer.kernels import INTEGER_KERNELS
 
-__all__ = ["PACKED_WEIGHT_BITS", "TvmTarget", "legalization"]
+__all__ = ["PACKED_WEIGHT_BITS", "SPARSE_FORMATS", "TvmTarget", "legalization"]
 
 # Weight widths kept at their width in the artifact and decoded in the kernels (16: float16).
 PACKED_WEIGHT_BITS = frozenset({1, 2, 4, 8, 16})
+# Sparse weight formats the conv/matmul kernels read compressed (edgec.targets.tvm.sparse_layout).
+SPARSE_FORMATS = frozenset({"bitmap", "nm"})
 
 
-def legalization(rounding: str) -> str:
+def legalization(
+    rounding: str, memory_planning: bool = False, ram_budget: int | None = None, streaming: str = "none"
+) -> str:
     """The pipeline that makes a graph lowerable by the TVM targets: n-ary Sum as Add (the
     frontend's Sum breaks NHWC), inference Dropout/Identity removed (relax's dropout returns a tuple
-    that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed."""
-    return f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights"
+    that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed; with
+    ``memory_planning``, integer convolutions and the pools that read them fused and the first
+    stages planned in row bands under ``ram_budget`` (``plan-memory``, told which convolutions the
+    target's schedules write row by row: ``streaming``); weights with zeros stored sparse where that
+    is smaller (last: a fused or banded convolution keeps its weight dense and says why)."""
+    pipeline = f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights"
+    if memory_planning:
+        pipeline += f",fuse-conv-pool,plan-memory{{budget={ram_budget or 0},streaming={streaming}}}"
+    return pipeline + ",sparse-weights"
 
 
 @dataclass(frozen=True)
@@ -41,10 +52,15 @@ class TvmTarget(Target):
         vector_bits: the SIMD register width its kernels use (0: scalar).
         micro_kernel: the int8 dot-product instruction of its integer conv/matmul kernels
             (``vpmaddwd`` on x86 AVX2, ``smlad`` on Cortex-M4/M7), ``None`` for plain code.
+        memory_planning: RAM is the budget that decides (microcontrollers; portable C): the
+            legalization fuses convolutions with their pools, and the lowering keeps padded
+            inputs and pre-pool tensors out of memory (``edgec compile --no-memory-planning``
+            switches it off, for comparisons).
     """
 
     vector_bits: int = 0
     micro_kernel: str | None = None
+    memory_planning: bool = False
 
     def simd_bits(self) -> int:
         """The SIMD width of this target's CPU (subclasses may detect the host's)."""
@@ -63,9 +79,23 @@ class TvmTarget(Target):
             fp16_arithmetic=self.has_fp16_arithmetic(),
             vector_bits=self.simd_bits(),
             int8_micro_kernel=self.int8_micro_kernel(),
+            sparse_formats=SPARSE_FORMATS if self.sparse_weights else frozenset(),
             requantize_rounding=self.requantize_rounding,
-            legalization=legalization(self.requantize_rounding),
+            legalization=legalization(
+                self.requantize_rounding, self.memory_planning, self.ram_bytes, self.row_streaming()
+            ),
         )
+
+    def row_streaming(self) -> str:
+        """Which convolutions this target's schedules write row by row, in place over their input
+        (``memory_model.STREAMING``): none in portable C (its kernels are TVM's plain loops), the
+        depthwise ones elsewhere, every one the SMLAD kernels take with them."""
+        if self.tvm_target().get("kind") == "c":
+            return "none"
+        return "all" if self.int8_micro_kernel() == "smlad" else "depthwise"
+
+    def describe(self) -> dict:
+        return {**super().describe(), "memory_planning": self.memory_planning}
 
     def unsupported(self, graph: EdgeGraph) -> list[UnsupportedNodeError]:
         from edgec.targets.tvm.frontend import unsupported
@@ -78,5 +108,7 @@ class TvmTarget(Target):
         from edgec.targets.tvm.translate import translate
 
         self.check_float16_compute(graph)
-        module = optimize_for_cpu(translate(graph), self.tvm_target(), self.micro_kernels)
+        module = optimize_for_cpu(
+            translate(graph), self.tvm_target(), self.micro_kernels, self.memory_planning
+        )
         return Lowered(module, built_nodes(graph, self.capabilities()))

@@ -27,6 +27,7 @@ already in the decode's own ``FuseOps`` group).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANCHOR_KERNEL",
+    "fuse_producers",
     "fuse_weight_decode",
     "inline_weight_decode",
     "inline_weight_decode_blocks",
@@ -149,29 +151,42 @@ def fuse_weight_decode() -> tvm.transform.Pass:
         A module pass; modules without packed weights pass through unchanged.
     """
     import tvm
-    from tvm import relax
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecFuseWeightDecode")
     def fuse(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         decoders = {gv.name_hint for gv in mod.get_global_vars() if _is_decode(mod, gv)}
-        if not decoders:
-            return mod
-        mod = mod.clone()
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function) and not (func.attrs and "Primitive" in func.attrs):
-                mod = _fuse_in(mod, gv, decoders)
-        return relax.transform.DeadCodeElimination()(mod)
+        return fuse_producers(mod, decoders, lambda consumer, index: True, ANCHOR_KERNEL)
 
     return fuse
 
 
-def _fuse_in(mod: Any, gv: Any, decoders: set[str]) -> Any:
-    """Merge decode/consumer pairs in the dataflow blocks of ``mod[gv]``."""
+def fuse_producers(mod: Any, producers: set[str], accepts: Callable[[Any, int], bool], suffix: str) -> Any:
+    """Each call of a ``producers`` function whose result one reduction kernel alone reads merged
+    into that kernel's function (the producer's bindings first, its result bound to the consumer's
+    parameter); ``accepts(consumer function, parameter index)`` may decline a pair. A merged
+    kernel is named after its consumer plus ``suffix``.
+
+    Returns:
+        The module (the same object when nothing merged).
+    """
+    from tvm import relax
+
+    if not producers:
+        return mod
+    mod = mod.clone()
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function) and not (func.attrs and "Primitive" in func.attrs):
+            mod = _fuse_in(mod, gv, producers, accepts, suffix)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def _fuse_in(mod: Any, gv: Any, producers: set[str], accepts: Callable[[Any, int], bool], suffix: str) -> Any:
+    """Merge producer/consumer pairs in the dataflow blocks of ``mod[gv]``."""
     from tvm import relax
 
     func = mod[gv]
     uses = _uses(func)
-    decoded: dict[Any, Any] = {}  # decode result var -> its call
+    produced: dict[Any, Any] = {}  # producer result var -> its call
     for block in func.body.blocks:
         for binding in block.bindings:
             value = binding.value
@@ -179,10 +194,10 @@ def _fuse_in(mod: Any, gv: Any, decoders: set[str]) -> Any:
                 isinstance(block, relax.DataflowBlock)
                 and isinstance(value, relax.Call)
                 and isinstance(value.op, relax.GlobalVar)
-                and value.op.name_hint in decoders
+                and value.op.name_hint in producers
                 and uses.get(binding.var, 0) == 1
             ):
-                decoded[binding.var] = value
+                produced[binding.var] = value
     merged_away: set[Any] = set()
     replaced: dict[Any, Any] = {}  # consumer var -> merged call
     for block in func.body.blocks:
@@ -193,21 +208,21 @@ def _fuse_in(mod: Any, gv: Any, decoders: set[str]) -> Any:
             if not isinstance(call, relax.Call):
                 continue
             args = list(call.args[1].fields) if _is_call_tir(call) else list(call.args)
-            hits = [i for i, a in enumerate(args) if a in decoded]
+            hits = [i for i, a in enumerate(args) if a in produced]
             if len(hits) != 1:
-                continue  # no decoded weight, or two (x @ w of two constants): left as they are
+                continue  # no produced input, or two (x @ w of two constants): left as they are
             consumer = _as_function(mod, call)
-            if consumer is None:
+            if consumer is None or not accepts(consumer, hits[0]):
                 continue
             weight_var = args[hits[0]]
-            decode_call = decoded[weight_var]
-            merged = _merge(mod[decode_call.op], consumer, hits[0])
-            name = f"{_kernel_name(call)}_{ANCHOR_KERNEL}"
+            producer_call = produced[weight_var]
+            merged = _merge(mod[producer_call.op], consumer, hits[0])
+            name = f"{_kernel_name(call)}_{suffix}"
             builder = relax.BlockBuilder(mod)
             merged_gv = builder.add_func(merged, name)
             mod = builder.get()
             others = [a for i, a in enumerate(args) if i != hits[0]]
-            replaced[binding.var] = relax.Call(merged_gv, list(decode_call.args) + others)
+            replaced[binding.var] = relax.Call(merged_gv, list(producer_call.args) + others)
             merged_away.add(weight_var)
     if not replaced:
         return mod
@@ -236,12 +251,16 @@ def _kernel_name(call: Any) -> str:
     return call.args[0].name_hint if _is_call_tir(call) else call.op.name_hint
 
 
-def zero_pipeline() -> tvm.transform.Pass:
+def zero_pipeline(memory_first: bool = False) -> tvm.transform.Pass:
     """Relax's ``zero`` pipeline (TVM 0.27, ``relax/pipeline.py``) with :func:`fuse_weight_decode`
-    between ``FuseOps`` and ``FuseTIR``; a current MetaSchedule database is applied as there."""
+    between ``FuseOps`` and ``FuseTIR`` (and, ``memory_first``, the merge of padding kernels into
+    their convolutions, :func:`.fused_kernels.fuse_input_padding`); a current MetaSchedule
+    database is applied as there."""
     import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
+
+    from .fused_kernels import fuse_input_padding
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecZeroPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -251,6 +270,7 @@ def zero_pipeline() -> tvm.transform.Pass:
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),
+                *([fuse_input_padding()] if memory_first else []),
                 fuse_weight_decode(),
                 relax.transform.FuseTIR(),
             ]

@@ -43,6 +43,16 @@ CONV3D_REASON = "a 3-D convolution has no integer kernel (1-D and 2-D only)"
 # ----- the declaration ----------------------------------------------------------------------------
 
 
+# Targets whose budget is RAM plan memory under their board's budget, told which convolutions
+# their schedules stream row by row.
+_MEMORY = {
+    "cortex-m4": ",fuse-conv-pool,plan-memory{budget=131072,streaming=all}",
+    "cortex-m3": ",fuse-conv-pool,plan-memory{budget=65536,streaming=depthwise}",
+    "cortex-m55": ",fuse-conv-pool,plan-memory{budget=1048576,streaming=depthwise}",
+    "c": ",fuse-conv-pool,plan-memory{budget=0,streaming=none}",
+}
+
+
 @pytest.mark.parametrize(
     ("name", "bits", "kernel"),
     [("x86-64-v3", 256, "vpmaddwd"), ("cortex-a53", 128, None), ("cortex-m4", 32, "smlad"),
@@ -55,7 +65,9 @@ def test_tvm_targets_declare_their_kernels_and_legalization(name, bits, kernel):
     assert {"Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "MaxPool", "Concat"} <= (
         capabilities.integer_kernels.ops
     )
-    assert capabilities.legalization == "split-sum,eliminate-identity,group-qdq{rounding=single},pack-weights"
+    assert capabilities.sparse_formats == frozenset({"bitmap", "nm"})
+    legal = "split-sum,eliminate-identity,group-qdq{rounding=single},pack-weights" + _MEMORY.get(name, "")
+    assert capabilities.legalization == legal + ",sparse-weights"
     assert json.loads(json.dumps(capabilities.as_dict()))["legalization"] == capabilities.legalization
 
 
@@ -173,8 +185,11 @@ def _check_kws_manifest(manifest: dict, target: str) -> None:
         }  # fmt: skip
     assert "relu1" not in built  # folded into conv1's clamp
     legalization = {record["name"]: record for record in manifest["legalization"]}
-    assert list(legalization) == ["split-sum", "eliminate-identity", "group-qdq", "pack-weights"]
+    memory = ["fuse-conv-pool", "plan-memory"] if target in _MEMORY else []
+    expected = ["split-sum", "eliminate-identity", "group-qdq", "pack-weights", *memory, "sparse-weights"]
+    assert list(legalization) == expected
     assert legalization["group-qdq"]["stats"]["integer_nodes"]["IntegerConv"] == 2
+    assert legalization["sparse-weights"]["stats"]["sparse"] == 0  # not pruned: every weight stays dense
     # int8 from input to classifier, float only around the attention: within a few output steps
     # of onnxruntime running the QDQ graph.
     error = manifest["error"]

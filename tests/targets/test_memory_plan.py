@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from edgec.targets.memory_plan import (
     Buffer,
+    Overlap,
     liveness_lower_bound,
-    merge_in_place,
     naive_bytes,
     plan_greedy_by_size,
 )
@@ -59,16 +61,33 @@ def test_plan_is_deterministic_and_aligned():
 def test_in_place_merge_shares_the_input_buffer():
     # conv -> relu (element-wise, in place) -> conv
     buffers = [Buffer("conv_out", 4096, 0, 1), Buffer("relu_out", 4096, 1, 2), Buffer("out", 512, 2, 3)]
-    merged, owner = merge_in_place(buffers, [("conv_out", "relu_out")])
-    assert owner["relu_out"] == "conv_out"
-    assert liveness_lower_bound(merged) == 4096 + 512
+    overlap = Overlap("conv_out", "relu_out")
+    plan = plan_greedy_by_size(buffers, 16, [overlap])
+    assert plan.honoured == (overlap,) and plan.offsets["relu_out"] == plan.offsets["conv_out"]
+    assert plan.arena_bytes == liveness_lower_bound(buffers, 16, [overlap]) == 4096 + 512
     assert liveness_lower_bound(buffers) == 8192
 
 
-def test_in_place_merge_refuses_a_buffer_that_is_still_live():
-    buffers = [Buffer("x", 64, 0, 3), Buffer("y", 64, 1, 2)]
-    with pytest.raises(ValueError, match="cannot be written over"):
-        merge_in_place(buffers, [("x", "y")])
+def test_an_overlap_is_honoured_only_where_its_offset_is_free():
+    """y may be written over x, but z (live with y, placed first by size) sits where y would go:
+    the plan keeps the two apart, and the check rejects an overlap it did not honour."""
+    buffers = [Buffer("x", 64, 0, 1), Buffer("y", 64, 1, 2), Buffer("z", 256, 2, 3)]
+    plan = plan_greedy_by_size(buffers, 16, [Overlap("x", "y")])
+    assert plan.offsets["y"] != plan.offsets["x"] or not plan.honoured
+    forged = dataclasses.replace(plan, offsets={**plan.offsets, "y": plan.offsets["x"]}, honoured=())
+    with pytest.raises(AssertionError, match="live together but overlap"):
+        forged.check(buffers)
+
+
+def test_row_streaming_output_starts_a_margin_ahead_of_its_input():
+    """expand -> depthwise written 208 B ahead of its dying input -> element-wise over that: a
+    chain of overlaps needs the union of each pair, not the sum."""
+    buffers = [Buffer("x", 1008, 0, 1), Buffer("dw", 1008, 1, 2), Buffer("act", 1008, 2, 3)]
+    overlaps = [Overlap("x", "dw", 208), Overlap("dw", "act", 0)]
+    plan = plan_greedy_by_size(buffers, 16, overlaps)
+    assert plan.honoured == tuple(overlaps)
+    assert plan.offsets == {"x": 208, "dw": 0, "act": 0}
+    assert plan.arena_bytes == liveness_lower_bound(buffers, 16, overlaps) == 1216 < 2016
 
 
 def test_a_block_where_size_order_is_not_enough_reaches_the_bound():
