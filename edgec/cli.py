@@ -110,7 +110,7 @@ def _console(function):
 
     @functools.wraps(function)
     def wrapper(*args: Any, verbose: bool = False, **kwargs: Any) -> Any:
-        from edgec.console import captured_console
+        from edgec.console import captured_console, detach_native_stderr
 
         try:
             with captured_console() as captured:
@@ -118,6 +118,7 @@ def _console(function):
         finally:
             if verbose and captured.text:
                 click.echo(captured.text, err=True, nl=False)
+            detach_native_stderr()
 
     return click.option("--verbose", "-v", is_flag=True, help="also show TVM's and the toolchain's messages")(
         wrapper

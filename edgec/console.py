@@ -17,7 +17,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["Captured", "captured_console"]
+__all__ = ["Captured", "captured_console", "detach_native_stderr"]
 
 
 class Captured:
@@ -71,3 +71,24 @@ def captured_console() -> Iterator[Captured]:
             native = sink.read().decode(errors="replace")
             shown = [f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}" for w in caught]
             captured.text = native + "".join(f"{line}\n" for line in shown)
+
+
+def detach_native_stderr() -> None:
+    """For the rest of the process, native writes to file descriptor 2 go to /dev/null while
+    ``sys.stderr`` keeps the terminal (through a duplicate of the descriptor).
+
+    TVM objects that a failed conversion leaves behind are destroyed at interpreter exit, after
+    the command's capture ended, and their destructors log (``BlockBuilder destroyed with
+    remaining blocks!``). Only a real process does this; a replaced ``sys.stderr`` (click's test
+    runner) is left alone.
+    """
+    stream = sys.stderr
+    if not _writes_to_fd2(stream):
+        return
+    stream.flush()
+    sys.stderr = io.TextIOWrapper(
+        os.fdopen(os.dup(2), "wb"), encoding=stream.encoding, errors="replace", line_buffering=True
+    )
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -78,3 +80,52 @@ def test_error_metrics_with_non_finite_values() -> None:
     assert same.max_abs == pytest.approx(0.5)
     with pytest.raises(VerificationError, match="1 of 4 output values"):
         error_metrics(ref, {"y": np.array([1.0, np.inf, 3.0, 2.0])})
+
+
+@pytest.mark.parametrize(("where", "dtype"), [("input", 99), ("input", 0), ("output", 0)])
+def test_element_types_onnx_does_not_define(cli, tmp_path: Path, where: str, dtype: int) -> None:
+    model = conv_bn_relu_model()
+    getattr(model.graph, where)[0].type.tensor_type.elem_type = dtype
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path))
+    for command in (["check", path], ["inspect", path], ["compile", path, "-o", tmp_path / "b", "-q"]):
+        assert_user_error(invoke(cli, *command), f"element type {dtype}")
+    assert not (tmp_path / "b").exists()
+
+
+def _conv_pads(tmp_path: Path, pads: list[int]) -> Path:
+    model = conv_bn_relu_model()
+    conv = model.graph.node[0]
+    conv.attribute[0].ints[:] = pads
+    path = tmp_path / "pads.onnx"
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_attributes_that_leave_an_output_shape_unknown(cli, tmp_path: Path) -> None:
+    for pads, out in (([-7, 1, 1, 1], "b"), ([-1, 1, 1, 1], "c")):  # empty, or not inferable
+        path = _conv_pads(tmp_path, pads)
+        assert_user_error(invoke(cli, "compile", path, "-o", tmp_path / out, "-q"), "cannot be inferred")
+        assert not (tmp_path / out).exists()
+
+
+def test_a_tvm_lowering_failure_is_an_error(cli, model_path: Path, tmp_path: Path, monkeypatch) -> None:
+    from edgec.targets.tvm import build
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Invalid conv parameters: lead to negative output shape [0, 8].")
+
+    monkeypatch.setattr(build, "optimize_for_cpu", refuse)
+    result = invoke(cli, "compile", model_path, "-o", tmp_path / "b", "-q")
+    assert_user_error(result, "TVM could not lower the model for x86", "negative output shape")
+    assert not (tmp_path / "b").exists()
+
+
+def test_native_messages_after_the_command_do_not_reach_the_console() -> None:
+    # TVM objects a failed conversion leaves behind log when destroyed, at interpreter exit.
+    code = (
+        "import os, sys\nfrom edgec.console import detach_native_stderr\ndetach_native_stderr()\n"
+        "os.write(2, b'native destructor message\\n')\nprint('edgec: error: own line', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stderr == "edgec: error: own line\n"

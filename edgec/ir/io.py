@@ -102,7 +102,29 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     external_data_helper.load_external_data_for_model(model, str(path.parent))
     for tensor in model.graph.initializer:
         _check_tensor_size(tensor, path)
+    _check_value_types(model, path)
     return model
+
+
+def _check_value_types(model: onnx.ModelProto, path: Path) -> None:
+    """Refuses element types ONNX does not define, and graph inputs and outputs without one (the
+    checker lets both through; they would fail deep in the import or in TVM)."""
+    graph = model.graph
+    ends = {v.name for v in (*graph.input, *graph.output)}
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if not value.type.HasField("tensor_type"):
+            continue
+        dtype = value.type.tensor_type.elem_type
+        if dtype == onnx.TensorProto.UNDEFINED and value.name not in ends:
+            continue  # an intermediate tensor whose type inference will find
+        try:
+            onnx.helper.tensor_dtype_to_np_dtype(dtype)
+        except KeyError:
+            kind = "graph input or output" if value.name in ends else "tensor"
+            raise EdgecError(
+                f"'{path}': {kind} '{value.name}' has element type {dtype}, which ONNX does not define"
+                + (" (UNDEFINED)" if dtype == onnx.TensorProto.UNDEFINED else "")
+            ) from None
 
 
 # ONNX element types stored two to a byte.

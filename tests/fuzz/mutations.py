@@ -245,20 +245,26 @@ PROTO_MUTATIONS = [
 ]
 
 
+# Mutations whose models often pass the ONNX checker: they reach the passes, TVM and the toolchain.
+SEMANTIC_MUTATIONS = [mutate_attribute, mutate_opset, mutate_wrong_dim, mutate_unknown_op, mutate_dtype]
+
+
 @st.composite
-def broken_models(draw) -> tuple[str, bytes]:
+def broken_models(draw, mutations=tuple(PROTO_MUTATIONS), raw_bytes: bool = True) -> tuple[str, bytes]:
     """A base model with one to three structural mutations, then maybe byte flips or a cut."""
     base = draw(st.sampled_from(sorted(BASES)))
     model = onnx.ModelProto()
     model.CopyFrom(BASES[base])
     steps = [base]
-    for mutate in draw(st.lists(st.sampled_from(PROTO_MUTATIONS), min_size=0, max_size=3)):
+    for mutate in draw(
+        st.lists(st.sampled_from(list(mutations)), min_size=0 if raw_bytes else 1, max_size=3)
+    ):
         try:
             steps.append(mutate(draw, model))
         except IndexError:  # an earlier mutation removed what this one edits
             steps.append(f"{mutate.__name__} skipped")
     data = bytearray(model.SerializeToString())
-    raw = draw(st.sampled_from(["none", "none", "flip", "cut"]))
+    raw = draw(st.sampled_from(["none", "none", "flip", "cut"])) if raw_bytes else "none"
     if raw == "flip":
         for _ in range(draw(st.integers(1, 8))):
             pos = draw(st.integers(0, len(data) - 1))

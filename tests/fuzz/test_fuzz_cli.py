@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow
 # Cases per test (commands per example multiply them); the sum is the campaign's size.
 EXAMPLES = {
     "models": 400,
-    "compile": 40,
-    "compile-flags": 24,
+    "compile": 150,
+    "compile-flags": 40,
     "run": 120,
     "config": 120,
     "pipeline": 150,
@@ -68,7 +68,12 @@ def _write_model(folder: Path, data: bytes) -> Path:
 
 @seed(SEED)
 @_settings(EXAMPLES["models"])
-@given(case=mutations.broken_models())
+@given(
+    case=st.one_of(
+        mutations.broken_models(),
+        mutations.broken_models(mutations.SEMANTIC_MUTATIONS, raw_bytes=False),
+    )
+)
 def test_broken_models_inspect_check_optimize(referee: Referee, case) -> None:
     description, data = case
     with tempfile.TemporaryDirectory(prefix="edgec-fuzz-") as scratch:
@@ -86,7 +91,13 @@ def test_broken_models_inspect_check_optimize(referee: Referee, case) -> None:
 
 @seed(SEED)
 @_settings(EXAMPLES["compile"])
-@given(case=mutations.broken_models(), target=st.sampled_from(["x86", "cortex-m4"]))
+@given(
+    case=st.one_of(
+        mutations.broken_models(),
+        mutations.broken_models(mutations.SEMANTIC_MUTATIONS, raw_bytes=False),
+    ),
+    target=st.sampled_from(["x86", "cortex-m4"]),
+)
 def test_broken_models_compile(referee: Referee, case, target: str) -> None:
     description, data = case
     with tempfile.TemporaryDirectory(prefix="edgec-fuzz-") as scratch:
