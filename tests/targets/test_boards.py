@@ -4,6 +4,7 @@ budget still builds, verifies and exits 3 with the overshoot named."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -82,3 +83,27 @@ def test_over_budget_builds_verifies_and_names_the_overshoot(cli, tmp_path: Path
     assert manifest["sizes"]["flash_bytes"] > target.flash_bytes
     assert manifest["error"]["artifact_vs_original"]["cosine"] > 0.99999  # it ran under qemu
     assert (out / "libover.a").is_file()
+
+
+@pytest.mark.slow
+@needs_tools("arm-none-eabi-gcc", "qemu-system-arm")
+def test_weights_beyond_the_emulated_board_are_refused_before_linking(
+    cli, model_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from edgec.targets import boards
+
+    real = boards.board_for("mps2-an386")
+    tiny = dataclasses.replace(
+        real,
+        regions=tuple(
+            dataclasses.replace(r, length=256) if r.name == real.region("WEIGHTS").name else r
+            for r in real.regions
+        ),
+    )
+    monkeypatch.setattr(boards, "board_for", lambda machine: tiny)
+    result = cli.invoke(
+        main, ["compile", str(model_path), "-o", str(tmp_path / "b"), "-t", "cortex-m4", "-q"]
+    )
+    assert result.exit_code == 1, result.stderr
+    assert "exceed the 256 B that qemu's mps2-an386 board holds" in result.stderr
+    assert not (tmp_path / "b").exists()
