@@ -113,26 +113,32 @@ def test_broken_models_compile(referee: Referee, case, target: str) -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    """One x86 build of the convnet that the dataset cases run."""
+    """The convnet and its builds for x86 (``build``) and cortex-m4 (``build-cortex-m4``, run under
+    qemu) that the dataset cases run."""
     folder = tmp_path_factory.mktemp("fuzz-build")
     model = folder / "convnet.onnx"
     onnx.save_model(conv_bn_relu_model(), str(model))
     Referee().run(["compile", model, "-o", folder / "build", "-q"], case="setup")
+    Referee().run(["compile", model, "-o", folder / "build-cortex-m4", "-t", "cortex-m4", "-q"], case="setup")
     return folder
 
 
 @seed(SEED)
 @_settings(EXAMPLES["run"])
-@given(case=mutations.broken_npz(), command=st.sampled_from(["run", "run", "compile-inputs"]))
+@given(
+    case=mutations.broken_npz(),
+    command=st.sampled_from(["run", "run", "run-cortex-m4", "compile-inputs"]),
+)
 def test_broken_datasets(referee: Referee, built: Path, case, command: str) -> None:
     description, data = case
     with tempfile.TemporaryDirectory(prefix="edgec-fuzz-") as scratch:
         npz = Path(scratch) / "data.npz"
         npz.write_bytes(data)
         out = Path(scratch) / "out"
-        if command == "run":
+        if command.startswith("run"):
+            build = built / ("build-cortex-m4" if command.endswith("m4") else "build")
             referee.run(
-                ["run", built / "build", "--inputs", npz, "-o", f"{out}.npz"],
+                ["run", build, "--inputs", npz, "-o", f"{out}.npz"],
                 writes=[Path(f"{out}.npz")],
                 case=description,
             )
