@@ -31,6 +31,11 @@ def pool_refusal(conv: gs.Node, pool: gs.Node) -> str | None:
     shape = static_shape(conv.inputs[0])
     if shape is None or len(shape) != 4:
         return f"'{conv.name}' is not a 2-D convolution with a static input shape"
+    if not isinstance(conv.inputs[1], gs.Constant):
+        return (
+            f"'{conv.name}' reads its weight stored sparse (sparse-weights): its kernel walks output "
+            "channels, not pooled pixels (--no-sparse-weights keeps the weight dense and fuses)"
+        )
     kernel = [int(k) for k in pool.attrs.get("kernel_shape", ())]
     if len(kernel) != 2:
         return f"'{pool.name}' is a global pool: it reads the whole conv output, fusing saves nothing"

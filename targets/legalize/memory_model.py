@@ -75,9 +75,13 @@ def streams(node: gs.Node, streaming: str) -> bool:
     """Whether the target's schedules write ``node``'s output row by row (``streaming`` is one of
     :data:`STREAMING`): a depthwise integer conv, or with ``all`` a dense one whose channels fit
     the SMLAD tile (input channels a multiple of 4, output channels of 2)."""
-    if node.op != "IntegerConv" or streaming == "none" or len(node.inputs[1].shape) != 4:
+    if node.op != "IntegerConv" or streaming == "none":
         return False
-    out_channels, group_channels = int(node.inputs[1].shape[0]), int(node.inputs[1].shape[1])
+    weight = node.inputs[1]
+    # A weight stored sparse is read by the sparse kernel, which walks output channels, not rows.
+    if not isinstance(weight, gs.Constant) or len(weight.shape) != 4:
+        return False
+    out_channels, group_channels = int(weight.shape[0]), int(weight.shape[1])
     group = int(node.attrs.get("group", 1))
     if group > 1:
         return group_channels == 1 and group == out_channels

@@ -36,12 +36,14 @@ def legalization(
     that layout conversion rejects), QDQ groups as integer nodes, narrow weights packed; with
     ``memory_planning``, integer convolutions and the pools that read them fused and the first
     stages planned in row bands under ``ram_budget`` (``plan-memory``, told which convolutions the
-    target's schedules write row by row: ``streaming``); weights with zeros stored sparse where that
-    is smaller (last: a fused or banded convolution keeps its weight dense and says why)."""
-    pipeline = f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights"
-    if memory_planning:
-        pipeline += f",fuse-conv-pool,plan-memory{{budget={ram_budget or 0},streaming={streaming}}}"
-    return pipeline + ",sparse-weights"
+    target's schedules write row by row: ``streaming``). Weights with zeros are stored sparse before
+    the memory passes: a pruned model keeps the flash its pruning saved, and a conv reading a sparse
+    weight is neither fused with its pool nor streamed in place (its kernel walks output channels),
+    which the passes record with the reason."""
+    pipeline = f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights,sparse-weights"
+    if not memory_planning:
+        return pipeline
+    return pipeline + f",fuse-conv-pool,plan-memory{{budget={ram_budget or 0},streaming={streaming}}}"
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,8 @@ def test_tvm_targets_declare_their_kernels_and_legalization(name, bits, kernel):
         capabilities.integer_kernels.ops
     )
     assert capabilities.sparse_formats == frozenset({"bitmap", "nm"})
-    legal = "split-sum,eliminate-identity,group-qdq{rounding=single},pack-weights" + _MEMORY.get(name, "")
-    assert capabilities.legalization == legal + ",sparse-weights"
+    legal = "split-sum,eliminate-identity,group-qdq{rounding=single},pack-weights,sparse-weights"
+    assert capabilities.legalization == legal + _MEMORY.get(name, "")
     assert json.loads(json.dumps(capabilities.as_dict()))["legalization"] == capabilities.legalization
 
 
@@ -186,7 +186,7 @@ def _check_kws_manifest(manifest: dict, target: str) -> None:
     assert "relu1" not in built  # folded into conv1's clamp
     legalization = {record["name"]: record for record in manifest["legalization"]}
     memory = ["fuse-conv-pool", "plan-memory"] if target in _MEMORY else []
-    expected = ["split-sum", "eliminate-identity", "group-qdq", "pack-weights", *memory, "sparse-weights"]
+    expected = ["split-sum", "eliminate-identity", "group-qdq", "pack-weights", "sparse-weights", *memory]
     assert list(legalization) == expected
     assert legalization["group-qdq"]["stats"]["integer_nodes"]["IntegerConv"] == 2
     assert legalization["sparse-weights"]["stats"]["sparse"] == 0  # not pruned: every weight stays dense

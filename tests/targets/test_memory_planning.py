@@ -145,6 +145,27 @@ def test_overlapping_pool_windows_are_refused_with_the_reason(tmp_path):
     ]
 
 
+@covers("fuse-conv-pool", kind="negative")
+def test_a_conv_reading_a_sparse_weight_keeps_its_pool(tmp_path):
+    """sparse-weights runs first (a pruned model keeps the flash it saved); the sparse kernel walks
+    output channels, not pooled pixels, so that conv and its pool stay apart, with the reason."""
+    model = stage_model()
+    w3 = next(init for init in model.graph.initializer if init.name == "w3")
+    values = onnx.numpy_helper.to_array(w3).copy()
+    values[np.abs(values) < np.quantile(np.abs(values), 0.8)] = 0
+    w3.CopyFrom(onnx.numpy_helper.from_array(values, "w3"))
+    capabilities = get_target("cortex-m4").capabilities()
+    pipeline = f"{LEGAL},sparse-weights,fuse-conv-pool"
+    graph, records = run_pipeline(
+        pipeline, quantize(model, tmp_path), verify=False, capabilities=capabilities
+    )
+    assert records[-2].stats["sparse"] == 1 and op_sequence(graph).count("MaxPool") == 1
+    (refusal,) = records[-1].stats["refused"]
+    assert refusal["rule"] == "conv+max-pool" and "reads its weight stored sparse" in refusal["reason"]
+    assert [n["pool"] for n in records[-1].stats["nodes"]] == ["avgpool"]
+    assert estimate_arena(graph, "all").peak_bytes >= 2 * 8 * 16 * 16  # pw does not stream in place
+
+
 # ----- patch-stages ----------------------------------------------------------------------------------
 
 

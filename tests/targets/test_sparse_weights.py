@@ -495,10 +495,13 @@ def test_digits_on_cortex_m4_stores_int8_weights_60_percent_smaller_and_is_bit_e
     sections = [m["artifact"]["image_sections"][".weights"] for m in (sparse, dense)]
     assert abs((sections[1] - sections[0]) - (stats["dense_bytes"] - stats["stored_bytes"])) <= 16
     assert sparse["sizes"]["flash_bytes"] < dense["sizes"]["flash_bytes"]
-    # The sparse kernels run their epilogue per row (no int32 accumulator tensor: +2x the arena
-    # here), but they walk output channels, not rows, so they cannot write over their dying input
-    # as the dense SMLAD convs do (arena 3,200 B vs 2,432 B planned, 3,712 vs 3,552 B unplanned).
-    assert sparse["sizes"]["arena_bytes"] <= 1.4 * dense["sizes"]["arena_bytes"]
+    # RAM pays for the flash: the sparse kernels run their epilogue per row (no int32 accumulator
+    # tensor, which would double the arena), but they walk output channels, not rows or pooled
+    # pixels, so they neither write over their dying input nor fuse with their pool as the dense
+    # SMLAD convs do (3,712 B against 2,432 B), and the manifest says so.
+    assert sparse["sizes"]["arena_bytes"] <= 1.6 * dense["sizes"]["arena_bytes"]
+    fusion = next(r["stats"] for r in sparse["legalization"] if r["name"] == "fuse-conv-pool")
+    assert fusion["refused"] and all("stored sparse" in r["reason"] for r in fusion["refused"])
     config = CompileOptions(**{k: v for k, v in options.items()})
     legal = legalize(
         prepare(DIGITS / "digits_cnn.onnx", config, Progress(quiet=True)), target_of(config), Progress()
