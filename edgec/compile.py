@@ -24,6 +24,7 @@ from edgec.ir import (
     EdgeGraph,
     atomic_path,
     fix_input_shapes,
+    format_shape,
     freeze_inputs,
     graph_cost,
     infer_shapes,
@@ -74,6 +75,12 @@ class CompileResult:
 
 def _signature(prepared: Prepared) -> dict[str, list[dict[str, Any]]]:
     def describe(tensor) -> dict[str, Any]:
+        if static_shape(tensor) is None or tensor.dtype is None:
+            raise EdgecError(
+                f"the shape of '{tensor.name}' ({format_shape(tensor.shape)}) cannot be inferred, so no "
+                "artifact can be built for it; check the attributes of the nodes that compute it "
+                "(pads, strides, axes) and the input shapes (--input-shape)"
+            )
         return {"name": tensor.name, "dtype": np.dtype(tensor.dtype).name, "shape": list(tensor.shape)}
 
     # Inputs as the caller feeds them; an output whose shape ONNX inference cannot give on the
@@ -276,6 +283,7 @@ def compile_model(
     # The import path and the legalization already ran on this graph: check what is left, as it is.
     check_model(graph, target.name, pipeline="", legalize=False).raise_if_unsupported()
     name = options.name or _c_identifier(source.stem)
+    signature = _signature(prepared)  # before building: an output without a static shape fails here
     with atomic_path(out_dir, directory=True) as build_dir:
         start = time.perf_counter()
         with progress.step(f"lowering to TVM Relax for {target.name}"):
@@ -296,7 +304,7 @@ def compile_model(
             artifact = target.build(module, build_dir, name)
         timings["build"] = time.perf_counter() - start
         save(prepared.graph, build_dir / "optimized.onnx")
-        manifest_stub = {**_signature(prepared), "target": {"name": target.name}}
+        manifest_stub = {**signature, "target": {"name": target.name}}
         start = time.perf_counter()
         with progress.step("measuring the artifact against onnxruntime"):
             error = measure_error(
@@ -317,7 +325,7 @@ def compile_model(
             "edgec_version": edgec.__version__,
             "name": name,
             "model": {"file": source.name, "sha256": sha256_file(source)},
-            **_signature(prepared),
+            **signature,
             "target": {**target.describe(), "tvm_target": target.tvm_target()},
             "pipeline": prepared.pipeline,
             "pipeline_notes": prepared.run.notes,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # state of the installed entry points (which list them for `edgec passes`).
 import edgec.targets.legalize  # noqa: F401
 from edgec.capabilities import Capabilities
-from edgec.errors import UnsupportedNodeError
+from edgec.errors import EdgecError, UnsupportedNodeError
 from edgec.ir import EdgeGraph
 from edgec.targets.base import Lowered, Target
 from edgec.targets.integer.kernels import INTEGER_KERNELS
@@ -106,11 +106,23 @@ class TvmTarget(Target):
 
     def lower(self, graph: EdgeGraph) -> Lowered:
         from edgec.targets.tvm.build import optimize_for_cpu
+        from edgec.targets.tvm.frontend import FRONTEND_ERRORS
         from edgec.targets.tvm.report import built_nodes
         from edgec.targets.tvm.translate import translate
 
         self.check_float16_compute(graph)
-        module = optimize_for_cpu(
-            translate(graph), self.tvm_target(), self.micro_kernels, self.memory_planning
-        )
+        relax_module = translate(graph)
+        try:
+            module = optimize_for_cpu(
+                relax_module, self.tvm_target(), self.micro_kernels, self.memory_planning
+            )
+        except FRONTEND_ERRORS as err:
+            # TOPI checks attributes the ONNX checker leaves alone (a conv whose pads make its
+            # output empty): the model is invalid, or edgec has a bug; either way, say what failed.
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            raise EdgecError(
+                f"TVM could not lower the model for {self.name}: {type(err).__name__}: {detail} "
+                "(check the model's attributes: pads, strides, axes; if the model is valid, this is "
+                "a bug in edgec)"
+            ) from err
         return Lowered(module, built_nodes(graph, self.capabilities()))
