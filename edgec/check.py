@@ -14,7 +14,7 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from edgec.errors import EdgecError, Fix, UnsupportedNodeError
-from edgec.ir import EdgeGraph, dependency_fix, static_shape
+from edgec.ir import EdgeGraph, dependency_fix, format_shape, static_shape
 
 # Ops whose output shape is read from a tensor operand (index): if that operand is still computed
 # at run time after the import path, the TVM frontend cannot give the result a static shape.
@@ -109,7 +109,7 @@ def check_model(
     report = CheckReport(target=target.name, nodes_before=len(graph.nodes), nodes_after=len(graph.nodes))
     symbolic = [tensor for tensor in graph.inputs if static_shape(tensor) is None]
     for tensor in symbolic:
-        shown = "?" if tensor.shape is None else "x".join(str(d) for d in tensor.shape)
+        shown = format_shape(tensor.shape)
         report.problems.append(
             Problem(
                 tensor.name,

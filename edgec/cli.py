@@ -16,7 +16,7 @@ import click
 from edgec.cli_distill import distill as _distill_command
 from edgec.cli_lists import passes as _passes_command
 from edgec.cli_lists import targets as _targets_command
-from edgec.cli_options import SHAPE_HELP, compile_options, import_options, pipeline_options
+from edgec.cli_options import SHAPE_HELP, compile_options, console_option, import_options, pipeline_options
 from edgec.cli_tune import tune as _tune_command
 from edgec.errors import BudgetError, EdgecError
 from edgec.report import echo_json
@@ -91,7 +91,8 @@ def main() -> None:
 @click.option("--name", help="C prefix of the generated API (<name>_run); default: from the file name")
 @click.option("--depfile", type=click.Path(dir_okay=False), help="write a Make-format dependency file")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
-@click.option("--quiet", "-q", is_flag=True, help="no progress output")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing on success (warnings and errors only)")
+@console_option
 def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) -> None:
     """Compile MODEL for a target into a build directory with a manifest."""
     from edgec.compile import compile_model
@@ -109,11 +110,13 @@ def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) 
         manifest = read_manifest(Path(output))
         if depfile:
             write_depfile(Path(depfile), Path(output), Path(model), options)
-        print_manifest(manifest, as_json)
+        if as_json or not quiet:
+            print_manifest(manifest, as_json)
         _fail(error)
     if depfile:
         write_depfile(Path(depfile), Path(output), Path(model), options)
-    print_manifest(manifest, as_json)
+    if as_json or not quiet:  # --quiet: nothing on success (the manifest holds the report)
+        print_manifest(manifest, as_json)
 
 
 @main.command()
@@ -122,7 +125,8 @@ def compile(model: str, output: str, as_json: bool, quiet: bool, **params: Any) 
 @import_options
 @pipeline_options
 @click.option("--json", "as_json", is_flag=True, help="print per-pass records as JSON")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="print nothing on success (warnings and errors only)")
+@console_option
 def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any) -> None:
     """Run the import path and a pass pipeline on MODEL and save the optimized ONNX."""
     from edgec.compile import optimize_model
@@ -143,6 +147,8 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
     if as_json:
         echo_json({"pipeline": prepared.pipeline, "passes": records, "output": str(output)})
         return
+    if quiet:
+        return
     for record in records:
         click.echo(
             f"{record['name']:<24} {record['nodes_before']:>5} → {record['nodes_after']:<5} "
@@ -157,6 +163,7 @@ def optimize(model: str, output: str, as_json: bool, quiet: bool, **params: Any)
 @click.option("--groups", is_flag=True, help="print the channel dependency groups channel pruning uses")
 @click.option("--memory", is_flag=True, help="MODEL is a build directory: print its memory timeline")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@console_option
 def inspect(model: str, input_shape: tuple[str, ...], groups: bool, memory: bool, as_json: bool) -> None:
     """Print per-node MACs, parameters and output sizes of MODEL (or its channel groups; with
     --memory, the memory timeline of a build directory)."""
@@ -216,6 +223,7 @@ def inspect(model: str, input_shape: tuple[str, ...], groups: bool, memory: bool
 @click.option("--output", "-o", type=click.Path(), help="write outputs to this .npz")
 @click.option("--repeat", type=click.IntRange(min=0), default=0, help="time N runs (min/median latency)")
 @click.option("--json", "as_json", is_flag=True)
+@console_option
 def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: bool) -> None:
     """Run a built artifact on inputs from a .npz file (one sample or a dataset, in one run)."""
     import numpy as np
@@ -247,6 +255,7 @@ def run(build_dir: str, inputs: str, output: str | None, repeat: int, as_json: b
 @click.option("--target", "-t", help="target to check for (default x86)")
 @import_options
 @click.option("--json", "as_json", is_flag=True)
+@console_option
 def check(model: str, as_json: bool, **params: Any) -> None:
     """Report, without building, whether every node of MODEL can be compiled for a target."""
     from edgec.check import check_model
@@ -263,6 +272,12 @@ def check(model: str, as_json: bool, **params: Any) -> None:
         click.echo("\n".join(report.lines()))
     if not report.ok:
         sys.exit(1)
+
+
+@main.command("cmake-dir")
+def cmake_dir() -> None:
+    """Print the folder of edgec's CMake package (EdgecConfig.cmake, EdgecModel.cmake)."""
+    click.echo(Path(__file__).resolve().parent / "cmake")
 
 
 # Commands in their own modules: distillation (edgec/cli_distill.py), the listings (edgec/cli_lists.py),

@@ -1,8 +1,10 @@
-"""The options the ``edgec`` commands share (edgec/cli.py, edgec/cli_tune.py): model import,
-pass pipeline, and the merge of flags over a config file into :class:`edgec.config.CompileOptions`."""
+"""The options the ``edgec`` commands share (edgec/cli.py, edgec/cli_tune.py): model import, pass
+pipeline, the captured console (``--verbose``), and the merge of flags over a config file into
+:class:`edgec.config.CompileOptions`."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +127,23 @@ def pipeline_options(function):
     for decorator in reversed(decorators):
         function = decorator(function)
     return function
+
+
+def console_option(function):
+    """``--verbose``: show what TVM, the toolchain and Python warnings wrote; hidden otherwise."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, verbose: bool = False, **kwargs: Any) -> Any:
+        from edgec.console import captured_console, detach_native_stderr
+
+        try:
+            with captured_console() as captured:
+                return function(*args, **kwargs)
+        finally:
+            if verbose and captured.text:
+                click.echo(captured.text, err=True, nl=False)
+            detach_native_stderr()
+
+    return click.option("--verbose", "-v", is_flag=True, help="also show TVM's and the toolchain's messages")(
+        wrapper
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from edgec.cli_options import compile_options, import_options, pipeline_options
+from edgec.cli_options import compile_options, console_option, import_options, pipeline_options
 
 
 @click.command()
@@ -26,6 +26,7 @@ from edgec.cli_options import compile_options, import_options, pipeline_options
 @pipeline_options
 @click.option("--json", "as_json", is_flag=True, help="print the tuning report as JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
+@console_option
 def tune(model: str, trials: int, as_json: bool, quiet: bool, **params: Any) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule into a database (edgec compile --db)."""
     from edgec.progress import Progress

@@ -24,6 +24,7 @@ from edgec.ir import (
     EdgeGraph,
     atomic_path,
     fix_input_shapes,
+    format_shape,
     freeze_inputs,
     graph_cost,
     infer_shapes,
@@ -39,6 +40,7 @@ from edgec.pm import PassContext, PassManager, PipelineRun, format_pipeline, par
 from edgec.precision import mismatches, planned
 from edgec.progress import Progress
 from edgec.report import memory_section
+from edgec.tune import tune_before_build, with_threads_and_database
 
 IMPORT_PIPELINE = "import"
 
@@ -74,6 +76,12 @@ class CompileResult:
 
 def _signature(prepared: Prepared) -> dict[str, list[dict[str, Any]]]:
     def describe(tensor) -> dict[str, Any]:
+        if static_shape(tensor) is None or tensor.dtype is None:
+            raise EdgecError(
+                f"the shape of '{tensor.name}' ({format_shape(tensor.shape)}) cannot be inferred, so no "
+                "artifact can be built for it; check the attributes of the nodes that compute it "
+                "(pads, strides, axes) and the input shapes (--input-shape)"
+            )
         return {"name": tensor.name, "dtype": np.dtype(tensor.dtype).name, "shape": list(tensor.shape)}
 
     # Inputs as the caller feeds them; an output whose shape ONNX inference cannot give on the
@@ -124,7 +132,6 @@ def target_of(options: CompileOptions) -> Any:
     requantization rounding, its int8 micro-kernels, sparse weights, its RAM budget, its memory
     planning, its threads); the manifest records them."""
     from edgec.targets import get_target
-    from edgec.tune import with_threads_and_database
 
     target = with_threads_and_database(get_target(options.target), options)
     if options.rounding:
@@ -277,11 +284,8 @@ def compile_model(
     # The import path and the legalization already ran on this graph: check what is left, as it is.
     check_model(graph, target.name, pipeline="", legalize=False).raise_if_unsupported()
     name = options.name or _c_identifier(source.stem)
-    tuning = None
-    if options.tune:
-        start = time.perf_counter()
-        tuning = target.tune(graph, options.tune, seed=options.seed, progress=progress).as_dict()
-        timings["tune"] = time.perf_counter() - start
+    signature = _signature(prepared)  # before building: an output without a static shape fails here
+    tuning = tune_before_build(target, graph, options, progress, timings) if options.tune else None
     with atomic_path(out_dir, directory=True) as build_dir:
         start = time.perf_counter()
         with progress.step(f"lowering to TVM Relax for {target.name}"):
@@ -302,7 +306,7 @@ def compile_model(
             artifact = target.build(module, build_dir, name)
         timings["build"] = time.perf_counter() - start
         save(prepared.graph, build_dir / "optimized.onnx")
-        manifest_stub = {**_signature(prepared), "target": target.describe()}
+        manifest_stub = {**signature, "target": target.describe()}
         start = time.perf_counter()
         with progress.step("measuring the artifact against onnxruntime"):
             error = measure_error(
@@ -323,7 +327,7 @@ def compile_model(
             "edgec_version": edgec.__version__,
             "name": name,
             "model": {"file": source.name, "sha256": sha256_file(source)},
-            **_signature(prepared),
+            **signature,
             "target": {**target.describe(), "tvm_target": target.tvm_target()},
             "pipeline": prepared.pipeline,
             "pipeline_notes": prepared.run.notes,
@@ -336,7 +340,6 @@ def compile_model(
             if prepared.context.capabilities
             else None,
             "precision": {node: built.as_dict() for node, built in sorted(lowered.nodes.items())},
-            # kernels per int8 micro-kernel instruction (what the capability promised, as built)
             "micro_kernels": lowered.details.get("micro_kernels"),
             "graph": {
                 "nodes_original": len(prepared.original.nodes),

@@ -39,10 +39,19 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise EdgecError(f"data file '{path}' does not exist")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds one array, not an archive of named arrays (np.savez)")
+        with data:
+            arrays = {key: data[key] for key in data.files}
+    # NotImplementedError: a zip member in a compression method zipfile cannot read.
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
         raise EdgecError(f"'{path}' is not a readable .npz file ({exc})") from None
+    # np.load hands back a member that is not in .npy format as its raw bytes.
+    raw = sorted(key for key, value in arrays.items() if not isinstance(value, np.ndarray))
+    if raw:
+        raise EdgecError(f"'{path}' is not a readable .npz file (members {raw} are not .npy arrays)")
+    return arrays
 
 
 @dataclass(frozen=True)

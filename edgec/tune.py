@@ -10,7 +10,7 @@ from edgec.config import CompileOptions
 from edgec.errors import EdgecError
 from edgec.progress import Progress
 
-__all__ = ["tune_model", "with_threads_and_database"]
+__all__ = ["tune_before_build", "tune_model", "with_threads_and_database"]
 
 
 def with_threads_and_database(target: Any, options: CompileOptions) -> Any:
@@ -45,3 +45,16 @@ def tune_model(
     prepared = prepare(Path(model), options, progress)
     graph = legalize(prepared, target, progress).graph
     return target.tune(graph, trials, seed=options.seed, progress=progress)
+
+
+def tune_before_build(
+    target: Any, graph: Any, options: CompileOptions, progress: Progress, timings: dict[str, Any]
+) -> dict[str, Any]:
+    """``compile --tune N``: tunes the legal graph's kernels into the database before the build;
+    returns the report for the manifest and adds the seconds to ``timings``."""
+    import time
+
+    start = time.perf_counter()
+    report = target.tune(graph, options.tune, seed=options.seed, progress=progress).as_dict()
+    timings["tune"] = time.perf_counter() - start
+    return report

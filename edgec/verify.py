@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgec.errors import EdgecError
+from edgec.errors import EdgecError, VerificationError
 from edgec.ir import EdgeGraph, static_shape
 
 
@@ -126,6 +126,16 @@ def error_metrics(
     """Max/mean absolute error and cosine similarity, over all outputs flattened together."""
     ref = np.concatenate([reference[k].astype(np.float64).ravel() for k in sorted(reference)])
     got = np.concatenate([candidate[k].astype(np.float64).ravel() for k in sorted(reference)])
+    # inf against the same inf, NaN against NaN, agree; the error is measured over finite values
+    # (NaN or inf in a manifest is not JSON, and would hide every other difference).
+    finite = np.isfinite(ref) & np.isfinite(got)
+    agree = (ref == got) | (np.isnan(ref) & np.isnan(got))
+    if not np.all(finite | agree):
+        raise VerificationError(
+            f"{int(np.sum(~finite & ~agree))} of {ref.size} output values are NaN or infinite in one "
+            "result and not in the other (candidate vs onnxruntime), so the error cannot be measured"
+        )
+    ref, got = ref[finite], got[finite]
     diff = np.abs(ref - got)
     norms = np.linalg.norm(ref) * np.linalg.norm(got)
     cosine = float(np.dot(ref, got) / norms) if norms > 0 else float(np.array_equal(ref, got))

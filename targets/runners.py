@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgec.errors import EdgecError, ToolchainError
-from edgec.targets.toolchains import require_tool
+from edgec.targets.toolchains import require_tool, section_sizes
 
 if TYPE_CHECKING:
     from edgec.targets.cortex import RuntimeFreeTarget
@@ -214,6 +214,10 @@ def build_harness(
     from edgec.targets.tvm.c_emitter import runtime_dir
 
     cross = target.cross()
+    if target.bare_metal:
+        _check_board_room(
+            target, [d / f"lib{name}.a" for d, (name, _, _) in zip(build_dirs, models, strict=True)]
+        )
     write_harness_config(work / "harness_config.h", models)
     runtime = runtime_dir()
     image = work / "harness.elf"
@@ -239,6 +243,27 @@ def build_harness(
         static = ("-static",) if target.runner == "qemu-aarch64" else ()
         cross.link(image, [runtime / "harness.c", *libraries], (*common, *static, "-lm"))
     return image
+
+
+def _check_board_room(target: RuntimeFreeTarget, libraries: list[Path]) -> None:
+    """Refuses, before linking, weights that the emulated board has no room for: the build may be
+    over the target's budget (the budget check says so), but it must fit qemu's RAM to be run."""
+    from edgec.targets.boards import board_for
+
+    size_tool = target.cross().tool("size")
+    weights = sum(
+        v
+        for library in libraries
+        for k, v in section_sizes(size_tool, library).items()
+        if k.startswith(".rodata.edgec_weights")
+    )
+    room = board_for(target.machine).capacity()["WEIGHTS"]
+    if weights > room:
+        raise ToolchainError(
+            f"the model's weights ({weights} B) exceed the {room} B that qemu's {target.machine} board "
+            f"holds for them, so {target.name} builds of it cannot be verified under emulation; "
+            "quantize (--quantize int8) or prune the model"
+        )
 
 
 def launch(target: RuntimeFreeTarget, image: Path, cwd: Path, timeout: float | None = None) -> str:

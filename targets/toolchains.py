@@ -8,8 +8,10 @@ install, or shows the tail of the tool's own error output.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ __all__ = [
     "link_probe",
     "prologue_frames",
     "read_stack_usage",
+    "relevant_lines",
     "require_tool",
     "run_tool",
     "section_sizes",
@@ -62,9 +65,37 @@ def run_tool(
     except FileNotFoundError as err:
         raise ToolchainError(f"{label}: '{command[0]}' is not installed") from err
     if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        raise ToolchainError(f"{label} failed (exit {done.returncode}): {' '.join(command)}\n{tail}")
+        log = _failure_log(command, done)
+        quoted = "\n".join(f"  {line}" for line in relevant_lines(done.stderr + done.stdout))
+        raise ToolchainError(
+            f"{label} failed (exit {done.returncode}); command line and full output: {log}\n{quoted}"
+        )
     return done
+
+
+# Lines of a tool's output that say what went wrong (gcc, ld, as, make).
+_RELEVANT = re.compile(
+    r"error|overflow|undefined reference|cannot find|no such file|fatal|multiple definition", re.I
+)
+
+
+def relevant_lines(output: str, limit: int = 8) -> list[str]:
+    """The lines of a failed tool's output worth quoting: its error lines, else its last lines."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
+    chosen = [line for line in lines if _RELEVANT.search(line)] or lines[-limit:]
+    return chosen[:limit] or ["(no output)"]
+
+
+def _failure_log(command: Sequence[str], done: subprocess.CompletedProcess[str]) -> Path:
+    """Writes a failed tool's command line and output to a log that outlives the build (whose
+    staging folder is removed on error); returns its path."""
+    folder = Path(tempfile.mkdtemp(prefix="edgec-tool-log-"))
+    log = folder / f"{Path(command[0]).name}.log"
+    log.write_text(
+        f"$ {shlex.join(command)}\nexit {done.returncode}\n"
+        f"--- stdout ---\n{done.stdout}--- stderr ---\n{done.stderr}"
+    )
+    return log
 
 
 @dataclass(frozen=True)
@@ -313,7 +344,8 @@ def link_probe(
     script.write_text(
         "ENTRY(probe_main)\nMEMORY\n{\n  FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 1024M\n"
         "  RAM (rwx) : ORIGIN = 0x40000000, LENGTH = 1024M\n}\n"
-        'REGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\nINCLUDE sections.ld\n'
+        'REGION_ALIAS("VECTORS", FLASH);\nREGION_ALIAS("WEIGHTS", FLASH);\nREGION_ALIAS("BIG", RAM);\n'
+        "INCLUDE sections.ld\n"
     )
     cross.link(
         image,

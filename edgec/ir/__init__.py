@@ -18,6 +18,7 @@ from edgec.ir.printer import op_sequence, print_graph
 from edgec.ir.shapes import (
     InputShapes,
     fix_input_shapes,
+    format_shape,
     infer_shapes,
     parse_input_shape,
     parse_shape,
@@ -35,6 +36,7 @@ __all__ = [
     "execution_order",
     "external_data_files",
     "fix_input_shapes",
+    "format_shape",
     "freeze_inputs",
     "graph_cost",
     "infer_shapes",

@@ -29,7 +29,7 @@ def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> bool:
         if not external_data_helper.uses_external_data(tensor):
             continue
         external = True
-        info = external_data_helper.ExternalDataInfo(tensor)
+        info = _external_info(tensor)
         location = Path(info.location)
         target = (root / location).resolve()
         if location.is_absolute() or not target.is_relative_to(root):
@@ -44,13 +44,21 @@ def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> bool:
     return external
 
 
+def _external_info(tensor: onnx.TensorProto) -> external_data_helper.ExternalDataInfo:
+    """The tensor's external-data record; a malformed one (negative offset, text length) is an error."""
+    try:
+        return external_data_helper.ExternalDataInfo(tensor)
+    except ValueError as exc:
+        raise EdgecError(f"tensor '{tensor.name}' has malformed external data: {exc}") from None
+
+
 def external_data_files(path: Path) -> list[Path]:
     """The external-data files a model refers to (for build-system dependency files)."""
     model = _parse(Path(path))
     files = set()
     for tensor in external_data_helper._get_all_tensors(model):
         if external_data_helper.uses_external_data(tensor):
-            files.add(path.parent / external_data_helper.ExternalDataInfo(tensor).location)
+            files.add(path.parent / _external_info(tensor).location)
     return sorted(p.resolve() for p in files)
 
 
@@ -92,7 +100,66 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         raise EdgecError(f"'{path}' fails the ONNX checker: {first_line}") from None
     del data
     external_data_helper.load_external_data_for_model(model, str(path.parent))
+    for tensor in model.graph.initializer:
+        _check_tensor_size(tensor, path)
+    _check_value_types(model, path)
     return model
+
+
+def _check_value_types(model: onnx.ModelProto, path: Path) -> None:
+    """Refuses element types ONNX does not define, and graph inputs and outputs without one (the
+    checker lets both through; they would fail deep in the import or in TVM)."""
+    graph = model.graph
+    ends = {v.name for v in (*graph.input, *graph.output)}
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if not value.type.HasField("tensor_type"):
+            continue
+        dtype = value.type.tensor_type.elem_type
+        if dtype == onnx.TensorProto.UNDEFINED and value.name not in ends:
+            continue  # an intermediate tensor whose type inference will find
+        try:
+            onnx.helper.tensor_dtype_to_np_dtype(dtype)
+        except KeyError:
+            kind = "graph input or output" if value.name in ends else "tensor"
+            raise EdgecError(
+                f"'{path}': {kind} '{value.name}' has element type {dtype}, which ONNX does not define"
+                + (" (UNDEFINED)" if dtype == onnx.TensorProto.UNDEFINED else "")
+            ) from None
+
+
+# ONNX element types stored two to a byte.
+_PACKED_TYPES = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1}
+
+
+def _check_tensor_size(tensor: onnx.TensorProto, path: Path) -> None:
+    """Refuses an initializer whose stored data does not hold its declared shape: the ONNX checker
+    refuses too little data in the file, not too much, nor external data; numpy would fail much
+    later, deep inside a pass."""
+    where = f"'{path}': initializer '{tensor.name}'"
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+    except (KeyError, ValueError):
+        raise EdgecError(f"{where} has the unknown element type {tensor.data_type}") from None
+    count = 1
+    for d in tensor.dims:
+        count *= d  # Python ints: a huge declared shape cannot overflow
+    packed = tensor.data_type in _PACKED_TYPES
+    if tensor.HasField("raw_data"):
+        stored, expected = len(tensor.raw_data), (count + 1) // 2 if packed else count * itemsize
+    else:
+        values = len(getattr(tensor, field))
+        per_element = (
+            2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+        )
+        stored, expected = values, (count + 1) // 2 if packed else count * per_element
+    if stored != expected:
+        unit = "bytes" if tensor.HasField("raw_data") else "values"
+        raise EdgecError(
+            f"{where} declares shape {list(tensor.dims)} but stores {stored} {unit}, not {expected}"
+        )
 
 
 def load(path: str | Path) -> EdgeGraph:

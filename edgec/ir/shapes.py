@@ -29,6 +29,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def format_shape(shape) -> str:
+    """A shape as ``1x3x224x224``: a named dimension shows its name, an unknown one ``?``
+    (``?x576``), an unknown rank ``?``."""
+    if shape is None:
+        return "?"
+    return "x".join(
+        d if isinstance(d, str) and d else str(d) if isinstance(d, int) and d >= 0 else "?" for d in shape
+    )
+
+
 def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
     """Parses ``--input-shape name=1x3x224x224``."""
     name, sep, shape = spec.partition("=")
@@ -65,7 +75,7 @@ def fix_input_shapes(graph: EdgeGraph, shapes: InputShapes | None) -> None:
         tensor.shape = list(shape)
     for tensor in graph.inputs:
         if tensor.shape is None or not all(isinstance(d, int) and d > 0 for d in tensor.shape):
-            shown = "?" if tensor.shape is None else "x".join(str(d) for d in tensor.shape)
+            shown = format_shape(tensor.shape)
             raise EdgecError(
                 f"input '{tensor.name}' has a symbolic or unknown shape ({shown}); fix it with "
                 f"--input-shape {tensor.name}=1x... (for example batch 1)"

@@ -9,6 +9,7 @@ and read by the passes, the legalization and the report.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,23 +158,33 @@ class TvmTarget(Target):
 
     def lower(self, graph: EdgeGraph) -> Lowered:
         from edgec.targets.tvm.build import micro_kernels_built, optimize_for_cpu
+        from edgec.targets.tvm.frontend import FRONTEND_ERRORS
         from edgec.targets.tvm.report import built_nodes
         from edgec.targets.tvm.translate import translate
 
         self.check_float16_compute(graph)
-        module = translate(graph)
-        if self.tuning_database:
-            database = TuningDatabase(Path(self.tuning_database), self.tuning_key())
-            with database.reading() as records:
+        relax_module = translate(graph)
+        database = (
+            TuningDatabase(Path(self.tuning_database), self.tuning_key()) if self.tuning_database else None
+        )
+        try:
+            with database.reading() if database else contextlib.nullcontext() as records:
                 module = optimize_for_cpu(
-                    module, self.tvm_target(), self.micro_kernels, self.memory_planning, records
+                    relax_module, self.tvm_target(), self.micro_kernels, self.memory_planning, records
                 )
-        else:
-            module = optimize_for_cpu(module, self.tvm_target(), self.micro_kernels, self.memory_planning)
+        except FRONTEND_ERRORS as err:
+            # TOPI checks attributes the ONNX checker leaves alone (a conv whose pads make its
+            # output empty): the model is invalid, or edgec has a bug; either way, say what failed.
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            raise EdgecError(
+                f"TVM could not lower the model for {self.name}: {type(err).__name__}: {detail} "
+                "(check the model's attributes: pads, strides, axes; if the model is valid, this is "
+                "a bug in edgec)"
+            ) from err
         tuned = (
             int(module.attrs["edgec.tuned_kernels"]) if "edgec.tuned_kernels" in (module.attrs or {}) else 0
         )
         details: dict = {"micro_kernels": micro_kernels_built(module)}
-        if self.tuning_database:
+        if database is not None:
             details["tuning"] = {**asdict(self.tuning_key()), "kernels_from_database": tuned}
         return Lowered(module, built_nodes(graph, self.capabilities()), details)

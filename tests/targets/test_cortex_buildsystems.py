@@ -47,7 +47,7 @@ def test_cmake_module_rebuilds_the_model_only_when_it_changes(tmp_path):
             str(REPO / "examples" / "cmake"),
             "-B",
             str(build),
-            f"-DCMAKE_TOOLCHAIN_FILE={REPO / 'cmake' / 'arm-none-eabi.cmake'}",
+            f"-DCMAKE_TOOLCHAIN_FILE={REPO / 'edgec' / 'cmake' / 'arm-none-eabi.cmake'}",
             f"-DDIGITS_MODEL={model}",
             f"-DPython3_EXECUTABLE={sys.executable}",
         ],
