@@ -40,6 +40,7 @@ from edgec.pm import PassContext, PassManager, PipelineRun, format_pipeline, par
 from edgec.precision import mismatches, planned
 from edgec.progress import Progress
 from edgec.report import memory_section
+from edgec.tune import tune_before_build, with_threads_and_database
 
 IMPORT_PIPELINE = "import"
 
@@ -129,10 +130,10 @@ def load_model(source: Path, options: CompileOptions) -> LoadedModel:
 def target_of(options: CompileOptions) -> Any:
     """The target the options name, with the code-generation choices the options make (its
     requantization rounding, its int8 micro-kernels, sparse weights, its RAM budget, its memory
-    planning); the manifest records them."""
+    planning, its threads); the manifest records them."""
     from edgec.targets import get_target
 
-    target = get_target(options.target)
+    target = with_threads_and_database(get_target(options.target), options)
     if options.rounding:
         target = dataclasses.replace(target, requantize_rounding=options.rounding)
     if not options.micro_kernels:
@@ -284,6 +285,7 @@ def compile_model(
     check_model(graph, target.name, pipeline="", legalize=False).raise_if_unsupported()
     name = options.name or _c_identifier(source.stem)
     signature = _signature(prepared)  # before building: an output without a static shape fails here
+    tuning = tune_before_build(target, graph, options, progress, timings) if options.tune else None
     with atomic_path(out_dir, directory=True) as build_dir:
         start = time.perf_counter()
         with progress.step(f"lowering to TVM Relax for {target.name}"):
@@ -304,7 +306,7 @@ def compile_model(
             artifact = target.build(module, build_dir, name)
         timings["build"] = time.perf_counter() - start
         save(prepared.graph, build_dir / "optimized.onnx")
-        manifest_stub = {**signature, "target": {"name": target.name}}
+        manifest_stub = {**signature, "target": target.describe()}
         start = time.perf_counter()
         with progress.step("measuring the artifact against onnxruntime"):
             error = measure_error(
@@ -338,6 +340,7 @@ def compile_model(
             if prepared.context.capabilities
             else None,
             "precision": {node: built.as_dict() for node, built in sorted(lowered.nodes.items())},
+            "micro_kernels": lowered.details.get("micro_kernels"),
             "graph": {
                 "nodes_original": len(prepared.original.nodes),
                 "nodes_optimized": len(prepared.graph.nodes),
@@ -346,6 +349,7 @@ def compile_model(
             },
             "sizes": sizes,
             "error": error,
+            "tuning": {**lowered.details.get("tuning", {}), **(tuning or {})} or None,
             "artifact": artifact.details,
             "files": file_hashes(build_dir),
             "status": {"ok": not failures, "failed_gates": failures},

@@ -57,7 +57,12 @@ class CompileOptions:
         prune: unstructured sparsity appended to the pipeline (``prune-magnitude``), 0.5 = 50%.
         prune_channels: channel ratio appended to the pipeline (``prune-channels``), 0.3 = 30%.
         prune_nm: N:M sparsity appended to the pipeline (``prune-nm``), e.g. ``2:4``.
-        micro_kernels: use the target's int8 micro-kernels (vpmaddwd, SMLAD) where it has them.
+        micro_kernels: use the target's int8 micro-kernels (vpdpbusd, vpmaddwd, SMLAD) where it has them.
+        threads: threads of a TVM runtime library (x86); 0 = the physical cores of the machine
+            it runs on (``TVM_NUM_THREADS`` at run time still wins).
+        db: a tuning database folder; its best records for the target, CPU and threads replace
+            the default schedules of the kernels they cover.
+        tune: MetaSchedule trials to run into ``db`` before building (0: none).
         sparse_weights: store weights with zeros sparse where that is smaller (the target's formats).
         memory_planning: on targets whose budget is RAM (Cortex-M, ``c``), fuse convolutions with
             their pools, plan row bands of the first stages under the RAM budget and keep padded
@@ -91,6 +96,9 @@ class CompileOptions:
     prune_channels: float | None = None
     prune_nm: str | None = None
     micro_kernels: bool = True
+    threads: int = 0
+    db: Path | None = None
+    tune: int = 0
     sparse_weights: bool = True
     memory_planning: bool = True
     train: Path | None = None
@@ -169,7 +177,7 @@ class CompileOptions:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(CompileOptions)} - {"config_file"}
-_PATH_FIELDS = {"inputs", "eval", "calib", "train"}
+_PATH_FIELDS = {"inputs", "eval", "calib", "train", "db"}
 
 
 # Options a config file gives as true/false.
@@ -200,7 +208,7 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
         elif name in _SWITCHES and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
-        elif name in ("seed", "flash_budget", "ram_budget", "epochs") and (
+        elif name in ("seed", "flash_budget", "ram_budget", "epochs", "threads", "tune") and (
             not isinstance(value, int) or isinstance(value, bool) or value < 0
         ):
             raise EdgecError(f"{source}: '{key}' must be a non-negative integer")

@@ -99,6 +99,20 @@ def precision_lines(precision: dict[str, dict[str, str]], shown: int = 3) -> lis
     return lines
 
 
+def print_tune_report(report: Any, as_json: bool) -> None:
+    """A tuning report (``edgec tune``): per kernel its default and best latency, then the run."""
+    if as_json:
+        click.echo(dumps({**report.as_dict(), "tasks": [task.__dict__ for task in report.tasks]}), nl=False)
+        return
+    click.echo(f"{'kernel':<48} {'default us':>11} {'best us':>11} {'speedup':>8} {'trials':>7}")
+    for task in report.tasks:
+        default = f"{task.default_us:.1f}" if task.default_us is not None else "-"
+        best = f"{task.best_us:.1f}" if task.best_us is not None else "-"
+        speedup = f"{task.default_us / task.best_us:.2f}x" if task.default_us and task.best_us else "-"
+        click.echo(f"{task.name[:48]:<48} {default:>11} {best:>11} {speedup:>8} {task.trials:>7}")
+    click.echo(f"{report.trials_run} trials in {report.seconds / 60:.1f} min; database {report.database}")
+
+
 def memory_section(legalization: list[dict[str, Any]], details: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest's ``memory``: the conv + pool fusions and the row bands the legalization made
     (with the planner's choice and why), and from the build the fused kernels, the in-place steps,

@@ -57,3 +57,15 @@ def run_build(
         outputs = [o[:, 0] if o.ndim > 1 and o.shape[1] == 1 else o for o in outputs]
     names = [o["name"] for o in manifest["outputs"]]
     return dict(zip(names, outputs, strict=True)), times
+
+
+def run_threads(build_dir: str | Path) -> int:
+    """The threads a built artifact runs with on this machine, in this environment."""
+    from edgec.manifest import read_manifest
+    from edgec.targets import get_target
+
+    manifest = read_manifest(Path(build_dir))
+    try:
+        return get_target(manifest["target"]["name"]).run_threads(manifest)
+    except ValueError as err:  # a malformed TVM_NUM_THREADS
+        raise EdgecError(str(err)) from err

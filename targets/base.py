@@ -71,10 +71,12 @@ class BuiltNode:
 
 @dataclass(frozen=True)
 class Lowered:
-    """A lowered graph: the TVM Relax module and, per node name, what was built."""
+    """A lowered graph: the TVM Relax module, per node name what was built, and what else the
+    manifest should say about the lowering (``details``, e.g. the tuning records applied)."""
 
     module: Any
     nodes: dict[str, BuiltNode]
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,10 @@ class Target:
             of each timed run.
         """
         raise NotImplementedError
+
+    def run_threads(self, manifest: dict[str, Any]) -> int:
+        """The threads an artifact built with ``manifest`` runs with here (runtime-free C: one)."""
+        return 1
 
     def describe(self) -> dict[str, Any]:
         return {

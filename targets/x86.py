@@ -2,7 +2,7 @@
 
 Both lower like every TVM target (:class:`edgec.targets.tvm.target.TvmTarget`) and build a shared
 library that the TVM runtime loads; the default CPU schedule rules of ``edgec.targets.tvm.schedules``
-give the kernels their speed (``vpmaddwd`` int8 kernels with AVX2).
+give the kernels their speed (``vpdpbusd`` int8 kernels with VNNI, ``vpmaddwd`` with AVX2).
 """
 
 from __future__ import annotations
@@ -49,10 +49,18 @@ def host_cpu_flags() -> frozenset[str]:
 
 @dataclass(frozen=True)
 class TvmLibraryTarget(TvmTarget):
-    """A Linux target whose artifact is a TVM shared library run by the TVM runtime."""
+    """A Linux target whose artifact is a TVM shared library run by the TVM runtime.
+
+    Attributes:
+        mcpu, mattr: the LLVM CPU and features (empty: this host's).
+        threads: the threads the library runs with (``edgec compile --threads N``); 0, the
+            default, is the physical cores of the machine it runs on. ``TVM_NUM_THREADS`` or
+            ``OMP_NUM_THREADS`` in the environment still win (:mod:`edgec.targets.tvm.threads`).
+    """
 
     mcpu: str = ""
     mattr: tuple[str, ...] = ()
+    threads: int = 0
 
     def tvm_target(self) -> dict[str, Any]:
         target: dict[str, Any] = {"kind": "llvm", "mcpu": self.mcpu or host_cpu_name()}
@@ -77,13 +85,16 @@ class TvmLibraryTarget(TvmTarget):
     def int8_micro_kernel(self) -> str | None:
         if self.mcpu or not self.micro_kernels:
             return super().int8_micro_kernel()
-        return "vpmaddwd" if "avx2" in host_cpu_flags() else None
+        flags = host_cpu_flags()
+        if flags & {"avx512_vnni", "avx_vnni"}:
+            return "vpdpbusd"
+        return "vpmaddwd" if "avx2" in flags else None
 
     def build(self, module, out_dir: Path, name: str) -> Artifact:
         from edgec.targets.tvm.build import build_shared_library
 
         library = out_dir / LIBRARY
-        build_shared_library(module, self.tvm_target(), library)
+        build_shared_library(module, self.tvm_target(), library, threads=self.threads)
         return Artifact(out_dir, (LIBRARY,), sizes={"library_bytes": library.stat().st_size})
 
     def prepare_run(self) -> None:
@@ -96,11 +107,26 @@ class TvmLibraryTarget(TvmTarget):
         if not library.is_file():
             raise EdgecError(f"no compiled library at {library}; build the model first")
         count = len(inputs[0]) if inputs else 1
+        threads = int(manifest.get("target", {}).get("threads") or 0)
         return _artifact_worker().request(
-            ("call", f"{_RUNNER}:run_shared_library", (library, inputs, repeat)),
+            ("call", f"{_RUNNER}:run_shared_library", (library, inputs, repeat, threads)),
             f"running {count} sample{'s' if count != 1 else ''}",
             f"the artifact {LIBRARY}",
         )
+
+    def tuning_threads(self) -> int:
+        from edgec.targets.tvm.threads import physical_cores
+
+        return self.threads or physical_cores()
+
+    def run_threads(self, manifest: dict[str, Any]) -> int:
+        from edgec.targets.tvm.threads import requested_threads
+
+        return requested_threads(int(manifest.get("target", {}).get("threads") or 0))[0]
+
+    def describe(self) -> dict[str, Any]:
+        # 0 is recorded as 0: "the physical cores of the machine it runs on".
+        return {**super().describe(), "threads": self.threads}
 
 
 # Loaded by the worker from its file (not as edgec.targets.tvm.library_runner): see its docstring.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -98,6 +99,26 @@ def legalize(
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def instructions_per_kernel(module: Any, target: dict, mnemonic: str) -> dict[str, int]:
+    """Kernel name -> how many ``mnemonic`` instructions its machine code for ``target`` holds
+    (parallel bodies included)."""
+    import re
+
+    import tvm
+
+    asm = tvm.compile(module, tvm.target.Target(target)).mod.imports[0].inspect_source("asm")
+    counts: dict[str, int] = {}
+    symbol = ""
+    for line in asm.splitlines():
+        label = re.match(r"^([A-Za-z_][\w.]*):", line)
+        if label:
+            # TVM names a kernel's parallel body <kernel>_compute_ and its entry __tvm_ffi_<kernel>.
+            symbol = label.group(1).removeprefix("__tvm_ffi_").removesuffix("_compute_")
+        elif re.search(rf"\b{mnemonic}\b", line):
+            counts[symbol] = counts.get(symbol, 0) + 1
+    return counts
 
 
 def pass_stats(records: list[PassRecord], name: str) -> dict:

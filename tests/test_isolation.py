@@ -123,11 +123,12 @@ def test_a_crash_of_the_x86_artifact_is_an_error(artifact_worker: int, tmp_path:
     model = heavy_model(640, 16)
     _, manifest = build("x86", model, tmp_path / "build", "heavy")
     target = get_target("x86")
-    x = np.random.default_rng(0).standard_normal((8, 640, 640)).astype(np.float32)
+    # 48 samples (300 G multiply-accumulates): past the second of CPU also with tiled AVX-512 matmuls.
+    x = np.random.default_rng(0).standard_normal((48, 640, 640)).astype(np.float32)
     limit_cpu(artifact_worker)
     with pytest.raises(NativeCrashError) as crash:
         target.run(tmp_path / "build", manifest, [x])
-    assert str(crash.value) == "the artifact model.so crashed (signal 24, SIGXCPU) while running 8 samples"
+    assert str(crash.value) == "the artifact model.so crashed (signal 24, SIGXCPU) while running 48 samples"
     (got,), _ = target.run(tmp_path / "build", manifest, [x[:1]])  # a new worker runs it
     np.testing.assert_allclose(
         got[0], run_onnx(model, {"x": x[0]})["y"], rtol=1e-3, atol=1e-3 * np.abs(got).max()

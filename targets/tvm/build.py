@@ -13,8 +13,6 @@ import pathlib
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edgec.errors import EdgecError, ToolchainError
 
 if TYPE_CHECKING:
@@ -22,92 +20,93 @@ if TYPE_CHECKING:
 
 __all__ = [
     "build_shared_library",
+    "lower_for_cpu",
+    "micro_kernels_built",
     "optimize_for_cpu",
+    "tuning_module",
 ]
 
 
-def _fold_constants_with_numpy() -> tvm.transform.Pass:
-    """Fold the weight arithmetic that layout conversion and BatchNorm decomposition create.
+def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict, memory_first: bool = False) -> tvm.IRModule:
+    """Lower a Relax module to unscheduled TIR kernels for a CPU.
 
-    Relax's ``FoldConstant`` compiles and runs one LLVM kernel per folded op (about 0.4 s each):
-    40 of ResNet-50's 46 s compile went there, for HWIO transposes and BN scale/shift math that
-    numpy does in microseconds. Ops not in the table are left for ``FoldConstant``.
+    Steps: decompose inference-only ops (BatchNorm becomes a scale and shift that fold into the
+    conv epilogue), convert conv2d to NHWC/HWIO (the layout the conv schedules are written for;
+    the weight transposes constant-fold), outline the fused conv + pool chains, run the Relax
+    ``zero`` pipeline (legalize, fold, fuse; each packed weight's unpack joins the kernel of its
+    conv2d/matmul, :mod:`.weight_fusion`) under the target.
     """
     import tvm
     from tvm import relax
 
-    def axes(call: Any, name: str) -> list[int] | None:
-        value = getattr(call.attrs, name, None)
-        return None if value is None else [int(a) for a in value]
+    from .fused_kernels import outline_fused_kernels
+    from .relax_rewrites import clip_as_min_max, fold_constants_with_numpy
+    from .weight_fusion import zero_pipeline
 
-    def expand_dims(call: Any, x: np.ndarray) -> np.ndarray:
-        return np.expand_dims(x, tuple(axes(call, "axis") or ()))
+    with tvm.target.Target(tvm_target):
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = fold_constants_with_numpy()(mod)
+        mod = clip_as_min_max()(mod)
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+        mod = fold_constants_with_numpy()(mod)
+        # Fused conv + pool chains (named by the emission, see fused_kernels) as one function each.
+        mod = outline_fused_kernels(mod)
+        # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
+        return zero_pipeline(memory_first)(mod)
 
-    table = {
-        "relax.permute_dims": lambda call, x: np.transpose(x, axes(call, "axes")),
-        "relax.expand_dims": expand_dims,
-        "relax.add": lambda call, a, b: np.add(a, b),
-        "relax.subtract": lambda call, a, b: np.subtract(a, b),
-        "relax.multiply": lambda call, a, b: np.multiply(a, b),
-        "relax.divide": lambda call, a, b: np.divide(a, b),
-        "relax.sqrt": lambda call, x: np.sqrt(x),
-        "relax.reshape": lambda call, x: x.reshape([int(d) for d in call.ty.shape]),
+
+def tuning_module(
+    mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True, memory_first: bool = False
+) -> tvm.IRModule:
+    """What MetaSchedule tunes: :func:`lower_for_cpu`'s kernels with only the hand-written kernels'
+    rules applied (:func:`.schedules.fixed_rules`: they are not tuned; the float kernels stay
+    unscheduled)."""
+    import tvm
+    from tvm.s_tir import dlight
+
+    from .schedules import fixed_rules
+    from .weight_fusion import inline_weight_decode
+
+    target = tvm.target.Target(tvm_target)
+    with target:
+        mod = inline_weight_decode()(lower_for_cpu(mod, tvm_target, memory_first))
+        rules = fixed_rules(target, micro_kernels, memory_first)
+        return dlight.ApplyDefaultSchedule(*rules)(mod) if rules else mod
+
+
+def _scheduled_kernels(mod: tvm.IRModule) -> set[str]:
+    import tvm
+
+    return {
+        gv.name_hint
+        for gv, func in mod.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+        and func.attrs is not None
+        and func.attrs.get("tirx.is_scheduled")
     }
-
-    @relax.expr_functor.mutator
-    class Folder(relax.PyExprMutator):
-        def constant_value(self, expr: Any) -> np.ndarray | None:
-            if isinstance(expr, relax.Var):
-                expr = self.lookup_binding(expr)
-            data = getattr(expr, "value", None)  # relax.const is an ir.GenericConst in 0.27
-            return data.numpy() if isinstance(data, tvm.runtime.Tensor) else None
-
-        def visit_call_(self, op: Any) -> Any:
-            call = self.visit_expr_post_order(op)
-            if not isinstance(call.op, tvm.ir.Op) or call.op.name not in table:
-                return call
-            # reshape's second argument is a static ShapeExpr: the result type has the shape.
-            args = call.args[:1] if call.op.name == "relax.reshape" else call.args
-            values = [self.constant_value(arg) for arg in args]
-            if any(v is None for v in values):
-                return call
-            expected = call.ty
-            result = np.ascontiguousarray(table[call.op.name](call, *values))
-            if str(result.dtype) != str(expected.dtype) or list(result.shape) != [
-                int(d) for d in expected.shape
-            ]:
-                return call  # numpy promoted or broadcast differently: let TVM fold it
-            # Without the dtype, relax.const narrows int64 to int32 (requantization constants).
-            return relax.const(result, str(result.dtype))
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgecNumpyFoldConstant")
-    def fold(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = Folder(mod).visit_expr(func)
-        return relax.transform.RemoveUnusedOutputs()(relax.transform.DeadCodeElimination()(mod))
-
-    return fold
 
 
 def optimize_for_cpu(
-    mod: tvm.IRModule, tvm_target: dict, micro_kernels: bool = True, memory_first: bool = False
+    mod: tvm.IRModule,
+    tvm_target: dict,
+    micro_kernels: bool = True,
+    memory_first: bool = False,
+    database: Any = None,
 ) -> tvm.IRModule:
     """Lower a Relax module to scheduled TIR for a CPU, ready for ``tvm.compile``.
 
-    Steps: decompose inference-only ops (BatchNorm becomes a scale and shift that fold into the
-    conv epilogue), convert conv2d to NHWC/HWIO (the layout the conv schedule is written for;
-    the weight transposes constant-fold), run the Relax ``zero`` pipeline (legalize, fold, fuse;
-    each packed weight's unpack joins the kernel of its conv2d/matmul, :mod:`.weight_fusion`)
-    under the target, then apply :mod:`.schedules`.
+    :func:`lower_for_cpu`, then the int8 micro-kernel rules, the tuning database's best records
+    (when ``database``, a MetaSchedule database, is given) and :mod:`.schedules`' default rules
+    for the rest.
 
     Args:
         mod: A Relax module, e.g. from :func:`edgec.targets.tvm.frontend.import_onnx`.
         tvm_target: The TVM target as a JSON dict, e.g. ``{"kind": "llvm", "mcpu": "znver4"}``.
         micro_kernels: schedule int8 convolutions and matmuls with the CPU's micro-kernel
-            (vpmaddwd, SMLAD) where it has one (``Target.micro_kernels``).
+            (vpdpbusd, vpmaddwd, SMLAD) where it has one (``Target.micro_kernels``).
         memory_first: keep padded inputs and pre-pool tensors out of memory
             (:mod:`.fused_kernels`, :mod:`.fused_schedules`; ``TvmTarget.memory_planning``).
+        database: tuning records to apply first (:mod:`.tuning`).
 
     Returns:
         The module with every PrimFunc the rules match marked ``tirx.is_scheduled``.
@@ -116,21 +115,18 @@ def optimize_for_cpu(
     from tvm import relax
 
     from . import arm_dsp, x86_int8
-    from .fused_kernels import outline_fused_kernels
     from .fused_schedules import check_fused_kernels_scheduled
     from .schedules import apply_default_cpu_schedules
-    from .weight_fusion import zero_pipeline
 
     target = tvm.target.Target(tvm_target)
+    mod = tuning_module(mod, tvm_target, micro_kernels, memory_first)
+    if database is not None:
+        before = _scheduled_kernels(mod)
+        with target, database:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        # How many kernels the database scheduled, for the manifest.
+        mod = mod.with_attr("edgec.tuned_kernels", len(_scheduled_kernels(mod) - before))
     with target:
-        mod = relax.transform.DecomposeOpsForInference()(mod)
-        mod = _fold_constants_with_numpy()(mod)
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
-        mod = _fold_constants_with_numpy()(mod)
-        # Fused conv + pool chains (named by the emission, see fused_kernels) as one function each.
-        mod = outline_fused_kernels(mod)
-        # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
-        mod = zero_pipeline(memory_first)(mod)
         mod = apply_default_cpu_schedules(target, micro_kernels, memory_first)(mod)
     check_fused_kernels_scheduled(mod)
     # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights, SMLAD kernels (Cortex-M4/M7)
@@ -139,21 +135,63 @@ def optimize_for_cpu(
     return arm_dsp.relayout_constant_weights(x86_int8.relayout_constant_weights(mod))
 
 
-def _fcompile(cc: str | None, cc_options: list[str] | None) -> Any:
-    """The link step for ``export_library``: host gcc, or ``cc`` (a cross compiler)."""
+def micro_kernels_built(mod: tvm.IRModule) -> dict[str, int]:
+    """How many kernels of a scheduled module each int8 micro-kernel computes (``{"vpdpbusd": 2}``),
+    read from the weight layouts the rules recorded, so the manifest shows what the CPU got and
+    which kernels a rule declined (those are absent from the count)."""
+    from . import arm_dsp, x86_int8
+
+    counts: dict[str, int] = {}
+    for func in mod.functions.values():
+        layout = x86_int8.weight_layout(func)
+        if layout:
+            name = x86_int8.MICRO_KERNEL_BY_GROUP[next(iter(layout.values()))[0]]
+        elif arm_dsp.weight_permutation(func):
+            name = "smlad"
+        else:
+            continue
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _fcompile(cc: str | None, cc_options: list[str] | None, extra_objects: list[str]) -> Any:
+    """The link step for ``export_library``: host gcc, or ``cc`` (a cross compiler), with
+    ``extra_objects`` (edgec's own objects, such as the thread default) linked in."""
     from tvm.support import cc as tvm_cc
 
     options = list(cc_options or [])
-    if cc is None and not options:
-        return tvm_cc.create_shared
-
-    def create_shared(output: str, objects: list[str], options: list[str] | None = None) -> None:
-        # export_library adds its own options (include paths for C modules); keep ours first.
-        tvm_cc.create_shared(output, objects, options=extra + list(options or []), cc=compiler)
-
     compiler = cc or tvm_cc.get_cc() or "gcc"
-    extra = options
+
+    def create_shared(output: str, objects: list[str], options_: list[str] | None = None) -> None:
+        # export_library adds its own options (include paths for C modules); keep ours first.
+        tvm_cc.create_shared(
+            output, [*objects, *extra_objects], options=options + list(options_ or []), cc=compiler
+        )
+
     return create_shared
+
+
+def _thread_default_object(cc: str | None, threads: int, folder: pathlib.Path) -> str:
+    """``edgec_threads.c`` compiled for the library (see :mod:`.threads`)."""
+    import subprocess
+
+    from .c_emitter import runtime_dir
+
+    obj = folder / "edgec_threads.o"
+    command = [
+        cc or "gcc",
+        "-c",
+        "-O2",
+        "-fPIC",
+        f"-DEDGEC_THREADS={int(threads)}",
+        str(runtime_dir() / "edgec_threads.c"),
+        "-o",
+        str(obj),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ToolchainError(f"compiling edgec_threads.c failed: {done.stderr.strip()}")
+    return str(obj)
 
 
 def build_shared_library(
@@ -163,6 +201,7 @@ def build_shared_library(
     *,
     cc: str | None = None,
     cc_options: list[str] | None = None,
+    threads: int = 0,
 ) -> None:
     """Compile a (scheduled) Relax module and link it into a shared library for the Relax VM.
 
@@ -177,6 +216,9 @@ def build_shared_library(
         cc: The linker driver; ``None`` uses the host compiler (``$CXX`` or g++), a cross
             target needs e.g. ``"aarch64-linux-gnu-gcc"``.
         cc_options: Extra linker options.
+        threads: The thread count the library defaults to when loaded (0: the physical cores of
+            the machine it runs on); ``TVM_NUM_THREADS``/``OMP_NUM_THREADS`` still win
+            (:mod:`.threads`).
 
     Raises:
         ToolchainError: If the compiler driver is missing or the link fails.
@@ -207,9 +249,10 @@ def build_shared_library(
         with tempfile.TemporaryDirectory(prefix="edgec-link-") as scratch:
             workspace = pathlib.Path(scratch) / "ws"
             workspace.mkdir()
+            extra = [_thread_default_object(cc, threads, pathlib.Path(scratch))]
             try:
                 executable.export_library(
-                    tmp_name, fcompile=_fcompile(cc, cc_options), workspace_dir=str(workspace)
+                    tmp_name, fcompile=_fcompile(cc, cc_options, extra), workspace_dir=str(workspace)
                 )
             except RuntimeError as err:
                 raise ToolchainError(f"linking {out_path.name} failed: {err}") from err

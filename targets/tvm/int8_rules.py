@@ -162,6 +162,7 @@ def relayout_constant_weights(
     transform: Callable[[np.ndarray, list[int]], np.ndarray],
     kernel: str,
     applied_attr: str | None = None,
+    shift_attr: str | None = None,
 ) -> tvm.IRModule:
     """Re-lays out the constant weights of calls to the PrimFuncs that carry ``attr``.
 
@@ -172,6 +173,10 @@ def relayout_constant_weights(
         kernel: What to call such a kernel in an error (``"SMLAD"``).
         applied_attr: If given, each re-added kernel carries the layout under this name instead
             of ``attr``, so that a second call finds nothing left to do.
+        shift_attr: A function attribute ``{bias index: [weight index, shift]}`` of kernels that
+            read their int8 input shifted by ``shift`` (``vpdpbusd`` multiplies unsigned bytes):
+            ``Σ (x + shift)·w = Σ x·w + shift·Σ w``, so the bias becomes ``bias - shift·Σ w``
+            (``Σ w`` per output channel, the last weight axis).
 
     Returns:
         The module with the kernels re-added under new ``GlobalVar``s and their calls rewritten.
@@ -184,6 +189,11 @@ def relayout_constant_weights(
     layouts = {gv.name_hint: p for gv, func in mod.functions.items() if (p := kernel_layouts(func, attr))}
     if not layouts:
         return mod
+    shifts = {
+        gv.name_hint: kernel_layouts(func, shift_attr)
+        for gv, func in mod.functions.items()
+        if shift_attr and gv.name_hint in layouts
+    }
     mod = mod.clone()
     kernels = {}
     for name in layouts:
@@ -191,6 +201,8 @@ def relayout_constant_weights(
         func = mod[old]
         if applied_attr is not None:
             func = func.without_attr(attr).with_attr(applied_attr, func.attrs[attr])
+        if shift_attr and shift_attr in (func.attrs or {}):
+            func = func.without_attr(shift_attr)  # applied: a second call must not shift again
         kernels[name] = func
         del mod[old]
     builder = relax.BlockBuilder(mod)
@@ -200,20 +212,27 @@ def relayout_constant_weights(
 
     @relax.expr_functor.mutator
     class Relayout(relax.PyExprMutator):
+        def constant(self, arg: Any, name: str, index: int) -> np.ndarray:
+            if isinstance(arg, relax.Var):
+                arg = self.lookup_binding(arg)
+            data = getattr(arg, "value", None) if arg is not None else None
+            if not isinstance(data, tvm.runtime.Tensor):
+                raise EdgecError(f"the {kernel} kernel {name} needs a constant weight (argument {index})")
+            return data.numpy()
+
         def visit_call_(self, op: Any) -> Any:
             call = self.visit_expr_post_order(op)
             if not call.op.same_as(call_tir) or call.args[0].name_hint not in layouts:
                 return call
+            name = call.args[0].name_hint
             args = list(call.args[1].fields)
-            for index, layout in layouts[call.args[0].name_hint].items():
-                arg = args[index]
-                if isinstance(arg, relax.Var):
-                    arg = self.lookup_binding(arg)
-                data = getattr(arg, "value", None) if arg is not None else None
-                if not isinstance(data, tvm.runtime.Tensor):
-                    name = call.args[0].name_hint
-                    raise EdgecError(f"the {kernel} kernel {name} needs a constant weight (argument {index})")
-                value = np.ascontiguousarray(transform(data.numpy(), layout))
+            original = {index: self.constant(args[index], name, index) for index in layouts[name]}
+            for bias, (weight, shift) in shifts.get(name, {}).items():
+                value = self.constant(args[bias], name, bias)
+                sums = original[weight].astype(np.int64).reshape(-1, original[weight].shape[-1]).sum(axis=0)
+                args[bias] = relax.const((value - shift * sums.reshape(value.shape)).astype(value.dtype))
+            for index, layout in layouts[name].items():
+                value = np.ascontiguousarray(transform(original[index], layout))
                 args[index] = relax.const(value, str(value.dtype))
             callee = renamed[call.args[0].name_hint]
             return relax.Call(call.op, [callee, relax.Tuple(args), *call.args[2:]], call.attrs, call.ty_args)

@@ -42,8 +42,21 @@ def _to_device(inputs: list[np.ndarray]) -> list[Any]:
     return [tvm.runtime.tensor(np.asarray(x, order="C"), dev) for x in inputs]
 
 
+def _configure_threads(compiled: int) -> None:
+    """Sizes TVM's thread pool for a library compiled with ``compiled`` threads (0: the physical
+    cores), with :func:`.threads.configure_thread_pool` loaded from its file like this module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "edgec_tvm_threads", pathlib.Path(__file__).with_name("threads.py")
+    )
+    threads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(threads)
+    threads.configure_thread_pool(compiled)
+
+
 def run_shared_library(
-    lib_path: pathlib.Path, inputs: list[np.ndarray], repeat: int = 0
+    lib_path: pathlib.Path, inputs: list[np.ndarray], repeat: int = 0, threads: int = 0
 ) -> tuple[list[np.ndarray], list[float]]:
     """Runs a library built by :func:`edgec.targets.tvm.build.build_shared_library` on a batch of
     samples on the host CPU, loading it once for the whole batch.
@@ -55,12 +68,15 @@ def run_shared_library(
         repeat: How many timed runs of the first sample (after one warm-up run), 0 for none. Its
             inputs are copied to the device once; each timing covers one call of ``main``
             including its output allocation, as a user of the library would see it.
+        threads: The thread count it was compiled with (0: the physical cores; the environment's
+            ``TVM_NUM_THREADS``/``OMP_NUM_THREADS`` win, see :mod:`.threads`).
 
     Returns:
         The outputs as numpy arrays with the same leading sample axis (tuple outputs flattened
         in order), and the seconds of each timed run.
     """
     main = _load_vm(lib_path)["main"]
+    _configure_threads(threads)
     count = len(inputs[0]) if inputs else 1
     per_sample = [_flatten(main(*_to_device([x[index] for x in inputs])), []) for index in range(count)]
     outputs = [np.stack(values) for values in zip(*per_sample, strict=True)]

@@ -17,6 +17,7 @@ __all__ = [
     "COMM_REDUCE",
     "DATA_PAR",
     "MIN_PARALLEL_ELEMENTS",
+    "MIN_PARALLEL_MACS",
     "ROW_WINDOW_ATTR",
     "SCHEDULE_ERRORS",
     "CpuRule",
@@ -38,6 +39,10 @@ __all__ = [
 # A parallel loop costs a thread-pool launch (a few microseconds); below this many output
 # elements a kernel is faster on one core.
 MIN_PARALLEL_ELEMENTS = 4096
+# The same for multiply-accumulates: below this many (a few microseconds of one core's FMAs) a
+# conv or matmul spends more on waking the pool than it saves (the digits classifier: 23 us
+# parallel, under 1 us serial).
+MIN_PARALLEL_MACS = 1 << 17
 
 # TVM 0.27 has no tvm.TVMError: FFI errors arrive as RuntimeError subclasses (ScheduleError,
 # InternalError) or as ValueError/TypeError/IndexError.
@@ -151,6 +156,19 @@ class CpuRule(ScheduleRule):
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         raise NotImplementedError
+
+    def vector_width(self, channels: int) -> int:
+        """The widest native vector (``lanes``, ``lanes/2`` ...) that divides the output channels.
+
+        A tile of 48 channels vectorised as one 48-lane vector leaves LLVM a non-power-of-two
+        vector type: it legalizes it with lane inserts and stack spills around every FMA (a 1x1
+        conv ran at 2.5 GMAC/s instead of 90). Tiles are whole native vectors instead: 72
+        channels with AVX-512 are nine 8-lane vectors. 1 when no power of two divides them.
+        """
+        width = self.info.lanes
+        while width > 1 and channels % width:
+            width //= 2
+        return width
 
 
 def is_select(value: object) -> bool:

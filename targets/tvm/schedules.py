@@ -47,15 +47,19 @@ from .schedule_common import (
     root_blocks,
     vectorize_tail,
 )
-from .tiled_schedules import Conv2dNHWC, DepthwiseConvRows, Matmul
+from .tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, DepthwiseConvRows, Matmul
 
 __all__ = [
     "Conv2dNHWC",
     "CpuVectorInfo",
+    "DepthwiseConv2dNHWC",
     "Matmul",
     "ParallelVectorize",
     "apply_default_cpu_schedules",
     "cpu_vector_info",
+    "default_rules",
+    "fixed_rules",
+    "float_rules",
 ]
 
 
@@ -111,10 +115,11 @@ class ParallelVectorize(CpuRule):
         if work >= MIN_PARALLEL_ELEMENTS:
             sch.parallel(outer)
         if vectorize:
-            if reduce:
-                # The reduction init cannot share a vectorised loop with the update.
-                sch.decompose_reduction(block, reduce[0])
             vectorize_tail(sch, inner, lanes)
+            if reduce:
+                # After vectorize: the other order fails ("not compact dataflow"), and the pool
+                # was left unscheduled.
+                sch.decompose_reduction(block, reduce[0])
         return True
 
 
@@ -198,43 +203,60 @@ class _LanesByDtype(ScheduleRule):
         return self._rules[lanes].apply(func, target, tunable)
 
 
-def default_rules(
-    target: Target, micro_kernels: bool = True, memory_first: bool = False
-) -> list[ScheduleRule]:
-    """The CPU rules in priority order for ``target`` (with its int8 micro-kernel rule first, when
-    it has one and ``micro_kernels``; the fused conv + pool rules first of all when
-    ``memory_first``; the sparse kernels' rule before the dense ones). Target ``c`` (portable C)
-    gets only the sparse kernels' rule and memory rules, with ``memory_first``: the fused conv +
-    pool one and :class:`.fused_schedules.PerElement`; its kernels are TVM's loops."""
+def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool = False) -> list[ScheduleRule]:
+    """The rules of the hand-written kernels, which tuning leaves alone, in priority order: the
+    fused conv + pool ones first (``memory_first``), the sparse kernels', then the int8
+    micro-kernels' (SMLAD on Cortex-M4/M7, vpdpbusd on x86 with VNNI, vpmaddwd on x86 AVX2), if
+    ``micro_kernels``; each declines what it cannot take."""
     from .arm_dsp import Int8DspConv, has_dsp
-    from .fused_schedules import ConvPool, PerElement
+    from .fused_schedules import ConvPool
     from .sparse_schedule import SparseRows
     from .x86_int8 import Int8PmaddwdConv, has_avx2
+    from .x86_vnni import Int8VnniConv, vnni_lanes
 
     fused: list[ScheduleRule] = [ConvPool(dsp=True), ConvPool(dsp=False)] if memory_first else []
     if not micro_kernels:
-        fused = fused[1:]
+        return [*fused[1:], SparseRows()]
     if target.kind.name == "c":
-        return [*fused, SparseRows(), PerElement()] if memory_first else [SparseRows()]
-    info = cpu_vector_info(target)
-    # Cortex-M4/M7: int8 conv2d/matmul with SMLAD first; x86 with AVX2: with vpmaddwd (each
-    # declines anything else).
-    dsp: list[ScheduleRule] = [Int8DspConv()] if micro_kernels and has_dsp(target) else []
-    pmaddwd: list[ScheduleRule] = [Int8PmaddwdConv()] if micro_kernels and has_avx2(target) else []
-    # Memory-first: a depthwise conv whose merged padding would otherwise be a bounds test per MAC.
-    depthwise: list[ScheduleRule] = [_LanesByDtype(DepthwiseConvRows, info)] if memory_first else []
+        return [*fused, SparseRows()]
+    lanes = vnni_lanes(target)
     return [
         *fused,
         SparseRows(),
-        *dsp,
-        *pmaddwd,
+        *([Int8DspConv()] if has_dsp(target) else []),
+        # VNNI first; what it declines (reductions not a multiple of 4) still gets vpmaddwd.
+        *([Int8VnniConv(lanes)] if lanes else []),
+        *([Int8PmaddwdConv()] if has_avx2(target) else []),
+    ]
+
+
+def float_rules(target: Target, memory_first: bool = False) -> list[ScheduleRule]:
+    """The register-tiled and fallback CPU rules, in priority order. Target ``c`` (portable C)
+    gets none but, ``memory_first``, :class:`.fused_schedules.PerElement`: its kernels are TVM's
+    loops."""
+    from .fused_schedules import PerElement
+
+    if target.kind.name == "c":
+        return [PerElement()] if memory_first else []
+    info = cpu_vector_info(target)
+    # Memory-first: a depthwise conv whose merged padding would otherwise be a bounds test per MAC.
+    rows: list[ScheduleRule] = [_LanesByDtype(DepthwiseConvRows, info)] if memory_first else []
+    return [
         _LanesByDtype(Conv2dNHWC, info),
-        *depthwise,
+        *rows,
+        _LanesByDtype(DepthwiseConv2dNHWC, info),
         _LanesByDtype(Matmul, info),
         _Gemv(),
         _Reduction(),
         _LanesByDtype(ParallelVectorize, info),
     ]
+
+
+def default_rules(
+    target: Target, micro_kernels: bool = True, memory_first: bool = False
+) -> list[ScheduleRule]:
+    """The CPU rules in priority order for ``target``: :func:`fixed_rules`, then :func:`float_rules`."""
+    return [*fixed_rules(target, micro_kernels, memory_first), *float_rules(target, memory_first)]
 
 
 def apply_default_cpu_schedules(

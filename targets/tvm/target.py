@@ -9,7 +9,10 @@ and read by the passes, the legalization and the report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 # The legalization passes these targets name register on import: a target is usable whatever the
 # state of the installed entry points (which list them for `edgec passes`).
@@ -19,6 +22,10 @@ from edgec.errors import EdgecError, UnsupportedNodeError
 from edgec.ir import EdgeGraph
 from edgec.targets.base import Lowered, Target
 from edgec.targets.integer.kernels import INTEGER_KERNELS
+from edgec.targets.tvm.tuning_database import TuningDatabase, TuningKey
+
+if TYPE_CHECKING:
+    from edgec.targets.tvm.tuning import TuneReport
 
 __all__ = ["PACKED_WEIGHT_BITS", "SPARSE_FORMATS", "TvmTarget", "legalization"]
 
@@ -53,7 +60,10 @@ class TvmTarget(Target):
     Attributes:
         vector_bits: the SIMD register width its kernels use (0: scalar).
         micro_kernel: the int8 dot-product instruction of its integer conv/matmul kernels
-            (``vpmaddwd`` on x86 AVX2, ``smlad`` on Cortex-M4/M7), ``None`` for plain code.
+            (``vpdpbusd`` on x86 VNNI, ``vpmaddwd`` on x86 AVX2, ``smlad`` on Cortex-M4/M7),
+            ``None`` for plain code.
+        tuning_database: a tuning database root (``--db``): ``lower`` applies its best records
+            for this target, CPU and thread count (:meth:`tuning_key`) before the default rules.
         memory_planning: RAM is the budget that decides (microcontrollers; portable C): the
             legalization fuses convolutions with their pools, and the lowering keeps padded
             inputs and pre-pool tensors out of memory (``edgec compile --no-memory-planning``
@@ -62,6 +72,7 @@ class TvmTarget(Target):
 
     vector_bits: int = 0
     micro_kernel: str | None = None
+    tuning_database: str = ""
     memory_planning: bool = False
 
     def simd_bits(self) -> int:
@@ -104,18 +115,63 @@ class TvmTarget(Target):
 
         return unsupported(graph.to_onnx())
 
+    def tuning_threads(self) -> int:
+        """The threads its kernels run with (runtime-free C: one)."""
+        return 1
+
+    def tuning_key(self) -> TuningKey:
+        """What this target's tuning records are valid for: its name, CPU and threads."""
+        return TuningKey(self.name, str(self.tvm_target().get("mcpu") or "generic"), self.tuning_threads())
+
+    def tune(self, graph: EdgeGraph, trials: int, seed: int = 0, progress: Any = None) -> TuneReport:
+        """Tunes the kernels of a legal graph into ``tuning_database`` (MetaSchedule, measured on
+        this machine; :mod:`edgec.targets.tvm.tuning`).
+
+        Raises:
+            EdgecError: no database, or a target whose code this machine cannot run.
+        """
+        from edgec.targets.tvm.build import tuning_module
+        from edgec.targets.tvm.translate import translate
+        from edgec.targets.tvm.tuning import tune_module
+
+        if not self.tuning_database:
+            raise EdgecError("tuning needs a database folder: add --db DIR")
+        if self.runner != "host" or self.tvm_target().get("kind") != "llvm":
+            raise EdgecError(
+                f"target '{self.name}' runs under {self.runner}; tuning measures kernels on this "
+                "machine, so it tunes x86 targets (a board over TVM RPC is not supported yet)"
+            )
+        module = tuning_module(translate(graph), self.tvm_target(), self.micro_kernels, self.memory_planning)
+        database = TuningDatabase(Path(self.tuning_database), self.tuning_key())
+        warn = progress.warn if progress is not None else None
+        bar = progress.bar if progress is not None else None
+        return tune_module(
+            module,
+            self.tvm_target(),
+            database,
+            trials,
+            threads=self.tuning_threads(),
+            seed=seed,
+            progress=bar,
+            waiting=warn,
+        )
+
     def lower(self, graph: EdgeGraph) -> Lowered:
-        from edgec.targets.tvm.build import optimize_for_cpu
+        from edgec.targets.tvm.build import micro_kernels_built, optimize_for_cpu
         from edgec.targets.tvm.frontend import FRONTEND_ERRORS
         from edgec.targets.tvm.report import built_nodes
         from edgec.targets.tvm.translate import translate
 
         self.check_float16_compute(graph)
         relax_module = translate(graph)
+        database = (
+            TuningDatabase(Path(self.tuning_database), self.tuning_key()) if self.tuning_database else None
+        )
         try:
-            module = optimize_for_cpu(
-                relax_module, self.tvm_target(), self.micro_kernels, self.memory_planning
-            )
+            with database.reading() if database else contextlib.nullcontext() as records:
+                module = optimize_for_cpu(
+                    relax_module, self.tvm_target(), self.micro_kernels, self.memory_planning, records
+                )
         except FRONTEND_ERRORS as err:
             # TOPI checks attributes the ONNX checker leaves alone (a conv whose pads make its
             # output empty): the model is invalid, or edgec has a bug; either way, say what failed.
@@ -125,4 +181,10 @@ class TvmTarget(Target):
                 "(check the model's attributes: pads, strides, axes; if the model is valid, this is "
                 "a bug in edgec)"
             ) from err
-        return Lowered(module, built_nodes(graph, self.capabilities()))
+        tuned = (
+            int(module.attrs["edgec.tuned_kernels"]) if "edgec.tuned_kernels" in (module.attrs or {}) else 0
+        )
+        details: dict = {"micro_kernels": micro_kernels_built(module)}
+        if database is not None:
+            details["tuning"] = {**asdict(self.tuning_key()), "kernels_from_database": tuned}
+        return Lowered(module, built_nodes(graph, self.capabilities()), details)

@@ -1,5 +1,7 @@
-"""Register-tiled CPU schedules of the two reductions that dominate a CNN: the NHWC/HWIO conv2d
-(:class:`Conv2dNHWC`) and ``x @ W`` (:class:`Matmul`), each with its elementwise epilogue fused in.
+"""Register-tiled CPU schedules of the reductions that dominate a CNN: the NHWC/HWIO conv2d
+(:class:`Conv2dNHWC`), the depthwise conv2d (:class:`DepthwiseConv2dNHWC`; with its padding
+merged in, memory-first: :class:`DepthwiseConvRows`) and ``x @ W`` (:class:`Matmul`), each with its
+elementwise epilogue fused in.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from tvm import s_tir
 from .schedule_common import (
     COMM_REDUCE,
     DATA_PAR,
+    MIN_PARALLEL_MACS,
     CpuRule,
     extent,
     gather_input_copies,
@@ -22,7 +25,7 @@ from .schedule_common import (
     with_row_window,
 )
 
-__all__ = ["Conv2dNHWC", "DepthwiseConvRows", "Matmul"]
+__all__ = ["Conv2dNHWC", "DepthwiseConv2dNHWC", "DepthwiseConvRows", "Matmul"]
 
 
 class Conv2dNHWC(CpuRule):
@@ -34,8 +37,8 @@ class Conv2dNHWC(CpuRule):
         Maximises the tile area (FMAs per loaded value) such that the accumulators, one
         register per weight vector and one for the broadcast input fit in the register file,
         and the tile divides the layer exactly (no tail loops: a tail would stop LLVM from
-        keeping the accumulators in registers). W=13 with 64 channels, say, gives 13 x 16
-        rather than 1 x 64.
+        keeping the accumulators in registers). Channel tiles are whole vectors of
+        :meth:`vector_width` lanes. W=13 with 64 channels, say, gives 13 x 16 rather than 1 x 64.
 
         Args:
             width: Output width (W).
@@ -44,19 +47,13 @@ class Conv2dNHWC(CpuRule):
         Returns:
             ``(wi, oci)``: columns and channels per tile.
         """
-        lanes, regs = self.info.lanes, self.info.registers
-        # Channel tiles: divisors of CO up to 8 vectors (1000 classes -> 8, 40, 125 ...; LLVM
-        # splits a 40-lane vector into 16+16+8). A tile must divide CO: a tail would put a
-        # predicate inside the unrolled tile.
-        candidates = [c for c in range(1, 8 * lanes + 1) if out_channels % c == 0]
-        # A power-of-two number of whole vectors when CO allows: LLVM scalarises tiles of 1.5, 2.5
-        # or 3 vectors (24, 40, 48 lanes), which made pruned layers of 48 or 80 channels ~50x
-        # slower than 64.
-        whole = [c for c in candidates if c % lanes == 0 and (c // lanes) & (c // lanes - 1) == 0]
-        candidates = whole or candidates
+        lanes, regs = self.vector_width(out_channels), self.info.registers
+        # Channel tiles: up to 8 vectors (1000 classes with AVX-512 -> 8-lane vectors, 40, 200
+        # ...). A tile must divide CO: a tail would put a predicate inside the unrolled tile.
+        candidates = [c for c in range(lanes, 8 * self.info.lanes + 1, lanes) if out_channels % c == 0]
         best: tuple[tuple[int, int, int], int, int] | None = None
         for oc in candidates:
-            vecs = math.ceil(oc / lanes)
+            vecs = oc // lanes
             budget = min(self.info.max_accumulators, regs - vecs - 1)
             for wi in range(1, min(width, 16) + 1):
                 if width % wi or wi * vecs > budget:
@@ -69,7 +66,7 @@ class Conv2dNHWC(CpuRule):
                 if best is None or key > best[0]:
                     best = (key, wi, oc)
         if best is None:
-            return 1, 1
+            return 1, lanes
         return best[1], best[2]
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
@@ -101,8 +98,9 @@ class Conv2dNHWC(CpuRule):
         for block in epilogue[:-1]:
             sch.compute_inline(block)
         wi, oci = self.pick_tiles(width, out_channels)
+        lanes = self.vector_width(out_channels)
         wo, wi_loop = sch.split(w, [None, wi])
-        coo, coi = sch.split(co, [None, oci])
+        coo, cov, coi = sch.split(co, [None, oci // lanes, lanes])
         # Reduction outside the tile: each step broadcasts one input value per column and loads
         # the weight row (contiguous in HWIO) as vectors into the accumulators.
         kh, kw, cin = (extent(sch, lp) for lp in (rh, rw, rc))
@@ -111,22 +109,19 @@ class Conv2dNHWC(CpuRule):
         if weight_elems > rows * width * (cin or 1):
             # Weights outweigh the input (late 1x1 layers, classifiers): walk the rows inside a
             # channel block so its weight slice stays in L1 instead of streaming from L3 per row.
-            sch.reorder(n, coo, h, wo, rh, rw, rc, wi_loop, coi)
+            sch.reorder(n, coo, h, wo, rh, rw, rc, wi_loop, cov, coi)
             outer = sch.fuse(n, coo, h)
         else:
-            sch.reorder(n, h, coo, wo, rh, rw, rc, wi_loop, coi)
+            sch.reorder(n, h, coo, wo, rh, rw, rc, wi_loop, cov, coi)
             outer = sch.fuse(n, h, coo)
-        sch.parallel(outer)
+        if weight_elems * rows * width >= MIN_PARALLEL_MACS:
+            sch.parallel(outer)
         if epilogue:
             last = epilogue[-1]
             sch.reverse_compute_at(last, wo)
-            tail = sch.get_loops(last)[-1]
-            tail_ext = extent(sch, tail)
-            if tail_ext is not None and tail_ext == oci and oci <= self.info.lanes:
-                sch.vectorize(tail)
-            else:
-                vectorize_tail(sch, tail, self.info.lanes)
+            vectorize_tail(sch, sch.get_loops(last)[-1], lanes)
         sch.unroll(wi_loop)
+        sch.unroll(cov)
         sch.vectorize(coi)
         # Must follow vectorize/unroll: the other order fails with "not compact dataflow".
         sch.decompose_reduction(conv, rh)
@@ -134,6 +129,71 @@ class Conv2dNHWC(CpuRule):
             sch.compute_at(pad, outer)
             pad_loops = sch.get_loops(pad)
             vectorize_tail(sch, pad_loops[-1], self.info.lanes)
+        return sch
+
+
+class DepthwiseConv2dNHWC(Conv2dNHWC):
+    """Depthwise NHWC conv2d (one input channel per output channel) with its epilogue fused in.
+
+    Relax legalizes it as ``group_conv2d_nhwc`` (loops ``n, h, w, c, ry, rx, rc`` with ``rc`` of
+    extent 1), which no other rule tiles: the fallback recomputed the padding per output element
+    and ran MobileNet's depthwise layers at 1-3 GMAC/s. Here a ``wi`` x ``c`` tile of
+    accumulators stays in registers while the ``ry, rx`` window streams input vectors (one per
+    column, channels contiguous in NHWC) and weight vectors (one per channel vector, reused by
+    every column); the padding is one parallel, vectorised pass before the kernel.
+    """
+
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        blocks = root_blocks(sch)
+        names = [sch.get(b).name_hint for b in blocks]
+        convs = [i for i, n in enumerate(names) if n.startswith("group_conv2d_nhwc")]
+        if len(convs) != 1:
+            return None
+        conv = blocks[convs[0]]
+        producers, epilogue = blocks[: convs[0]], blocks[convs[0] + 1 :]
+        if iter_types(sch, conv) != [DATA_PAR] * 4 + [COMM_REDUCE] * 3:
+            return None
+        if not all(sch.get(b).name_hint.startswith("pad_temp") for b in producers):
+            return None
+        if not all(is_spatial(sch, b) for b in epilogue):
+            return None
+        n, h, w, c, ry, rx, rc = sch.get_loops(conv)
+        # Relax writes the update as data[...] * weight[ry, rx, rc, c]: reads in that order.
+        data, weight = (region.source for region in sch.get(conv).reads[:2])
+        channels = extent(sch, c)
+        depthwise = int(weight.shape[2]) == 1 and int(data.shape[-1]) == channels
+        if extent(sch, rc) != 1 or channels is None or not depthwise:
+            return None  # grouped (several input channels per group) or a channel multiplier
+        width = extent(sch, w)
+        if width is None:
+            return None
+        for b in epilogue[:-1]:
+            sch.compute_inline(b)
+        lanes = self.vector_width(channels)
+        vectors = min(4, channels // lanes)
+        while (channels // lanes) % vectors:
+            vectors -= 1
+        columns = max(d for d in range(1, min(width, 16) + 1) if width % d == 0 and d * vectors <= 16)
+        wo, wi = sch.split(w, [None, columns])
+        # Before the fuse, which consumes the h loop.
+        macs = channels * width * (extent(sch, h) or 1) * (extent(sch, ry) or 1) * (extent(sch, rx) or 1)
+        co, cv, ci = sch.split(c, [None, vectors, lanes])
+        sch.reorder(n, h, co, wo, ry, rx, rc, wi, cv, ci)
+        outer = sch.fuse(n, h, co)
+        if macs >= MIN_PARALLEL_MACS:
+            sch.parallel(outer)
+        if epilogue:
+            sch.reverse_compute_at(epilogue[-1], wo)
+            vectorize_tail(sch, sch.get_loops(epilogue[-1])[-1], lanes)
+        sch.unroll(wi)
+        sch.unroll(cv)
+        sch.vectorize(ci)
+        sch.decompose_reduction(conv, ry)
+        for pad in producers:
+            pad_loops = sch.get_loops(pad)
+            rows = sch.fuse(*pad_loops[:-1])
+            sch.parallel(rows)
+            vectorize_tail(sch, pad_loops[-1], lanes)
         return sch
 
 
@@ -184,12 +244,22 @@ class DepthwiseConvRows(CpuRule):
 
 
 class Matmul(CpuRule):
-    """``out[i, j] = sum_k x[i, k] * W[k, j]`` (+ epilogue), vectorised over ``j``.
+    """``out[..., i, j] = sum_k x[..., i, k] * W[..., k, j]`` (+ epilogue): a register tile of
+    ``rows`` x ``vectors`` accumulators, vectorised over ``j``.
 
     This is the form Gemm/MatMul layers with constant weights take after import (the frontend
     transposes ``W`` for ``transB=1`` and FoldConstant materialises it), so the weight row for a
-    given ``k`` is contiguous.
+    given ``k`` is contiguous; batched matmuls (attention's ``Q @ K^T`` and ``P @ V``, one per
+    head) have leading batch loops, which join the parallel loop. Each step of ``k`` broadcasts
+    one ``x`` value per row and loads ``vectors`` rows of ``W``: ``rows`` x ``vectors`` FMAs.
     """
+
+    def pick_tiles(self, rows: int, vectors: int) -> tuple[int, int]:
+        """``(rows, vectors)`` per register tile: up to 4 vectors, then as many rows as fit."""
+        per_row = next(v for v in (4, 3, 2, 1) if vectors % v == 0)
+        budget = min(self.info.max_accumulators, self.info.registers - per_row - 1)
+        row_tile = max(r for r in range(1, min(rows, 8) + 1) if rows % r == 0 and r * per_row <= budget)
+        return row_tile, per_row
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = root_blocks(sch)
@@ -197,29 +267,39 @@ class Matmul(CpuRule):
         if not names or not names[0].startswith("matmul"):
             return None
         mm, epilogue = blocks[0], blocks[1:]
-        if iter_types(sch, mm) != [DATA_PAR, DATA_PAR, COMM_REDUCE]:
+        kinds = iter_types(sch, mm)
+        if len(kinds) < 3 or kinds != [DATA_PAR] * (len(kinds) - 1) + [COMM_REDUCE]:
             return None
         if not all(is_spatial(sch, b) for b in epilogue):
             return None
         loops = sch.get_loops(mm)
-        if len(loops) != 3:
+        if len(loops) != len(kinds):
             return None
-        i, j, k = loops
-        cols = extent(sch, j)
-        lanes = self.info.lanes
-        if cols is None or cols % lanes:
+        *batch, i, j, k = loops
+        cols, rows = extent(sch, j), extent(sch, i)
+        if cols is None or rows is None:
             return None
+        lanes = self.vector_width(cols)
+        if lanes < min(4, self.info.lanes):
+            return None  # an odd column count: no whole vectors
         for block in epilogue[:-1]:
             sch.compute_inline(block)
-        # Up to 4 vectors of columns per tile; column blocks are the parallel (and cache) unit.
-        tile = next(t for t in (4 * lanes, 2 * lanes, lanes) if cols % t == 0)
-        jo, ji = sch.split(j, [None, tile])
-        sch.reorder(jo, i, k, ji)
-        sch.parallel(jo)
+        row_tile, vectors = self.pick_tiles(rows, cols // lanes)
+        # Before the fuse, which consumes the batch loops.
+        macs = math.prod(extent(sch, b) or 1 for b in batch) * rows * cols * (extent(sch, k) or 1)
+        io, ii = sch.split(i, [None, row_tile])
+        jo, jv, ji = sch.split(j, [None, vectors, lanes])
+        sch.reorder(*batch, jo, io, k, ii, jv, ji)
+        # Column blocks outermost: a thread's weight slice stays in cache across its rows.
+        outer = sch.fuse(*batch, jo, io)
+        if macs >= MIN_PARALLEL_MACS:
+            sch.parallel(outer)
         if epilogue:
             last = epilogue[-1]
-            sch.reverse_compute_at(last, i)
+            sch.reverse_compute_at(last, sch.get_loops(mm)[0])
             vectorize_tail(sch, sch.get_loops(last)[-1], lanes)
+        sch.unroll(ii)
+        sch.unroll(jv)
         sch.vectorize(ji)
         sch.decompose_reduction(mm, k)
         return sch

@@ -32,9 +32,8 @@ rules. :func:`relayout_constant_weights` applies the weight layout to the Relax 
 constants at build time (:mod:`.int8_rules`); :func:`.build.optimize_for_cpu` calls it.
 ``edgec compile --no-micro-kernels`` switches the rule off (for comparisons).
 
-Not here: AVX-512 (the rule emits the 256-bit form there too) and VNNI ``vpdpbusd`` (one
-instruction for 4 u8 x s8 products, with the input shifted by 128 and the shift's ``128·Σw``
-folded into the bias) - the development host has neither, so neither could be run.
+On CPUs with VNNI the ``vpdpbusd`` rule (:mod:`.x86_vnni`, this rule with 4 products per lane
+and 16 or 8 lanes) comes first; what it declines still gets this one.
 """
 
 from __future__ import annotations
@@ -51,9 +50,11 @@ from .int8_rules import Int8MicroKernelRule, Int8Reduction, kernel_layouts, loop
 from .int8_rules import relayout_constant_weights as _relayout
 
 __all__ = [
+    "MICRO_KERNEL_BY_GROUP",
     "PMADDWD_INTRIN",
     "WEIGHT_LAYOUT_ATTR",
     "Int8PmaddwdConv",
+    "dot_product_desc",
     "has_avx2",
     "pair_interleave",
     "relayout_constant_weights",
@@ -67,6 +68,8 @@ WEIGHT_LAYOUT_ATTR = "edgec.x86_int8_weight_layout"
 APPLIED_LAYOUT_ATTR = "edgec.x86_int8_weight_layout_applied"
 
 _LANES, _PAIR = 8, 2  # int32 accumulators per ymm register; int16 products per lane
+# The instruction of a kernel, by the products per lane of its weight layout (4: .x86_vnni).
+MICRO_KERNEL_BY_GROUP = {_PAIR: "vpmaddwd", 4: "vpdpbusd"}
 _MAX_VECTORS = 8  # output-channel vectors per tile
 # Accumulators per tile. The weights come from memory as vpmovsxbw operands and one register
 # holds the broadcast input, so 8-12 fit in the 16 ymm registers; measured on znver3 (3x3 and
@@ -88,18 +91,24 @@ def has_avx2(target: Target | dict) -> bool:
         return bool(codegen.target_has_features("avx2", target))
 
 
-@T.prim_func(s_tir=True)
-def _pmaddwd_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (2,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (8, 2), "int8", offset_factor=1)
-    C = T.match_buffer(c, (8,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for j, k in T.grid(8, 2):
-            with T.sblock("update"):
-                vj, vk = T.axis.remap("SR", [j, k])
-                C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
+def dot_product_desc(lanes: int, group: int) -> tirx.PrimFunc:
+    """What an int8 dot-product micro-kernel computes, as the tensorize pattern: ``lanes`` int32
+    accumulators, each adding ``group`` int8 products, ``C[j] += Σ_k A[k] · B[j, k]``."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (group,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for j, k in T.grid(lanes, group):
+                with T.sblock("update"):
+                    vj, vk = T.axis.remap("SR", [j, k])
+                    C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
+
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -121,7 +130,7 @@ def _pmaddwd_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         )
 
 
-s_tir.TensorIntrin.register(PMADDWD_INTRIN, _pmaddwd_desc, _pmaddwd_impl, override=True)
+s_tir.TensorIntrin.register(PMADDWD_INTRIN, dot_product_desc(_LANES, _PAIR), _pmaddwd_impl, override=True)
 
 
 def pair_interleave(weight: np.ndarray, layout: list[int]) -> np.ndarray:
@@ -134,13 +143,22 @@ def pair_interleave(weight: np.ndarray, layout: list[int]) -> np.ndarray:
 
 
 class Int8PmaddwdConv(Int8MicroKernelRule):
-    """``vpmaddwd`` schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the module docstring)."""
+    """``vpmaddwd`` schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the module docstring).
+
+    Class attributes, which a wider dot-product rule (:mod:`.x86_vnni`) overrides: ``lanes``
+    int32 accumulators per vector register, ``group`` products summed per lane (the reduction
+    step of the intrinsic), ``intrinsic``, ``max_accumulators`` per tile.
+    """
+
+    lanes = _LANES
+    group = _PAIR
+    intrinsic = PMADDWD_INTRIN
+    max_accumulators = _MAX_ACCUMULATORS
 
     def is_target_available(self, target: Target) -> bool:
         return has_avx2(target)
 
-    @staticmethod
-    def pick_tiles(width: int, vectors: int) -> tuple[int, int]:
+    def pick_tiles(self, width: int, vectors: int) -> tuple[int, int]:
         """``(columns, channel vectors)`` per tile for a layer ``width`` wide with ``8·vectors`` channels.
 
         Both divide the layer (a tail would put a predicate into the tensorized step). Most
@@ -152,26 +170,28 @@ class Int8PmaddwdConv(Int8MicroKernelRule):
         for v in range(1, min(vectors, _MAX_VECTORS) + 1):
             if vectors % v:
                 continue
-            for wi in range(1, min(width, _MAX_ACCUMULATORS) + 1):
-                if width % wi == 0 and wi * v <= _MAX_ACCUMULATORS:
+            for wi in range(1, min(width, self.max_accumulators) + 1):
+                if width % wi == 0 and wi * v <= self.max_accumulators:
                     best = max(best, (wi * v, v, wi, v))
         return best[2], best[3]
 
     def _schedule(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
         found = match_int8_reduction(func, s_tir.Schedule(func))
-        if found is None or found.reduction % _PAIR or found.channels % _LANES:
+        if found is None or found.reduction % self.group or found.channels % self.lanes:
             return None
-        layout = {found.weight_param: [_PAIR, _LANES]}
-        sch = s_tir.Schedule(func.with_attr(WEIGHT_LAYOUT_ATTR, layout))
+        sch = self._annotated_schedule(func, found)
+        if sch is None:
+            return None
         main = sch.get_sblock(found.block)
         blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
         names = [sch.get(b).name_hint for b in blocks]
         producers = blocks[: names.index(found.block)]
         epilogue = blocks[names.index(found.block) + 1 :]
+        group, lanes = self.group, self.lanes
         sch.transform_layout(
             main,
             found.weight,
-            lambda *idx: (*idx[:-2], idx[-2] // _PAIR, idx[-1] // _LANES, idx[-1] % _LANES, idx[-2] % _PAIR),
+            lambda *idx: (*idx[:-2], idx[-2] // group, idx[-1] // lanes, idx[-1] % lanes, idx[-2] % group),
         )
         if found.conv:
             outer, tile = self._tile_conv(sch, main, found)
@@ -187,20 +207,25 @@ class Int8PmaddwdConv(Int8MicroKernelRule):
             sch.reverse_compute_at(epilogue[-1], tile)
             _vectorize_tail(sch, sch.get_loops(epilogue[-1])[-1])
         init = sch.decompose_reduction(main, first_reduce)
-        *_, columns, vectors, lanes, _pair = sch.get_loops(main)
-        sch.tensorize(lanes, PMADDWD_INTRIN)
+        *_, columns, vectors, lane_loop, _group = sch.get_loops(main)
+        sch.tensorize(lane_loop, self.intrinsic)
         sch.unroll(columns)
         sch.unroll(vectors)
         sch.vectorize(sch.get_loops(init)[-1])
         return sch
 
+    def _annotated_schedule(self, func: tirx.PrimFunc, found: Int8Reduction) -> s_tir.Schedule | None:
+        """A schedule of ``func`` carrying the weight layout the build-time relayout applies."""
+        layout = {found.weight_param: [self.group, self.lanes]}
+        return s_tir.Schedule(func.with_attr(WEIGHT_LAYOUT_ATTR, layout))
+
     def _tile_conv(self, sch: s_tir.Schedule, main: Any, found: Int8Reduction) -> tuple[Any, Any]:
         n, h, w, co, ry, rx, rc = sch.get_loops(main)
         _, height, width, channels, kh, kw, cin = found.extents
-        wi, v = self.pick_tiles(width, channels // _LANES)
+        wi, v = self.pick_tiles(width, channels // self.lanes)
         wo, wi_loop = sch.split(w, [None, wi])
-        coo, cov, coi = sch.split(co, [None, v, _LANES])
-        rco, rci = sch.split(rc, [None, _PAIR])
+        coo, cov, coi = sch.split(co, [None, v, self.lanes])
+        rco, rci = sch.split(rc, [None, self.group])
         if channels * kh * kw * cin > height * width * cin:
             # Weights outweigh the input (late 1x1 layers, the classifier): rows inside a channel
             # block, so its weight slice stays in L1 (as the float rule does).
@@ -214,12 +239,12 @@ class Int8PmaddwdConv(Int8MicroKernelRule):
 
     def _tile_matmul(self, sch: s_tir.Schedule, main: Any, found: Int8Reduction) -> tuple[Any, Any]:
         i, j, k = sch.get_loops(main)
-        _, v = self.pick_tiles(1, found.channels // _LANES)
-        jo, jv, ji = sch.split(j, [None, v, _LANES])
-        ko, ki = sch.split(k, [None, _PAIR])
+        _, v = self.pick_tiles(1, found.channels // self.lanes)
+        jo, jv, ji = sch.split(j, [None, v, self.lanes])
+        ko, ki = sch.split(k, [None, self.group])
         one = sch.split(i, [None, 1])[1]  # the tile's "columns" loop (one row)
         sch.reorder(jo, sch.get_loops(main)[0], ko, one, jv, ji, ki)
-        if found.channels // (_LANES * v) > 1:
+        if found.channels // (self.lanes * v) > 1:
             sch.parallel(jo)
         return jo, sch.get_loops(main)[1]
 
@@ -254,9 +279,12 @@ def weight_layout(func: Any) -> dict[int, list[int]]:
 
 
 def relayout_constant_weights(mod: tvm.IRModule) -> tvm.IRModule:
-    """Pair-interleaves (:func:`pair_interleave`) the constant weights of the ``vpmaddwd`` kernels.
+    """Pair-interleaves (:func:`pair_interleave`) the constant weights of the ``vpmaddwd`` and
+    ``vpdpbusd`` kernels (and folds the latter's input shift into their bias).
 
     A no-op when no kernel was scheduled that way, or when the weights already were re-laid out.
     Raises :class:`EdgecError` when such a weight is not a constant.
     """
-    return _relayout(mod, WEIGHT_LAYOUT_ATTR, pair_interleave, "vpmaddwd", APPLIED_LAYOUT_ATTR)
+    from .x86_vnni import SHIFT_ATTR
+
+    return _relayout(mod, WEIGHT_LAYOUT_ATTR, pair_interleave, "x86 int8", APPLIED_LAYOUT_ATTR, SHIFT_ATTR)

@@ -6,7 +6,6 @@ reference (and the build with the rule off) bit for bit."""
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from edgec.targets import get_target
 from edgec.targets.integer.reference import run_reference
 from edgec.targets.tvm.translate import translate
 from edgec.targets.tvm.x86_int8 import has_avx2, pair_interleave, relayout_constant_weights, weight_layout
-from tests.helpers import DIGITS, legalize, make_model, rng
+from tests.helpers import DIGITS, instructions_per_kernel, legalize, make_model, rng
 
 tvm = pytest.importorskip("tvm")
 
@@ -58,21 +57,6 @@ def _run(vm, x: np.ndarray) -> np.ndarray:
     return (out if hasattr(out, "numpy") else out[0]).numpy()
 
 
-def _pmaddwd_per_kernel(module) -> dict[str, int]:
-    """Kernel name -> number of ``vpmaddwd`` in its machine code (parallel bodies included)."""
-    asm = tvm.compile(module, tvm.target.Target(AVX2)).mod.imports[0].inspect_source("asm")
-    counts: dict[str, int] = {}
-    symbol = ""
-    for line in asm.splitlines():
-        label = re.match(r"^([A-Za-z_][\w.]*):", line)
-        if label:
-            # TVM names a kernel's parallel body <kernel>_compute_ and its entry __tvm_ffi_<kernel>.
-            symbol = label.group(1).removeprefix("__tvm_ffi_").removesuffix("_compute_")
-        elif re.search(r"\bvpmaddwd\b", line):
-            counts[symbol] = counts.get(symbol, 0) + 1
-    return counts
-
-
 def test_only_avx2_x86_targets_have_the_rule() -> None:
     assert has_avx2(get_target("x86-64-v3").tvm_target())
     assert has_avx2({"kind": "llvm", "mcpu": "znver3"})
@@ -105,7 +89,7 @@ def test_digits_convolutions_take_the_rule_and_run_vpmaddwd_bit_exactly(edgec_di
     # conv2 (16 -> 32) and conv3 (32 -> 32) as (3, 3, C/2, 32/8, 8, 2); conv1 has one input channel
     # and the classifier 10 outputs: both keep the plain schedule.
     assert sorted(kernels.values()) == [[3, 3, 8, 4, 8, 2], [3, 3, 16, 4, 8, 2]]
-    counts = _pmaddwd_per_kernel(module)
+    counts = instructions_per_kernel(module, AVX2, "vpmaddwd")
     assert set(counts) == set(kernels), counts
     assert all(n >= 8 for n in counts.values()), counts
     # Re-laying out again finds nothing to do (the weights would be interleaved twice otherwise).
@@ -181,7 +165,7 @@ def test_layers_that_do_not_fit_fall_back_and_everything_stays_bit_exact(tmp_pat
     # 24 -> 16 Gemm; not the 3-channel input layer, the depthwise and grouped convolutions, the
     # 12-output 1x1 or the 10-output Gemms.
     assert sorted(_laid_out(module).values()) == [[3, 3, 8, 2, 8, 2], [3, 3, 8, 3, 8, 2], [12, 2, 8, 2]]
-    assert set(_pmaddwd_per_kernel(module)) == set(_laid_out(module))
+    assert set(instructions_per_kernel(module, AVX2, "vpmaddwd")) == set(_laid_out(module))
     _, plain = _build(qdq, tmp_path / "off.so", rule=False)
     legal = legalize(qdq)
     # Inputs 4x the calibration range: activations saturate at -128/127, the extreme products.
@@ -202,7 +186,7 @@ def test_squeezenet_convolutions_run_vpmaddwd_and_equal_the_reference(tmp_path) 
     name = cut.graph.input[0].name
     module, vm = _build(cut, tmp_path / "on.so", rule=True)
     kernels = _laid_out(module)
-    counts = _pmaddwd_per_kernel(module)
+    counts = instructions_per_kernel(module, AVX2, "vpmaddwd")
     # Every conv kernel but conv1 (3 input channels); identical fire layers share a kernel.
     convs = [gv.name_hint for gv in module.functions if gv.name_hint.startswith("fused_conv2d")]
     assert len(kernels) == len(convs) - 1 == 21, sorted(set(convs) - set(kernels))

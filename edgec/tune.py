@@ -1,0 +1,60 @@
+"""``edgec tune``: the kernels of a model's legal graph tuned into a database, without building."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from edgec.config import CompileOptions
+from edgec.errors import EdgecError
+from edgec.progress import Progress
+
+__all__ = ["tune_before_build", "tune_model", "with_threads_and_database"]
+
+
+def with_threads_and_database(target: Any, options: CompileOptions) -> Any:
+    """``target`` with the thread count (``--threads``) and the tuning database (``--db``) of
+    ``options``; an error for a target without a TVM thread pool or TVM kernels to tune."""
+    if options.threads:
+        if not any(f.name == "threads" for f in dataclasses.fields(target)):
+            raise EdgecError(
+                f"--threads sets the thread pool of a TVM runtime library; target '{target.name}' "
+                "builds runtime-free C, which runs on the caller's thread"
+            )
+        target = dataclasses.replace(target, threads=options.threads)
+    if options.tune and not options.db:
+        raise EdgecError("--tune N keeps what it learns in a database: add --db DIR")
+    if options.db:
+        if not any(f.name == "tuning_database" for f in dataclasses.fields(target)):
+            raise EdgecError(f"target '{target.name}' is not built through TVM; --db has nothing to tune")
+        target = dataclasses.replace(target, tuning_database=str(options.db))
+    return target
+
+
+def tune_model(
+    model: str | Path, options: CompileOptions, trials: int, progress: Progress | None = None
+) -> Any:
+    """Runs the import path, the pipeline and the target's legalization, then tunes the kernels
+    of the legal graph into ``options.db`` (``edgec tune``); returns the tuning report."""
+    from edgec.compile import legalize, prepare, target_of
+
+    progress = progress or Progress(quiet=True)
+    options = options.merged({"tune": trials})
+    target = target_of(options)
+    prepared = prepare(Path(model), options, progress)
+    graph = legalize(prepared, target, progress).graph
+    return target.tune(graph, trials, seed=options.seed, progress=progress)
+
+
+def tune_before_build(
+    target: Any, graph: Any, options: CompileOptions, progress: Progress, timings: dict[str, Any]
+) -> dict[str, Any]:
+    """``compile --tune N``: tunes the legal graph's kernels into the database before the build;
+    returns the report for the manifest and adds the seconds to ``timings``."""
+    import time
+
+    start = time.perf_counter()
+    report = target.tune(graph, options.tune, seed=options.seed, progress=progress).as_dict()
+    timings["tune"] = time.perf_counter() - start
+    return report

@@ -1,0 +1,131 @@
+"""Default CPU schedules for the model families (targets/tvm/tiled_schedules.py): depthwise
+convolutions, tiles of whole native vectors, batched matmuls; and the family builders
+(edgec/families.py) compiled for x86 against onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgec
+from edgec.errors import EdgecError
+from edgec.families import attention_recognizer, family_model, mobilenet, yolo
+from edgec.ir import EdgeGraph
+from edgec.targets.tvm.build import optimize_for_cpu
+from edgec.targets.tvm.schedule_common import CpuVectorInfo
+from edgec.targets.tvm.tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC
+from edgec.targets.tvm.translate import translate
+
+tvm = pytest.importorskip("tvm")
+
+AVX512 = {"kind": "llvm", "mcpu": "x86-64-v4"}
+AVX512_INFO = CpuVectorInfo(lanes=16, registers=32, max_accumulators=24)
+
+
+def _conv(cin: int, cout: int, size: int, k: int, groups: int = 1, stride: int = 1) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((cout, cin // groups, k, k)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    out = (size + 2 * (k // 2) - k) // stride + 1
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["x", "w", "b"],
+            ["c"],
+            kernel_shape=[k, k],
+            pads=[k // 2] * 4,
+            group=groups,
+            strides=[stride] * 2,
+        ),
+        helper.make_node("HardSwish", ["c"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, out, out])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
+def _kernels(model: onnx.ModelProto, target: dict = AVX512) -> dict[str, str]:
+    """Scripts of the scheduled conv/matmul kernels of ``model``."""
+    module = optimize_for_cpu(translate(EdgeGraph.from_onnx(model)), target)
+    return {
+        gv.name_hint: func.script()
+        for gv, func in module.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc) and ("conv" in gv.name_hint or "matmul" in gv.name_hint)
+    }
+
+
+def test_depthwise_conv_is_register_tiled_with_its_activation_fused() -> None:
+    (script,) = _kernels(_conv(240, 240, 14, 5, groups=240)).values()
+    assert "group_conv2d_nhwc_update" in script  # the reduction got an init: the tile rule ran
+    assert "T.vectorized(T.int64(16))" in script and "T.unroll" in script and "T.parallel" in script
+    assert "T_multiply" in script  # HardSwish computed in the same kernel
+
+
+def test_grouped_conv_with_several_channels_per_group_is_left_to_the_fallback() -> None:
+    model = _conv(16, 16, 8, 3, groups=4)
+    module = translate(EdgeGraph.from_onnx(model))
+    with tvm.target.Target(AVX512):
+        from edgec.targets.tvm.weight_fusion import zero_pipeline
+
+        module = tvm.relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(module)
+        module = zero_pipeline()(module)
+    (func,) = [f for gv, f in module.functions.items() if "conv" in gv.name_hint]
+    assert DepthwiseConv2dNHWC(AVX512_INFO).apply(func, tvm.target.Target(AVX512), False) is None
+
+
+def test_channel_tiles_are_whole_native_vectors() -> None:
+    rule = Conv2dNHWC(AVX512_INFO)
+    assert rule.vector_width(576) == 16 and rule.vector_width(72) == 8 and rule.vector_width(97) == 1
+    for width, channels in [(7, 576), (56, 72), (14, 288), (13, 1000)]:
+        wi, oc = rule.pick_tiles(width, channels)
+        assert width % wi == 0 and channels % oc == 0 and oc % rule.vector_width(channels) == 0
+    # A 1x1 conv's accumulators are 16-lane vectors, never one 48-lane vector LLVM spills.
+    (script,) = _kernels(_conv(96, 576, 7, 1)).values()
+    assert "T.vectorized(T.int64(16))" in script and "T.vectorized(T.int64(48))" not in script
+
+
+def test_attention_matmuls_are_register_tiled() -> None:
+    model = attention_recognizer(height=16, width=32, dim=32, heads=2, blocks=1, classes=8)
+    scripts = _kernels(model)
+    # Q @ K^T and P @ V: 1 x heads x 8 x 16 operands.
+    batched = [s for n, s in scripts.items() if "matmul" in n and "T.Buffer((T.int64(1), T.int64(2)," in s]
+    assert len(batched) == 2, sorted(scripts)
+    for script in batched:
+        assert "matmul_update" in script and "T.vectorized(" in script and "T.unroll" in script
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("mobilenet", lambda: mobilenet(size=64, width=0.5, classes=40)),
+        (
+            "recognizer",
+            lambda: attention_recognizer(height=16, width=64, dim=32, heads=2, blocks=1, classes=9),
+        ),
+        ("yolo", lambda: yolo(size=64, width=8, classes=5)),
+    ],
+)
+def test_family_models_match_onnxruntime_on_x86(name, model, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.onnx"
+    onnx.save_model(model(), str(path))
+    result = edgec.compile(path, tmp_path / "build")
+    error = result.manifest["error"]["artifact_vs_original"]
+    assert error["max_abs"] < 1e-3 and error["cosine"] > 0.99999
+
+
+def test_family_model_names_a_family() -> None:
+    assert family_model("recognizer").graph.name == "recognizer"
+    with pytest.raises(EdgecError, match="no model family 'resnet'; available: mobilenet, recognizer, yolo"):
+        family_model("resnet")
