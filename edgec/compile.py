@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 import edgec
+from edgec.budgets import budget_gates
 from edgec.config import CompileOptions
 from edgec.data import Dataset, declared_batch, load_dataset
 from edgec.errors import BudgetError, EdgecError
@@ -231,30 +232,6 @@ def _check_out_dir(out_dir: Path, source: Path) -> None:
         )
 
 
-def _budget_gates(target, sizes: dict[str, int], error: dict[str, Any], options: CompileOptions) -> list[str]:
-    failures = []
-    if options.max_accuracy_drop is not None and "accuracy" in error:
-        drop = error["accuracy"]["original"] - error["accuracy"]["artifact"]
-        if drop > options.max_accuracy_drop:
-            failures.append(
-                f"accuracy drop {drop:.4f} exceeds --max-accuracy-drop {options.max_accuracy_drop}; try "
-                "--calibration entropy or mse, or a cross-layer-equalization,bias-correction pipeline"
-            )
-    flash_budget = options.flash_budget or target.flash_bytes
-    ram_budget = options.ram_budget or target.ram_bytes
-    if flash_budget and sizes.get("flash_bytes", 0) > flash_budget:
-        failures.append(
-            f"flash {sizes['flash_bytes']} B exceeds the budget of {flash_budget} B by "
-            f"{sizes['flash_bytes'] - flash_budget} B; try --quantize int8 or a smaller model"
-        )
-    if ram_budget and sizes.get("peak_ram_bytes", 0) > ram_budget:
-        failures.append(
-            f"peak RAM {sizes['peak_ram_bytes']} B exceeds the budget of {ram_budget} B by "
-            f"{sizes['peak_ram_bytes'] - ram_budget} B; try --quantize int8 or a smaller input"
-        )
-    return failures
-
-
 def compile_model(
     model: str | Path,
     out_dir: str | Path,
@@ -320,7 +297,7 @@ def compile_model(
             "activation_lower_bound_bytes": peak_live_bytes(prepared.graph),
             **artifact.sizes,
         }
-        failures = _budget_gates(target, sizes, error, options)
+        failures = budget_gates(target, sizes, error, options)
         legalization = _pass_records(legal)
         manifest = {
             "schema": 1,
