@@ -3,7 +3,7 @@
 python benchmarks/latency.py [--models squeezenet mobilenet ...] [--repeat 30] [--trials 64]
     [--db DIR] [--threads N] [--int8]
 
-Models: the light squeezenet/resnet50/inception_v1 from the onnx wheel (``edgec.zoo``), the
+Models: the light squeezenet/resnet50/inception_v1/shufflenet from the onnx wheel (``edgec.zoo``), the
 representative families of ``edgec.families`` (mobilenet, recognizer, yolo) and the digits
 CNN of ``examples/digits``; all with seeded random weights except digits (trained). Both sides
 run with the same thread count (``--threads``, default the physical cores); latencies are the
@@ -35,7 +35,7 @@ from edgec.verify import random_inputs
 from edgec.zoo import light_model
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits_cnn.onnx"
-LIGHT = ("squeezenet", "resnet50", "inception_v1")
+LIGHT = ("squeezenet", "resnet50", "inception_v1", "shufflenet")
 MODELS = (*LIGHT, *FAMILIES, "digits")
 ROUNDS = 3
 

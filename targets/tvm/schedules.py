@@ -7,6 +7,7 @@ compile time, with no tuning:
 * :class:`Conv2dNHWC` — register-tiled NHWC/HWIO conv2d (plus its fused bias/BN/ReLU/residual
   epilogue): a ``w`` x ``oc`` tile of accumulators stays in vector registers while the reduction
   streams the input (broadcast) and the HWIO weights (contiguous vector loads).
+* :class:`GroupedConv2dNHWC` — the same tiles for a grouped conv2d, within a group's channels.
 * :class:`Matmul` — row-major ``x @ W`` (Gemm/MatMul with constant weights): vectorised over
   the output columns, parallel over column blocks.
 * dlight's ``GEMV`` and ``Reduction`` (softmax, norms).
@@ -47,12 +48,13 @@ from .schedule_common import (
     root_blocks,
     vectorize_tail,
 )
-from .tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, DepthwiseConvRows, Matmul
+from .tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, DepthwiseConvRows, GroupedConv2dNHWC, Matmul
 
 __all__ = [
     "Conv2dNHWC",
     "CpuVectorInfo",
     "DepthwiseConv2dNHWC",
+    "GroupedConv2dNHWC",
     "Matmul",
     "ParallelVectorize",
     "apply_default_cpu_schedules",
@@ -245,6 +247,7 @@ def float_rules(target: Target, memory_first: bool = False) -> list[ScheduleRule
         _LanesByDtype(Conv2dNHWC, info),
         *rows,
         _LanesByDtype(DepthwiseConv2dNHWC, info),
+        _LanesByDtype(GroupedConv2dNHWC, info),
         _LanesByDtype(Matmul, info),
         _Gemv(),
         _Reduction(),

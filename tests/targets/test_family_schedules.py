@@ -17,7 +17,7 @@ from edgec.families import attention_recognizer, family_model, mobilenet, yolo
 from edgec.ir import EdgeGraph
 from edgec.targets.tvm.build import optimize_for_cpu
 from edgec.targets.tvm.schedule_common import CpuVectorInfo
-from edgec.targets.tvm.tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC
+from edgec.targets.tvm.tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, GroupedConv2dNHWC
 from edgec.targets.tvm.translate import translate
 
 tvm = pytest.importorskip("tvm")
@@ -82,6 +82,43 @@ def test_grouped_conv_with_several_channels_per_group_is_left_to_the_fallback() 
         module = zero_pipeline()(module)
     (func,) = [f for gv, f in module.functions.items() if "conv" in gv.name_hint]
     assert DepthwiseConv2dNHWC(AVX512_INFO).apply(func, tvm.target.Target(AVX512), False) is None
+
+
+def _grouped_kernel(model: onnx.ModelProto) -> tvm.tirx.PrimFunc:
+    """The unscheduled conv kernel of ``model``, as Relax legalizes it for the default rules."""
+    from edgec.targets.tvm.build import lower_for_cpu
+
+    module = lower_for_cpu(translate(EdgeGraph.from_onnx(model)), AVX512)
+    (func,) = [f for gv, f in module.functions.items() if "conv" in gv.name_hint]
+    return func
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "groups"), [(272, 272, 1, 4), (64, 128, 3, 8)])
+def test_grouped_conv_is_register_tiled_within_a_group(cin: int, cout: int, k: int, groups: int) -> None:
+    # ShuffleNet's grouped 1x1 (68 channels per group) and a ResNeXt-style grouped 3x3.
+    scripts = _kernels(_conv(cin, cout, 7, k, groups=groups))
+    (script,) = scripts.values()
+    # The register tile (unrolled columns and channel vectors), not the fallback's vector loop.
+    assert "group_conv2d_nhwc_update" in script and "T.unroll" in script and "T.vectorized(" in script
+    assert "T_multiply" in script  # HardSwish computed in the same kernel
+    rule = GroupedConv2dNHWC(AVX512_INFO)
+    func = _grouped_kernel(_conv(cin, cout, 7, k, groups=groups))
+    assert rule.apply(func, tvm.target.Target(AVX512), False) is not None
+
+
+def test_grouped_conv_rule_leaves_depthwise_and_plain_convs_alone() -> None:
+    rule, target = GroupedConv2dNHWC(AVX512_INFO), tvm.target.Target(AVX512)
+    assert rule.apply(_grouped_kernel(_conv(64, 64, 8, 3, groups=64)), target, False) is None
+    assert rule.apply(_grouped_kernel(_conv(64, 64, 8, 3)), target, False) is None
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "groups"), [(136, 136, 1, 4), (24, 48, 3, 3)])
+def test_grouped_conv_matches_onnxruntime_on_x86(cin, cout, k, groups, tmp_path: Path) -> None:
+    path = tmp_path / "grouped.onnx"
+    onnx.save_model(_conv(cin, cout, 14, k, groups=groups), str(path))
+    result = edgec.compile(path, tmp_path / "build")
+    error = result.manifest["error"]["artifact_vs_original"]
+    assert error["max_abs"] < 1e-4 and error["cosine"] > 0.99999
 
 
 def test_channel_tiles_are_whole_native_vectors() -> None:
