@@ -29,8 +29,8 @@ F = TensorProto.FLOAT
 
 
 def heavy_model(size: int = 512, layers: int = 8) -> onnx.ModelProto:
-    """``y = x @ w @ w ...`` (``layers`` MatMuls of two ``size`` x ``size`` matrices): a second of
-    CPU per sample or so at the default size."""
+    """``y = x @ w @ w ...`` (``layers`` MatMuls of two ``size`` x ``size`` matrices): 1 G
+    multiply-accumulates per sample at the default size, 4.2 G at 640 x 16."""
     nodes, x = [], "x"
     for index in range(layers):
         nodes.append(helper.make_node("MatMul", [x, "w"], [f"m{index}"], name=f"mm{index}"))
@@ -60,17 +60,19 @@ def onnxruntime_worker() -> Iterator[int]:
 
 
 def test_a_crash_in_onnxruntime_is_an_error_and_the_worker_restarts(onnxruntime_worker: int) -> None:
-    model = heavy_model()
+    model = heavy_model(640, 16)
     limit_cpu(onnxruntime_worker)
+    # 48 samples (200 G multiply-accumulates): past the second of CPU on an AVX-512 host with two
+    # threads (50 samples of the 512 x 8 model finished within it).
     with pytest.raises(NativeCrashError) as crash:
-        run_onnx_batch(model, {"x": np.ones((50, 512, 512), np.float32)}, "the heavy model")
+        run_onnx_batch(model, {"x": np.ones((48, 640, 640), np.float32)}, "the heavy model")
     assert str(crash.value) == "onnxruntime crashed (signal 24, SIGXCPU) while running the heavy model"
     # The next request gets a new worker, which recreates the session it needs.
-    x = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((640, 640)).astype(np.float32)
     got = run_onnx(model, {"x": x})["y"]
     assert worker("onnxruntime").pid not in (None, onnxruntime_worker)
     weight = onnx.numpy_helper.to_array(model.graph.initializer[0]).astype(np.float64)
-    expected = np.maximum(x @ np.linalg.matrix_power(weight, 8), 0)
+    expected = np.maximum(x @ np.linalg.matrix_power(weight, 16), 0)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
@@ -91,9 +93,9 @@ def test_compile_reports_an_onnxruntime_crash_and_writes_nothing(
     folder.mkdir()
     model = folder / "heavy.onnx"
     onnx.save_model(heavy_model(640, 16), str(model))
-    # Eight samples for the error figures: tens of GFLOP for the reference.
-    x = np.random.default_rng(0).standard_normal((8, 640, 640)).astype(np.float32)
-    np.savez(folder / "eval.npz", x=x, label=np.zeros(8, np.int64))
+    # 24 samples for the error figures: 100 G multiply-accumulates per reference model.
+    x = np.random.default_rng(0).standard_normal((24, 640, 640)).astype(np.float32)
+    np.savez(folder / "eval.npz", x=x, label=np.zeros(24, np.int64))
     limit_cpu(onnxruntime_worker)
     out = tmp_path / "out"
     args = ["compile", model, "--target", "x86", "--eval", folder / "eval.npz", "-o", out / "build", "-q"]
@@ -123,7 +125,7 @@ def test_a_crash_of_the_x86_artifact_is_an_error(artifact_worker: int, tmp_path:
     model = heavy_model(640, 16)
     _, manifest = build("x86", model, tmp_path / "build", "heavy")
     target = get_target("x86")
-    # 48 samples (300 G multiply-accumulates): past the second of CPU also with tiled AVX-512 matmuls.
+    # 48 samples (200 G multiply-accumulates): past the second of CPU also with tiled AVX-512 matmuls.
     x = np.random.default_rng(0).standard_normal((48, 640, 640)).astype(np.float32)
     limit_cpu(artifact_worker)
     with pytest.raises(NativeCrashError) as crash:
