@@ -181,16 +181,16 @@ def test_pipeline_strings(referee: Referee, built: Path, pipeline: str) -> None:
         )
 
 
+def _flag_lists(values: dict) -> st.SearchStrategy:
+    """One to three ``(flag, value)`` pairs, each value drawn from its flag's strategy."""
+    pairs = st.sampled_from(sorted(values)).flatmap(lambda flag: st.tuples(st.just(flag), values[flag]))
+    return st.lists(pairs, min_size=1, max_size=3)
+
+
 @seed(SEED)
 @_settings(EXAMPLES["flags"])
 @given(
-    flags=st.lists(
-        st.sampled_from(sorted(mutations.FLAG_VALUES)).flatmap(
-            lambda f: st.tuples(st.just(f), mutations.FLAG_VALUES[f])
-        ),
-        min_size=1,
-        max_size=3,
-    ),
+    flags=_flag_lists(mutations.FLAG_VALUES),
     command=st.sampled_from(["check", "optimize"]),
 )
 def test_flag_values(referee: Referee, built: Path, flags, command: str) -> None:
@@ -212,13 +212,7 @@ def test_flag_values(referee: Referee, built: Path, flags, command: str) -> None
 @seed(SEED)
 @_settings(EXAMPLES["compile-flags"])
 @given(
-    flags=st.lists(
-        st.sampled_from(sorted(mutations.COMPILE_FLAG_VALUES)).flatmap(
-            lambda f: st.tuples(st.just(f), mutations.COMPILE_FLAG_VALUES[f])
-        ),
-        min_size=1,
-        max_size=3,
-    ),
+    flags=_flag_lists(mutations.COMPILE_FLAG_VALUES),
     target=st.sampled_from(["x86", "cortex-m4"]),
 )
 def test_compile_flag_values(referee: Referee, built: Path, flags, target: str) -> None:
