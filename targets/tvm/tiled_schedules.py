@@ -286,6 +286,7 @@ class Matmul(CpuRule):
     given ``k`` is contiguous; batched matmuls (attention's ``Q @ K^T`` and ``P @ V``, one per
     head) have leading batch loops, which join the parallel loop. Each step of ``k`` broadcasts
     one ``x`` value per row and loads ``vectors`` rows of ``W``: ``rows`` x ``vectors`` FMAs.
+    Columns that no whole vector divides are computed over a zero-padded copy of ``W``.
     """
 
     def pick_tiles(self, rows: int, vectors: int) -> tuple[int, int]:
@@ -315,7 +316,17 @@ class Matmul(CpuRule):
             return None
         lanes = self.vector_width(cols)
         if lanes < min(4, self.info.lanes):
-            return None  # an odd column count: no whole vectors
+            if rows < self.info.lanes:
+                return None  # an odd column count and too few rows to repay a padded weight copy
+            # An odd column count (a CTC head's 97 classes): compute whole vectors of columns from
+            # a zero-padded copy of W and drop the padding in the epilogue. The fallback ran it
+            # as a dot product per output over a column of W (a stride of ``cols`` per step).
+            sch.pad_einsum(mm, [1] * len(batch) + [1, self.info.lanes, 1])
+            blocks = root_blocks(sch)
+            padded = next(n for n, b in enumerate(blocks) if sch.get(b).name_hint == names[0])
+            mm, epilogue = blocks[padded], blocks[padded + 1 :]
+            *batch, i, j, k = sch.get_loops(mm)
+            cols, lanes = extent(sch, j) or 0, self.info.lanes
         for block in epilogue[:-1]:
             sch.compute_inline(block)
         row_tile, vectors = self.pick_tiles(rows, cols // lanes)

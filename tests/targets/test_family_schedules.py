@@ -142,6 +142,48 @@ def test_attention_matmuls_are_register_tiled() -> None:
         assert "matmul_update" in script and "T.vectorized(" in script and "T.unroll" in script
 
 
+def _dense(rows: int, depth: int, cols: int) -> onnx.ModelProto:
+    """``x @ W + b`` with constant weights: a classifier head of ``cols`` classes over ``rows`` steps."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((depth, cols)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(cols).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, depth])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, cols])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
+def test_matmul_with_an_odd_column_count_is_tiled_over_zero_padded_columns() -> None:
+    # A CTC head: 97 classes (prime, no whole vector divides them) over 80 time steps.
+    (script,) = _kernels(_dense(80, 128, 97)).values()
+    # W padded to 112 columns (7 AVX-512 vectors), register tiles of 16-lane vectors, and the
+    # epilogue writes only the 97 real columns.
+    assert "T.sblock_alloc_buffer((T.int64(128), T.int64(112)))" in script
+    assert "matmul_update" in script and "T.vectorized(T.int64(16))" in script
+    assert "< T.int64(97)" in script
+
+
+def test_matmul_with_an_odd_column_count_and_few_rows_is_not_padded() -> None:
+    # One row: copying W to pad it would cost as much as the product itself.
+    (script,) = _kernels(_dense(1, 128, 97)).values()
+    assert "T.int64(112)" not in script
+
+
+def test_matmul_with_an_odd_column_count_matches_onnxruntime_on_x86(tmp_path: Path) -> None:
+    path = tmp_path / "dense.onnx"
+    onnx.save_model(_dense(80, 128, 97), str(path))
+    result = edgec.compile(path, tmp_path / "build")
+    error = result.manifest["error"]["artifact_vs_original"]
+    assert error["max_abs"] < 1e-4 and error["cosine"] > 0.99999
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "model"),
