@@ -176,12 +176,13 @@ class CompileOptions:
         return CompileOptions(**values)
 
 
-_FIELDS = {f.name for f in dataclasses.fields(CompileOptions)} - {"config_file"}
-_PATH_FIELDS = {"inputs", "eval", "calib", "train", "db"}
-
-
-# Options a config file gives as true/false.
-_SWITCHES = ("simplify", "verify", "micro_kernels", "sparse_weights", "memory_planning", "qat")
+# The keys a config file may give, by their annotation (strings: ``from __future__ import
+# annotations``), so that an option is checked as soon as it is declared.
+_TYPES = {f.name: f.type for f in dataclasses.fields(CompileOptions) if f.name != "config_file"}
+_FIELDS = set(_TYPES)
+_PATH_FIELDS = {name for name, kind in _TYPES.items() if kind == "Path | None"}
+_SWITCHES = {name for name, kind in _TYPES.items() if kind == "bool"}
+_COUNTS = {name for name, kind in _TYPES.items() if kind in ("int", "int | None")}
 
 
 def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> dict[str, Any]:
@@ -208,9 +209,7 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             value = tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
         elif name in _SWITCHES and not isinstance(value, bool):
             raise EdgecError(f"{source}: '{key}' must be true or false")
-        elif name in ("seed", "flash_budget", "ram_budget", "epochs", "threads", "tune") and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 0
-        ):
+        elif name in _COUNTS and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise EdgecError(f"{source}: '{key}' must be a non-negative integer")
         elif name == "max_accuracy_drop" and (
             not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1
