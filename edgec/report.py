@@ -102,7 +102,7 @@ def precision_lines(precision: dict[str, dict[str, str]], shown: int = 3) -> lis
 def print_tune_report(report: Any, as_json: bool) -> None:
     """A tuning report (``edgec tune``): per kernel its default and best latency, then the run."""
     if as_json:
-        click.echo(dumps({**report.as_dict(), "tasks": [task.__dict__ for task in report.tasks]}), nl=False)
+        echo_json({**report.as_dict(), "tasks": [task.__dict__ for task in report.tasks]})
         return
     click.echo(f"{'kernel':<48} {'default us':>11} {'best us':>11} {'speedup':>8} {'trials':>7}")
     for task in report.tasks:
