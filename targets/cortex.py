@@ -14,12 +14,13 @@ STM32F746NG (1 MiB flash, 320 KiB RAM). ``cortex-m55``: 2 MiB flash / 1 MiB SRAM
 for the Alif Ensemble class of parts (not one exact board). Cortex-A (Linux boards) and ``c``
 (this host) have no budgets; ``--flash-budget`` / ``--ram-budget`` set or override any of them.
 
-``cortex-a53``/``cortex-a72`` are ARMv8.0-A: NEON but no dot-product instructions, so none are
-enabled. ``cortex-a55`` (ARMv8.2-A) and ``cortex-m55`` (MVE with floating point) have native fp16
-arithmetic, so graphs that compute in float16 (``quantize{scheme=fp16,compute=float16}``) build
-for them; other targets refuse such graphs. Timings under qemu are emulated time (qemu-aarch64:
-host clock of the emulator; Cortex-M: semihosting ``clock()``, 10 ms resolution) and say nothing
-about real silicon.
+``cortex-a53``/``cortex-a72`` are ARMv8.0-A: NEON but no dot-product instructions (their int8
+kernels use ``smull`` + ``sadalp``). ``cortex-a55`` and ``cortex-a76`` (ARMv8.2-A) have the
+dot-product extension (int8 kernels with ``sdot``); they and ``cortex-m55`` (MVE with floating
+point) have native fp16 arithmetic, so graphs that compute in float16
+(``quantize{scheme=fp16,compute=float16}``) build for them; other targets refuse such graphs.
+Timings under qemu are emulated time (qemu-aarch64: host clock of the emulator; Cortex-M:
+semihosting ``clock()``, 10 ms resolution) and say nothing about real silicon.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ _ARM_EABI = Toolchain("arm-none-eabi-gcc", debian_package="gcc-arm-none-eabi")
 
 
 def _cortex_a(
-    core: str, isa: str, mattr: tuple[str, ...], qemu_cpu: str, fp16: bool = False
+    core: str, isa: str, mattr: tuple[str, ...], qemu_cpu: str, micro_kernel: str, fp16: bool = False
 ) -> RuntimeFreeTarget:
     """An AArch64 Linux core: runtime-free C with the GNU cross toolchain, run under qemu-aarch64."""
     return RuntimeFreeTarget(
@@ -206,6 +207,7 @@ def _cortex_a(
         toolchain=_AARCH64,
         fp16_arithmetic=fp16,
         vector_bits=128,
+        micro_kernel=micro_kernel,
         mtriple="aarch64-linux-gnu",
         mcpu=core,
         mattr=mattr,
@@ -214,16 +216,30 @@ def _cortex_a(
     )
 
 
+# int8 kernels: smull + sadalp on ARMv8.0-A, sdot with the dot-product extension (targets/tvm/arm_neon.py).
 for _core in ("cortex-a53", "cortex-a72"):
-    register_target(_cortex_a(_core, "AArch64 Linux, NEON; no dot-product in ARMv8.0", ("+neon",), _core))
+    register_target(
+        _cortex_a(_core, "AArch64 Linux, NEON; no dot-product in ARMv8.0", ("+neon",), _core, "sadalp")
+    )
 # qemu-aarch64 has no cortex-a55 model; its cortex-a76 is the nearest strict one (ARMv8.2-A with
 # FEAT_FP16 and dot product, no SVE), where "max" would also accept instructions an A55 lacks.
 register_target(
     _cortex_a(
         "cortex-a55",
-        "AArch64 Linux, ARMv8.2-A NEON with fp16 arithmetic",
-        ("+neon", "+fullfp16"),
+        "AArch64 Linux, ARMv8.2-A NEON with dot product and fp16 arithmetic",
+        ("+neon", "+fullfp16", "+dotprod"),
         "cortex-a76",
+        "sdot",
+        fp16=True,
+    )
+)
+register_target(
+    _cortex_a(
+        "cortex-a76",
+        "AArch64 Linux, ARMv8.2-A NEON with dot product and fp16 arithmetic",
+        ("+neon", "+fullfp16", "+dotprod"),
+        "cortex-a76",
+        "sdot",
         fp16=True,
     )
 )

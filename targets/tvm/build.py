@@ -114,7 +114,7 @@ def optimize_for_cpu(
     import tvm
     from tvm import relax
 
-    from . import arm_dsp, x86_int8
+    from . import arm_dsp, int8_dot
     from .fused_schedules import check_fused_kernels_scheduled
     from .schedules import apply_default_cpu_schedules
 
@@ -129,26 +129,22 @@ def optimize_for_cpu(
     with target:
         mod = apply_default_cpu_schedules(target, micro_kernels, memory_first)(mod)
     check_fused_kernels_scheduled(mod)
-    # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights, SMLAD kernels (Cortex-M4/M7)
-    # input-channel-innermost ones: re-lay out the constants (a no-op when no kernel was
-    # scheduled that way).
-    return arm_dsp.relayout_constant_weights(x86_int8.relayout_constant_weights(mod))
+    # Dot-product kernels (x86 vpmaddwd/vpdpbusd, AArch64 sdot/sadalp) read group-interleaved
+    # weights, SMLAD kernels (Cortex-M4/M7) input-channel-innermost ones: re-lay out the constants
+    # (a no-op when no kernel was scheduled that way).
+    return arm_dsp.relayout_constant_weights(int8_dot.relayout_constant_weights(mod))
 
 
 def micro_kernels_built(mod: tvm.IRModule) -> dict[str, int]:
     """How many kernels of a scheduled module each int8 micro-kernel computes (``{"vpdpbusd": 2}``),
-    read from the weight layouts the rules recorded, so the manifest shows what the CPU got and
+    read from the instruction or weight layout the rules recorded, so the manifest shows what the CPU got and
     which kernels a rule declined (those are absent from the count)."""
-    from . import arm_dsp, x86_int8
+    from . import arm_dsp, int8_dot
 
     counts: dict[str, int] = {}
     for func in mod.functions.values():
-        layout = x86_int8.weight_layout(func)
-        if layout:
-            name = x86_int8.MICRO_KERNEL_BY_GROUP[next(iter(layout.values()))[0]]
-        elif arm_dsp.weight_permutation(func):
-            name = "smlad"
-        else:
+        name = int8_dot.micro_kernel(func) or ("smlad" if arm_dsp.weight_permutation(func) else None)
+        if name is None:
             continue
         counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))

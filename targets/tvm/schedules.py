@@ -208,9 +208,11 @@ class _LanesByDtype(ScheduleRule):
 def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool = False) -> list[ScheduleRule]:
     """The rules of the hand-written kernels, which tuning leaves alone, in priority order: the
     fused conv + pool ones first (``memory_first``), the sparse kernels', then the int8
-    micro-kernels' (SMLAD on Cortex-M4/M7, vpdpbusd on x86 with VNNI, vpmaddwd on x86 AVX2), if
+    micro-kernels' (SMLAD on Cortex-M4/M7, vpdpbusd on x86 with VNNI, vpmaddwd on x86 AVX2, sdot
+    on AArch64 with the dot-product extension, smull + sadalp on every AArch64 core), if
     ``micro_kernels``; each declines what it cannot take."""
     from .arm_dsp import Int8DspConv, has_dsp
+    from .arm_neon import Int8SadalpConv, Int8SdotConv, has_dotprod, is_aarch64
     from .fused_schedules import ConvPool
     from .sparse_schedule import SparseRows
     from .x86_int8 import Int8PmaddwdConv, has_avx2
@@ -229,6 +231,9 @@ def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool =
         # VNNI first; what it declines (reductions not a multiple of 4) still gets vpmaddwd.
         *([Int8VnniConv(lanes)] if lanes else []),
         *([Int8PmaddwdConv()] if has_avx2(target) else []),
+        # sdot first; what it declines (reductions not a multiple of 4) still gets sadalp.
+        *([Int8SdotConv()] if has_dotprod(target) else []),
+        *([Int8SadalpConv()] if is_aarch64(target) else []),
     ]
 
 

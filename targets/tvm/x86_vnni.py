@@ -12,25 +12,26 @@ right after the reduction (:mod:`edgec.targets.integer.conv`)::
 Products of an unsigned byte (< 256) and a signed one (|w| <= 128) stay below 2^15, their sum of
 four below 2^17: exact in int32, and the accumulation wraps as the plain kernel's does, so the
 kernels stay bit-exact. Weights are stored quad-interleaved, ``W'[..., r/4, c/L, c%L, r%4] =
-W[..., r, c]`` (:func:`.x86_int8.pair_interleave` with ``[4, L]``). :class:`Int8VnniConv` is the
+W[..., r, c]`` (:func:`.int8_dot.pair_interleave` with ``[4, L]``). :class:`Int8VnniConv` is the
 vpmaddwd rule with those constants: reduction a multiple of 4, channels of ``L``; what it
 declines (a first layer with 1-3 input channels, 8-channel widths) falls to the vpmaddwd rule.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
+from .int8_dot import SHIFT_ATTR, dot_product_desc
 from .int8_rules import Int8Reduction
-from .x86_int8 import WEIGHT_LAYOUT_ATTR, Int8PmaddwdConv, dot_product_desc
+from .x86_int8 import Int8PmaddwdConv
 
-__all__ = ["SHIFT_ATTR", "VNNI_INTRINSICS", "Int8VnniConv", "vnni_lanes"]
+__all__ = ["VNNI_INTRINSICS", "Int8VnniConv", "vnni_lanes"]
 
-# {bias parameter: [weight parameter, 128]}: the input shift the build folds into the bias.
-SHIFT_ATTR = "edgec.x86_vnni_input_shift"
-_SHIFT = 128
+_SHIFT = 128  # the input shift (x + 128 as an unsigned byte) the build folds into the bias
 _SIGN_BITS = -2139062144  # 0x80808080: XOR flips each byte's sign bit (x -> x + 128 as unsigned)
 
 
@@ -89,6 +90,7 @@ class Int8VnniConv(Int8PmaddwdConv):
     """``vpdpbusd`` schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the module docstring)."""
 
     group = 4
+    instruction = "vpdpbusd"
 
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
@@ -99,15 +101,11 @@ class Int8VnniConv(Int8PmaddwdConv):
     def is_target_available(self, target: Target) -> bool:
         return vnni_lanes(target) == self.lanes
 
-    def _annotated_schedule(self, func: tirx.PrimFunc, found: Int8Reduction) -> s_tir.Schedule | None:
+    def _annotations(self, func: tirx.PrimFunc, found: Int8Reduction) -> dict[str, Any] | None:
         bias = _bias_param(func, found)
         if bias is None:
             return None  # no per-channel int32 bias right after the reduction to fold the shift into
-        layout = {found.weight_param: [self.group, self.lanes]}
-        func = func.with_attr(WEIGHT_LAYOUT_ATTR, layout).with_attr(
-            SHIFT_ATTR, {bias: [found.weight_param, _SHIFT]}
-        )
-        return s_tir.Schedule(func)
+        return {**super()._annotations(func, found), SHIFT_ATTR: {bias: [found.weight_param, _SHIFT]}}
 
 
 def _bias_param(func: tirx.PrimFunc, found: Int8Reduction) -> int | None:

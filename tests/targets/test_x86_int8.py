@@ -16,8 +16,9 @@ from onnx import TensorProto, helper
 import edgec
 from edgec.targets import get_target
 from edgec.targets.integer.reference import run_reference
+from edgec.targets.tvm.int8_dot import pair_interleave, relayout_constant_weights, weight_layout
 from edgec.targets.tvm.translate import translate
-from edgec.targets.tvm.x86_int8 import has_avx2, pair_interleave, relayout_constant_weights, weight_layout
+from edgec.targets.tvm.x86_int8 import has_avx2
 from tests.helpers import DIGITS, instructions_per_kernel, legalize, make_model, rng
 
 tvm = pytest.importorskip("tvm")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgec.targets.integer.reference import run_reference
-from edgec.targets.tvm.x86_int8 import relayout_constant_weights, weight_layout
+from edgec.targets.tvm.int8_dot import relayout_constant_weights, weight_layout
 from edgec.targets.tvm.x86_vnni import vnni_lanes
 from edgec.targets.x86 import host_cpu_flags
 from tests.helpers import DIGITS, instructions_per_kernel, legalize
