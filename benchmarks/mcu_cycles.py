@@ -51,6 +51,7 @@ from edgec.errors import EdgecError
 from edgec.ir import EdgeGraph, graph_cost, infer_shapes
 from edgec.targets import get_target
 from edgec.targets.runners import build_harness, default_timeout, qemu_system_command
+from edgec.targets.toolchains import require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "examples" / "digits"
@@ -75,11 +76,19 @@ def build_plugin(folder: Path) -> Path:
     return library
 
 
+def emulator_command(target, image: Path) -> list[str]:
+    """The qemu command that runs a linked harness: qemu-system-arm for a bare-metal core, else
+    qemu-aarch64 from Debian's ``qemu-user`` (the static build ``edgec run`` uses loads no plugins)."""
+    if target.bare_metal:
+        return qemu_system_command(target.machine, target.qemu_cpu, image)
+    return [require_tool("qemu-aarch64", "qemu-user"), "-cpu", target.qemu_cpu, str(image)]
+
+
 def count_instructions(
     command: list[str], plugin: Path, cwd: Path, address_range: tuple[int, int] | None = None
 ) -> int:
-    """Runs a qemu-system-arm command with the plugin loaded; returns the executed instructions
-    (only those in blocks starting in ``address_range``, when given)."""
+    """Runs a qemu command with the plugin loaded; returns the executed instructions (only those in
+    blocks starting in ``address_range``, when given)."""
     spec = str(plugin) + (f",lo={address_range[0]},hi={address_range[1]}" if address_range else "")
     full = [command[0], "-plugin", spec, "-d", "plugin", *command[1:]]
     done = subprocess.run(
@@ -166,7 +175,7 @@ def count_inferences(
     image = build_harness(target, [build], [(name, len(inputs), outputs)], work)
     for index, array in enumerate(inputs):
         (work / f"in{index}.bin").write_bytes(np.ascontiguousarray(array).tobytes())
-    command = qemu_system_command(target.machine, target.qemu_cpu, image)
+    command = emulator_command(target, image)
     counts = {}
     for repeat in (0, inferences):
         (work / "edgec_repeat.txt").write_text(f"{repeat}\n")
@@ -201,7 +210,7 @@ def measure(
     image, counts = count_inferences(
         target, out, "digits", [sample], len(graph.outputs), plugin, work, inferences
     )
-    command = qemu_system_command(target.machine, target.qemu_cpu, image)
+    command = emulator_command(target, image)
     per_inference = (counts[inferences] - counts[0]) / inferences
     macs = macs_of(model)
     per_kernel = {}
