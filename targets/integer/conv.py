@@ -9,6 +9,8 @@ Weights are symmetric (``z_w = 0``); the input zero-point term is folded into th
 padding is done explicitly with the value ``z_x``, which is what real zero quantizes to. A 1-D
 convolution (``[N, C, L]``, a keyword-spotting front end) is stored as a 2-D one over ``[N, C, 1, L]``:
 weight ``[O, I, 1, K]``, pads ``(0, begin, 0, end)``; the kernel inserts and removes the unit axis.
+A ``channel_pad`` attribute (``pad-channels``) says the weight has that many extra zero input
+channels: the input gets as many channels of ``z_x``.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ class IntegerConv(WeightedKind):
         strides = [int(s) for s in node.attrs["strides"]]
         dilations = [int(d) for d in node.attrs["dilations"]]
         zx = attr_int(node, "x_zero_point")
+        channel_pad = int(node.attrs.get("channel_pad", 0))
+        if channel_pad:  # pad-channels: the weight has zeros for these channels (any value would do)
+            x = bb.normalize(relax.op.nn.pad(x, [0, 0, 0, channel_pad, 0, 0, 0, 0], pad_value=zx))
         sparse = self.sparse_weight(node)
         if sparse is not None:
             from edgec.targets.tvm.sparse_kernels import emit_sparse_conv2d
@@ -110,7 +115,10 @@ class IntegerConv(WeightedKind):
         one_dimensional = x.ndim == 3
         if one_dimensional:
             x = x[:, :, None, :]
-        x = pad(x, node.attrs["pads"], attr_int(node, "x_zero_point"))  # padding by z_x == real zero
+        zx = attr_int(node, "x_zero_point")
+        channel_pad = int(node.attrs.get("channel_pad", 0))
+        x = np.pad(x, [(0, 0), (0, channel_pad), (0, 0), (0, 0)], constant_values=zx)
+        x = pad(x, node.attrs["pads"], zx)  # padding by z_x == real zero
         acc = conv_sum(
             x, self.weight(node), node.attrs["strides"], node.attrs["dilations"],
             attr_int(node, "group"),

@@ -27,7 +27,7 @@ from edgec.targets.tvm.tuning_database import TuningDatabase, TuningKey
 if TYPE_CHECKING:
     from edgec.targets.tvm.tuning import TuneReport
 
-__all__ = ["PACKED_WEIGHT_BITS", "SPARSE_FORMATS", "TvmTarget", "legalization"]
+__all__ = ["PACKED_WEIGHT_BITS", "REDUCTION_STEP", "SPARSE_FORMATS", "TvmTarget", "legalization"]
 
 # Weight widths kept at their width in the artifact and decoded in the kernels (16: float16).
 PACKED_WEIGHT_BITS = frozenset({1, 2, 4, 8, 16})
@@ -35,8 +35,17 @@ PACKED_WEIGHT_BITS = frozenset({1, 2, 4, 8, 16})
 SPARSE_FORMATS = frozenset({"bitmap", "nm"})
 
 
+# Input channels each instruction of an int8 micro-kernel reduces (the rules' ``group``:
+# targets/tvm/x86_int8.py, x86_vnni.py, arm_neon.py; tests/targets/test_pad_channels.py checks it).
+REDUCTION_STEP = {"vpmaddwd": 2, "vpdpbusd": 4, "sdot": 4, "sadalp": 2}
+
+
 def legalization(
-    rounding: str, memory_planning: bool = False, ram_budget: int | None = None, streaming: str = "none"
+    rounding: str,
+    memory_planning: bool = False,
+    ram_budget: int | None = None,
+    streaming: str = "none",
+    channel_multiple: int = 0,
 ) -> str:
     """The pipeline that makes a graph lowerable by the TVM targets: n-ary Sum as Add (the
     frontend's Sum breaks NHWC), inference Dropout/Identity removed (relax's dropout returns a tuple
@@ -46,8 +55,13 @@ def legalization(
     target's schedules write row by row: ``streaming``). Weights with zeros are stored sparse before
     the memory passes: a pruned model keeps the flash its pruning saved, and a conv reading a sparse
     weight is neither fused with its pool nor streamed in place (its kernel walks output channels),
-    which the passes record with the reason."""
+    which the passes record with the reason. With ``channel_multiple``, integer convolutions get
+    their input channels padded to a multiple of it (``pad-channels``: the micro-kernel's step)."""
     pipeline = f"split-sum,eliminate-identity,group-qdq{{rounding={rounding}}},pack-weights,sparse-weights"
+    if channel_multiple > 1:
+        # After sparse-weights: a padded weight's zeros must not make it sparse (a sparse weight
+        # keeps its own kernel, and pad-channels leaves it alone).
+        pipeline += f",pad-channels{{multiple={channel_multiple}}}"
     if not memory_planning:
         return pipeline
     return pipeline + f",fuse-conv-pool,plan-memory{{budget={ram_budget or 0},streaming={streaming}}}"
@@ -95,9 +109,21 @@ class TvmTarget(Target):
             sparse_formats=SPARSE_FORMATS if self.sparse_weights else frozenset(),
             requantize_rounding=self.requantize_rounding,
             legalization=legalization(
-                self.requantize_rounding, self.memory_planning, self.ram_bytes, self.row_streaming()
+                self.requantize_rounding,
+                self.memory_planning,
+                self.ram_bytes,
+                self.row_streaming(),
+                self.channel_multiple(),
             ),
         )
+
+    def channel_multiple(self) -> int:
+        """The input-channel multiple ``pad-channels`` pads integer convolutions to: the reduction
+        step of the target's int8 micro-kernel; 0 (no padding) without one, or where RAM is the
+        budget (a padded input costs its extra channels in the arena)."""
+        if self.memory_planning:
+            return 0
+        return REDUCTION_STEP.get(self.int8_micro_kernel() or "", 0)
 
     def row_streaming(self) -> str:
         """Which convolutions this target's schedules write row by row, in place over their input
