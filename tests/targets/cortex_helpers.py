@@ -105,3 +105,40 @@ def mobilenet_block_model() -> onnx.ModelProto:
         init,
         name="mobilenet_block",
     )
+
+
+def mixed_channels_model() -> onnx.ModelProto:
+    """Convolutions on both sides of the AArch64 int8 micro-kernels' limits: 3 -> 8 (3 input
+    channels: a step of neither kernel unless ``pad-channels`` pads them), 8 -> 12 on a 7-wide map,
+    12 -> 6 1x1 (6 output channels: no kernel takes it), 6 -> 8 stride 2 (a reduction of 6: sadalp's
+    step, not sdot's), then a global average pool and an 8 -> 16 Gemm (1x3x7x7 -> 1x16)."""
+    r = rng(11)
+
+    def w(*shape: int) -> np.ndarray:
+        return (r.standard_normal(shape) * 0.4).astype(np.float32)
+
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c1"], ["r1"]),
+        node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c2"], ["r2"]),
+        node("Conv", ["r2", "w3", "b3"], ["c3"]),
+        node("Relu", ["c3"], ["r3"]),
+        node("Conv", ["r3", "w4", "b4"], ["c4"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        node("Relu", ["c4"], ["r4"]),
+        node("GlobalAveragePool", ["r4"], ["g4"]),
+        node("Flatten", ["g4"], ["f4"]),
+        node("Gemm", ["f4", "wg", "bg"], ["y"], transB=1),
+    ]
+    init = {
+        "w1": w(8, 3, 3, 3), "b1": w(8), "w2": w(12, 8, 3, 3), "b2": w(12), "w3": w(6, 12, 1, 1),
+        "b3": w(6), "w4": w(8, 6, 3, 3), "b4": w(8), "wg": w(16, 8), "bg": w(16),
+    }  # fmt: skip
+    return make_model(
+        nodes,
+        {"x": (TensorProto.FLOAT, [1, 3, 7, 7])},
+        {"y": (TensorProto.FLOAT, [1, 16])},
+        init,
+        name="mixed",
+    )

@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 import edgec
 from edgec.ir import EdgeGraph
+from edgec.pm import PassContext, PassManager
 from edgec.targets import get_target
 from edgec.targets.integer.reference import run_reference
 from edgec.targets.tvm.arm_neon import has_dotprod, is_aarch64
 from edgec.targets.tvm.build import micro_kernels_built
-from tests.helpers import instructions_per_kernel, legalize, make_model, rng
+from edgec.targets.tvm.target import legalization
+from tests.helpers import instructions_per_kernel, legalize, rng
 from tests.targets.cortex_helpers import build, needs_tools
 
 tvm = pytest.importorskip("tvm")
@@ -30,55 +31,14 @@ DOT_PRODUCT = ("cortex-a55", "cortex-a76")
 ARMV8_0 = ("cortex-a53", "cortex-a72")
 
 
-def _mixed_fp32() -> onnx.ModelProto:
-    """Convolutions on both sides of the rules' limits: 3 -> 8 (3 input channels: plain), 8 -> 12
-    on a 7-wide map (sdot), 12 -> 6 1x1 (6 output channels: plain), 6 -> 8 stride 2 (a reduction of
-    6: sadalp even where sdot exists), then a global average pool and an 8 -> 16 Gemm (sdot)."""
-    r = rng(11)
-
-    def w(*shape: int) -> np.ndarray:
-        return (r.standard_normal(shape) * 0.4).astype(np.float32)
-
-    node = helper.make_node
-    nodes = [
-        node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-        node("Relu", ["c1"], ["r1"]),
-        node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
-        node("Relu", ["c2"], ["r2"]),
-        node("Conv", ["r2", "w3", "b3"], ["c3"]),
-        node("Relu", ["c3"], ["r3"]),
-        node("Conv", ["r3", "w4", "b4"], ["c4"], strides=[2, 2], pads=[1, 1, 1, 1]),
-        node("Relu", ["c4"], ["r4"]),
-        node("GlobalAveragePool", ["r4"], ["g4"]),
-        node("Flatten", ["g4"], ["f4"]),
-        node("Gemm", ["f4", "wg", "bg"], ["y"], transB=1),
-    ]
-    init = {
-        "w1": w(8, 3, 3, 3), "b1": w(8), "w2": w(12, 8, 3, 3), "b2": w(12), "w3": w(6, 12, 1, 1),
-        "b3": w(6), "w4": w(8, 6, 3, 3), "b4": w(8), "wg": w(16, 8), "bg": w(16),
-    }  # fmt: skip
-    return make_model(
-        nodes,
-        {"x": (TensorProto.FLOAT, [1, 3, 7, 7])},
-        {"y": (TensorProto.FLOAT, [1, 16])},
-        init,
-        name="mixed",
-    )
-
-
-@pytest.fixture(scope="module")
-def mixed_qdq(tmp_path_factory) -> onnx.ModelProto:
-    folder = tmp_path_factory.mktemp("mixed")
-    model, calib = folder / "mixed.onnx", folder / "calib.npz"
-    onnx.save(_mixed_fp32(), str(model))
-    np.savez(calib, x=rng(5).standard_normal((16, 1, 3, 7, 7)).astype(np.float32))
-    edgec.optimize(model, folder / "mixed_int8.onnx", pipeline="default,quantize", calib=calib)
-    return onnx.load(str(folder / "mixed_int8.onnx"))
-
-
-def _lowered(model: onnx.ModelProto, target: str, micro_kernels: bool = True):
+def _lowered(model: onnx.ModelProto, target: str, micro_kernels: bool = True, pad_channels: bool = True):
     chosen = dataclasses.replace(get_target(target), micro_kernels=micro_kernels)
-    return chosen.lower(chosen.legalize(EdgeGraph.from_onnx(model)).graph).module
+    graph = EdgeGraph.from_onnx(model)
+    if pad_channels:
+        return chosen.lower(chosen.legalize(graph).graph).module
+    # The target's legalization without pad-channels: what each rule takes of the layers as they are.
+    ctx = PassContext(capabilities=chosen.capabilities())
+    return chosen.lower(PassManager(legalization(chosen.requantize_rounding), ctx).run(graph).graph).module
 
 
 def test_dot_product_cores_declare_sdot_and_armv8_0_cores_sadalp() -> None:
@@ -99,10 +59,16 @@ def test_dot_product_cores_declare_sdot_and_armv8_0_cores_sadalp() -> None:
 
 
 def test_each_layer_takes_the_kernel_it_fits(mixed_qdq) -> None:
-    # 8 -> 12 and the Gemm (reductions of 8) take sdot, the reduction of 6 falls to sadalp; 3 -> 8
-    # and 12 -> 6 keep the plain schedule.
-    assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a55")) == {"sadalp": 1, "sdot": 2}
-    assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a53")) == {"sadalp": 3}
+    # Unpadded: 8 -> 12 and the Gemm (reductions of 8) take sdot, the reduction of 6 falls to
+    # sadalp; 3 -> 8 and 12 -> 6 keep the plain schedule.
+    assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a55", pad_channels=False)) == {
+        "sadalp": 1,
+        "sdot": 2,
+    }
+    assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a53", pad_channels=False)) == {"sadalp": 3}
+    # The targets' own legalization pads 3 (and, for sdot, 6) input channels: only 12 -> 6 is left.
+    assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a55")) == {"sdot": 4}
+    assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a53")) == {"sadalp": 4}
     assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a55", micro_kernels=False)) == {}
 
 
@@ -110,11 +76,11 @@ def test_machine_code_has_sdot_only_where_the_core_has_it(mixed_qdq) -> None:
     a55 = get_target("cortex-a55").tvm_target()
     a53 = get_target("cortex-a53").tvm_target()
     sdot = instructions_per_kernel(_lowered(mixed_qdq, "cortex-a55"), a55, "sdot")
-    assert len(sdot) == 2 and min(sdot.values()) >= 4, sdot
+    assert len(sdot) == 4 and min(sdot.values()) >= 4, sdot
     a53_module = _lowered(mixed_qdq, "cortex-a53")
     assert instructions_per_kernel(a53_module, a53, "sdot") == {}
-    assert len(instructions_per_kernel(a53_module, a53, "sadalp")) == 3
-    assert len(instructions_per_kernel(a53_module, a53, "smull")) >= 3
+    assert len(instructions_per_kernel(a53_module, a53, "sadalp")) == 4
+    assert len(instructions_per_kernel(a53_module, a53, "smull")) >= 4
     plain = _lowered(mixed_qdq, "cortex-a55", micro_kernels=False)
     assert instructions_per_kernel(plain, a55, "sdot") == {}
     assert instructions_per_kernel(plain, a55, "sadalp") == {}
@@ -147,6 +113,6 @@ def test_the_manifest_and_the_library_say_what_was_built(mixed_qdq, tmp_path: Pa
             check=True,
         ).stdout
         assert result.manifest["capabilities"]["int8_micro_kernel"] == ("sdot" if on else None)
-        assert result.manifest["micro_kernels"] == ({"sadalp": 1, "sdot": 2} if on else {})
-    assert re.search(r"\bsdot\b", listings[True]) and re.search(r"\bsadalp\b", listings[True])
+        assert result.manifest["micro_kernels"] == ({"sdot": 4} if on else {})
+    assert len(re.findall(r"\bsdot\b", listings[True])) >= 16
     assert not re.search(r"\b(sdot|sadalp)\b", listings[False])
