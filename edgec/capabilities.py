@@ -49,7 +49,8 @@ class Capabilities:
         fp16_arithmetic: the CPU computes natively in float16 (a graph may compute in float16).
         vector_bits: the SIMD register width the kernels are written for (0: scalar).
         int8_micro_kernel: the int8 dot-product instruction the integer convolutions and matmuls
-            use (``vpdpbusd``, ``vpmaddwd``, ``smlad``), ``None`` for plain vectorised code.
+            use (``vpdpbusd``, ``vpmaddwd``, ``sdot``, ``sadalp``, ``smlad``), ``None`` for plain
+            vectorised code.
         sparse_formats: sparse weight formats its conv/matmul kernels read compressed (``bitmap``:
             a bit per weight and the non-zeros; ``nm``: N:M values and their positions).
         requantize_rounding: ``single`` or ``double`` (see ``Target.requantize_rounding``).

@@ -65,7 +65,8 @@ def main() -> None:
     "--no-micro-kernels",
     "no_micro_kernels",
     is_flag=True,
-    help="schedule int8 kernels without the target's micro-kernels (vpdpbusd, vpmaddwd, SMLAD), to compare",
+    help="schedule int8 kernels without the target's micro-kernels (vpdpbusd, vpmaddwd, sdot, sadalp, "
+    "SMLAD), to compare",
 )
 @click.option(
     "--threads",

@@ -57,7 +57,8 @@ class CompileOptions:
         prune: unstructured sparsity appended to the pipeline (``prune-magnitude``), 0.5 = 50%.
         prune_channels: channel ratio appended to the pipeline (``prune-channels``), 0.3 = 30%.
         prune_nm: N:M sparsity appended to the pipeline (``prune-nm``), e.g. ``2:4``.
-        micro_kernels: use the target's int8 micro-kernels (vpdpbusd, vpmaddwd, SMLAD) where it has them.
+        micro_kernels: use the target's int8 micro-kernels (vpdpbusd, vpmaddwd, sdot, sadalp, SMLAD)
+            where it has them.
         threads: threads of a TVM runtime library (x86); 0 = the physical cores of the machine
             it runs on (``TVM_NUM_THREADS`` at run time still wins).
         db: a tuning database folder; its best records for the target, CPU and threads replace

@@ -223,26 +223,17 @@ for _core in ("cortex-a53", "cortex-a72"):
     )
 # qemu-aarch64 has no cortex-a55 model; its cortex-a76 is the nearest strict one (ARMv8.2-A with
 # FEAT_FP16 and dot product, no SVE), where "max" would also accept instructions an A55 lacks.
-register_target(
-    _cortex_a(
-        "cortex-a55",
-        "AArch64 Linux, ARMv8.2-A NEON with dot product and fp16 arithmetic",
-        ("+neon", "+fullfp16", "+dotprod"),
-        "cortex-a76",
-        "sdot",
-        fp16=True,
+for _core in ("cortex-a55", "cortex-a76"):
+    register_target(
+        _cortex_a(
+            _core,
+            "AArch64 Linux, ARMv8.2-A NEON with dot product and fp16 arithmetic",
+            ("+neon", "+fullfp16", "+dotprod"),
+            "cortex-a76",
+            "sdot",
+            fp16=True,
+        )
     )
-)
-register_target(
-    _cortex_a(
-        "cortex-a76",
-        "AArch64 Linux, ARMv8.2-A NEON with dot product and fp16 arithmetic",
-        ("+neon", "+fullfp16", "+dotprod"),
-        "cortex-a76",
-        "sdot",
-        fp16=True,
-    )
-)
 
 register_target(
     RuntimeFreeTarget(

@@ -28,16 +28,12 @@ rules. ``edgec compile --no-micro-kernels`` switches both off (for comparisons).
 
 from __future__ import annotations
 
-from tvm import s_tir
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .int8_dot import Int8DotProductConv, dot_product_desc
+from .int8_dot import Int8DotProductConv, register_dot_product
 
 __all__ = ["SADALP_INTRIN", "SDOT_INTRIN", "Int8SadalpConv", "Int8SdotConv", "has_dotprod", "is_aarch64"]
-
-SDOT_INTRIN = "edgec_aarch64_sdot_4x4_i8i8i32"
-SADALP_INTRIN = "edgec_aarch64_smull_sadalp_4x2_i8i8i32"
 
 _LANES = 4  # int32 lanes of a 128-bit NEON register
 # Accumulators per tile: 32 NEON registers hold them, one weight vector per channel vector of
@@ -69,49 +65,28 @@ def has_dotprod(target: Target | dict) -> bool:
         return bool(codegen.target_has_features("dotprod", aarch64))
 
 
-@T.prim_func(s_tir=True)
-def _sdot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        # The 4 input bytes as one int32 broadcast to every lane (meta_var: expressions, not
-        # locals, which would become workspace allocations).
-        quad = T.meta_var(T.reinterpret("int32", A.vload([0], "int8x4")))
-        x = T.meta_var(T.reinterpret("int8x16", T.broadcast(quad, 4)))
-        C[T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4",
-            "llvm.aarch64.neon.sdot.v4i32.v16i8",
-            C.vload([0], "int32x4"),
-            B.vload([0, 0], "int8x16"),
-            x,
-        )
+def _sdot(A, B, C):
+    # The 4 input bytes as one int32 broadcast to every lane (ld1r), 4 products per lane.
+    x = T.reinterpret("int8x16", T.broadcast(T.reinterpret("int32", A.vload([0], "int8x4")), 4))
+    acc = C.vload([0], "int32x4")
+    return T.call_llvm_pure_intrin(
+        "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", acc, B.vload([0, 0], "int8x16"), x
+    )
 
 
-@T.prim_func(s_tir=True)
-def _sadalp_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (2,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (4, 2), "int8", offset_factor=1)
-    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:2], B[0:4, 0:2])
-        T.writes(C[0:4])
-        # The input pair as one int16 broadcast to 4 (= 8 bytes x0 x1 x0 x1 ...); smull's 8 int16
-        # products, pairwise added into the accumulator: LLVM folds the add of saddlp into sadalp.
-        pair = T.meta_var(T.reinterpret("int16", A.vload([0], "int8x2")))
-        x = T.meta_var(T.reinterpret("int8x8", T.broadcast(pair, 4)))
-        products = T.meta_var(
-            T.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.smull.v8i16", B.vload([0, 0], "int8x8"), x)
-        )
-        C[T.ramp(0, 1, 4)] = C.vload([0], "int32x4") + T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", products
-        )
+def _sadalp(A, B, C):
+    # The input pair as one int16 broadcast to 4 (= 8 bytes x0 x1 x0 x1 ...); smull's 8 int16
+    # products, pairwise added into the accumulator: LLVM folds the add of saddlp into sadalp.
+    x = T.reinterpret("int8x8", T.broadcast(T.reinterpret("int16", A.vload([0], "int8x2")), 4))
+    products = T.call_llvm_pure_intrin(
+        "int16x8", "llvm.aarch64.neon.smull.v8i16", B.vload([0, 0], "int8x8"), x
+    )
+    pairs = T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", products)
+    return C.vload([0], "int32x4") + pairs
 
 
-s_tir.TensorIntrin.register(SDOT_INTRIN, dot_product_desc(_LANES, 4), _sdot_impl, override=True)
-s_tir.TensorIntrin.register(SADALP_INTRIN, dot_product_desc(_LANES, 2), _sadalp_impl, override=True)
+SDOT_INTRIN = register_dot_product("edgec_aarch64_sdot_4x4_i8i8i32", _LANES, 4, _sdot)
+SADALP_INTRIN = register_dot_product("edgec_aarch64_smull_sadalp_4x2_i8i8i32", _LANES, 2, _sadalp)
 
 
 class Int8SdotConv(Int8DotProductConv):

@@ -103,7 +103,7 @@ def optimize_for_cpu(
         mod: A Relax module, e.g. from :func:`edgec.targets.tvm.frontend.import_onnx`.
         tvm_target: The TVM target as a JSON dict, e.g. ``{"kind": "llvm", "mcpu": "znver4"}``.
         micro_kernels: schedule int8 convolutions and matmuls with the CPU's micro-kernel
-            (vpdpbusd, vpmaddwd, SMLAD) where it has one (``Target.micro_kernels``).
+            (vpdpbusd, vpmaddwd, sdot, sadalp, SMLAD) where it has one (``Target.micro_kernels``).
         memory_first: keep padded inputs and pre-pool tensors out of memory
             (:mod:`.fused_kernels`, :mod:`.fused_schedules`; ``TvmTarget.memory_planning``).
         database: tuning records to apply first (:mod:`.tuning`).

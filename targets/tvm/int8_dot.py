@@ -24,6 +24,7 @@ shifted (``vpdpbusd`` multiplies unsigned bytes) records :data:`SHIFT_ATTR`, fol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "dot_product_desc",
     "micro_kernel",
     "pair_interleave",
+    "register_dot_product",
     "relayout_constant_weights",
     "weight_layout",
 ]
@@ -77,6 +79,26 @@ def dot_product_desc(lanes: int, group: int) -> tirx.PrimFunc:
                     C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
 
     return desc
+
+
+def register_dot_product(name: str, lanes: int, group: int, step: Callable[[Any, Any, Any], Any]) -> str:
+    """Registers the tensor intrinsic ``name``: :func:`dot_product_desc` ``(lanes, group)`` computed as
+    ``C[0:lanes] = step(A, B, C)``, where ``A`` holds the ``group`` input bytes, ``B`` the ``lanes x
+    group`` weight bytes and ``C`` the ``lanes`` int32 accumulators. ``step`` returns one TIR
+    expression (no locals: they would become workspace allocations). Returns ``name``."""
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (group,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            C[T.ramp(0, 1, lanes)] = step(A, B, C)
+
+    s_tir.TensorIntrin.register(name, dot_product_desc(lanes, group), impl, override=True)
+    return name
 
 
 def pair_interleave(weight: np.ndarray, layout: list[int]) -> np.ndarray:

@@ -77,7 +77,8 @@ class TvmTarget(Target):
     Attributes:
         vector_bits: the SIMD register width its kernels use (0: scalar).
         micro_kernel: the int8 dot-product instruction of its integer conv/matmul kernels
-            (``vpdpbusd`` on x86 VNNI, ``vpmaddwd`` on x86 AVX2, ``smlad`` on Cortex-M4/M7),
+            (``vpdpbusd`` on x86 VNNI, ``vpmaddwd`` on x86 AVX2, ``sdot`` on Cortex-A55/A76, ``sadalp`` on
+            Cortex-A53/A72, ``smlad`` on Cortex-M4/M7),
             ``None`` for plain code.
         tuning_database: a tuning database root (``--db``): ``lower`` applies its best records
             for this target, CPU and thread count (:meth:`tuning_key`) before the default rules.

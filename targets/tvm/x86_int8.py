@@ -31,15 +31,12 @@ and 16 or 8 lanes) comes first; what it declines still gets this one.
 
 from __future__ import annotations
 
-from tvm import s_tir
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .int8_dot import Int8DotProductConv, dot_product_desc
+from .int8_dot import Int8DotProductConv, register_dot_product
 
 __all__ = ["PMADDWD_INTRIN", "Int8PmaddwdConv", "has_avx2"]
-
-PMADDWD_INTRIN = "edgec_x86_pmaddwd_8x2_i8i8i32"
 
 _LANES, _PAIR = 8, 2  # int32 accumulators per ymm register; int16 products per lane
 # Accumulators per tile. The weights come from memory as vpmovsxbw operands and one register
@@ -62,26 +59,16 @@ def has_avx2(target: Target | dict) -> bool:
         return bool(codegen.target_has_features("avx2", target))
 
 
-@T.prim_func(s_tir=True)
-def _pmaddwd_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (2,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (8, 2), "int8", offset_factor=1)
-    C = T.match_buffer(c, (8,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        # The input pair as one int16, broadcast to 8 int16 (= 16 bytes x0 x1 x0 x1 ...), then
-        # sign-extended to 16 int16: vpbroadcastw + vpmovsxbw (meta_var: expressions, not locals,
-        # which would become workspace allocations).
-        pair = T.meta_var(T.reinterpret("int16", A.vload([0], "int8x2")))
-        x = T.meta_var(T.Cast("int16x16", T.reinterpret("int8x16", T.broadcast(pair, 8))))
-        w = T.meta_var(T.Cast("int16x16", B.vload([0, 0], "int8x16")))
-        C[T.ramp(0, 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
-            "int32x8", "llvm.x86.avx2.pmadd.wd", x, w
-        )
+def _pmaddwd(A, B, C):
+    # The input pair as one int16, broadcast to 8 int16 (= 16 bytes x0 x1 x0 x1 ...), then
+    # sign-extended to 16 int16: vpbroadcastw + vpmovsxbw.
+    pair = T.reinterpret("int16", A.vload([0], "int8x2"))
+    x = T.Cast("int16x16", T.reinterpret("int8x16", T.broadcast(pair, 8)))
+    w = T.Cast("int16x16", B.vload([0, 0], "int8x16"))
+    return C.vload([0], "int32x8") + T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", x, w)
 
 
-s_tir.TensorIntrin.register(PMADDWD_INTRIN, dot_product_desc(_LANES, _PAIR), _pmaddwd_impl, override=True)
+PMADDWD_INTRIN = register_dot_product("edgec_x86_pmaddwd_8x2_i8i8i32", _LANES, _PAIR, _pmaddwd)
 
 
 class Int8PmaddwdConv(Int8DotProductConv):

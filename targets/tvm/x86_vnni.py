@@ -19,13 +19,14 @@ declines (a first layer with 1-3 input channels, 8-channel widths) falls to the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .int8_dot import SHIFT_ATTR, dot_product_desc
+from .int8_dot import SHIFT_ATTR, register_dot_product
 from .int8_rules import Int8Reduction
 from .x86_int8 import Int8PmaddwdConv
 
@@ -52,38 +53,26 @@ def vnni_lanes(target: Target) -> int:
         return 8 if codegen.target_has_features("avxvnni", target) else 0
 
 
-def _intrinsic(lanes: int) -> str:
-    name = f"edgec_x86_vpdpbusd_{lanes}x4_i8i8i32"
+def _vpdpbusd(lanes: int) -> Callable[[Any, Any, Any], Any]:
+    def step(A, B, C):
+        # The 4 input bytes as one int32, sign bits flipped (x + 128, unsigned), broadcast, as
+        # bytes again (LLVM's vpdpbusd takes byte vectors). The flip is scalar, before the
+        # broadcast: a vector XOR of the broadcast sends the LLVM of TVM 0.27 into an endless
+        # loop on znver4/znver5 with 512-bit vectors.
+        quad = T.reinterpret("int32", A.vload([0], "int8x4"))
+        flipped = T.broadcast(T.bitwise_xor(quad, T.int32(_SIGN_BITS)), lanes)
+        x = T.reinterpret(f"int8x{4 * lanes}", flipped)
+        w = B.vload([0, 0], f"int8x{4 * lanes}")
+        acc = C.vload([0], f"int32x{lanes}")
+        return T.call_llvm_pure_intrin(f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", acc, x, w)
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            # The 4 input bytes as one int32, sign bits flipped (x + 128, unsigned), broadcast, as
-            # bytes again (LLVM's vpdpbusd takes byte vectors); meta_var: expressions, not locals.
-            # The flip is scalar, before the broadcast: a vector XOR of the broadcast sends the
-            # LLVM of TVM 0.27 into an endless loop on znver4/znver5 with 512-bit vectors.
-            quad = T.meta_var(T.reinterpret("int32", A.vload([0], "int8x4")))
-            flipped = T.meta_var(T.broadcast(T.bitwise_xor(quad, T.int32(_SIGN_BITS)), lanes))
-            x = T.meta_var(T.reinterpret(f"int8x{4 * lanes}", flipped))
-            w = T.meta_var(B.vload([0, 0], f"int8x{4 * lanes}"))
-            C[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
-                f"int32x{lanes}",
-                f"llvm.x86.avx512.vpdpbusd.{32 * lanes}",
-                C.vload([0], f"int32x{lanes}"),
-                x,
-                w,
-            )
-
-    s_tir.TensorIntrin.register(name, dot_product_desc(lanes, 4), impl, override=True)
-    return name
+    return step
 
 
-VNNI_INTRINSICS = {lanes: _intrinsic(lanes) for lanes in (8, 16)}
+VNNI_INTRINSICS = {
+    lanes: register_dot_product(f"edgec_x86_vpdpbusd_{lanes}x4_i8i8i32", lanes, 4, _vpdpbusd(lanes))
+    for lanes in (8, 16)
+}
 
 
 class Int8VnniConv(Int8PmaddwdConv):

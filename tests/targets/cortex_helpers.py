@@ -111,34 +111,39 @@ def mixed_channels_model() -> onnx.ModelProto:
     """Convolutions on both sides of the AArch64 int8 micro-kernels' limits: 3 -> 8 (3 input
     channels: a step of neither kernel unless ``pad-channels`` pads them), 8 -> 12 on a 7-wide map,
     12 -> 6 1x1 (6 output channels: no kernel takes it), 6 -> 8 stride 2 (a reduction of 6: sadalp's
-    step, not sdot's), then a global average pool and an 8 -> 16 Gemm (1x3x7x7 -> 1x16)."""
+    step, not sdot's), each with a ReLU, then a global average pool and an 8 -> 16 Gemm
+    (1x3x7x7 -> 1x16)."""
     r = rng(11)
-
-    def w(*shape: int) -> np.ndarray:
-        return (r.standard_normal(shape) * 0.4).astype(np.float32)
-
-    node = helper.make_node
-    nodes = [
-        node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-        node("Relu", ["c1"], ["r1"]),
-        node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
-        node("Relu", ["c2"], ["r2"]),
-        node("Conv", ["r2", "w3", "b3"], ["c3"]),
-        node("Relu", ["c3"], ["r3"]),
-        node("Conv", ["r3", "w4", "b4"], ["c4"], strides=[2, 2], pads=[1, 1, 1, 1]),
-        node("Relu", ["c4"], ["r4"]),
-        node("GlobalAveragePool", ["r4"], ["g4"]),
-        node("Flatten", ["g4"], ["f4"]),
-        node("Gemm", ["f4", "wg", "bg"], ["y"], transB=1),
+    layers = [(3, 8, 3, 1), (8, 12, 3, 1), (12, 6, 1, 1), (6, 8, 3, 2)]  # in, out, kernel, stride
+    nodes, init, x = [], {}, "x"
+    for i, (cin, cout, k, stride) in enumerate(layers):
+        init[f"w{i}"] = (r.standard_normal((cout, cin, k, k)) * 0.4).astype(np.float32)
+        init[f"b{i}"] = (r.standard_normal(cout) * 0.4).astype(np.float32)
+        pads = [k // 2] * 4
+        nodes.append(
+            helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], strides=[stride] * 2, pads=pads)
+        )
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        x = f"r{i}"
+    init["wg"] = (r.standard_normal((16, 8)) * 0.4).astype(np.float32)
+    init["bg"] = (r.standard_normal(16) * 0.4).astype(np.float32)
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1),
     ]
-    init = {
-        "w1": w(8, 3, 3, 3), "b1": w(8), "w2": w(12, 8, 3, 3), "b2": w(12), "w3": w(6, 12, 1, 1),
-        "b3": w(6), "w4": w(8, 6, 3, 3), "b4": w(8), "wg": w(16, 8), "bg": w(16),
-    }  # fmt: skip
-    return make_model(
-        nodes,
-        {"x": (TensorProto.FLOAT, [1, 3, 7, 7])},
-        {"y": (TensorProto.FLOAT, [1, 16])},
-        init,
-        name="mixed",
-    )
+    inputs, outputs = {"x": (TensorProto.FLOAT, [1, 3, 7, 7])}, {"y": (TensorProto.FLOAT, [1, 16])}
+    return make_model(nodes, inputs, outputs, init, name="mixed")
+
+
+def int8_qdq(model: onnx.ModelProto, samples: int = 16, seed: int = 5) -> onnx.ModelProto:
+    """``model`` quantized to int8 QDQ by edgec's ``default,quantize``, calibrated on ``samples``
+    seeded normal inputs (one graph input)."""
+    from edgec.pm import PassContext, PassManager
+
+    graph = EdgeGraph.from_onnx(model)
+    (x,) = graph.inputs
+    calibration = {
+        x.name: rng(seed).standard_normal((samples, *[int(d) for d in x.shape])).astype(np.float32)
+    }
+    return PassManager("default,quantize", PassContext(calibration=calibration)).run(graph).graph.to_onnx()

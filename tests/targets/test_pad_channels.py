@@ -18,7 +18,7 @@ from edgec.targets import get_target
 from edgec.targets.integer.reference import run_reference
 from edgec.targets.tvm.target import REDUCTION_STEP, legalization
 from tests.helpers import covers, legalize, rng
-from tests.targets.cortex_helpers import build, mobilenet_block_model, needs_tools
+from tests.targets.cortex_helpers import build, int8_qdq, mobilenet_block_model, needs_tools
 
 
 def _legal(model: onnx.ModelProto | EdgeGraph, multiple: int = 0) -> tuple[EdgeGraph, dict]:
@@ -69,7 +69,7 @@ def test_padded_convolutions_compute_the_same_sums(mixed_qdq) -> None:
 @needs_tools("aarch64-linux-gnu-gcc", "qemu-aarch64-static")
 def test_padded_first_layer_runs_bit_exact_under_qemu(tmp_path: Path) -> None:
     """The padded input of a real first layer (3x3 stride 2, with spatial padding and ReLU6)."""
-    model = _quantized_block()
+    model = int8_qdq(mobilenet_block_model())
     legal = legalize(model, "cortex-a55")
     assert 1 in {pad for _, pad in _convs(legal).values()}
     _, manifest = build("cortex-a55", model, tmp_path / "a55", "m")
@@ -82,7 +82,7 @@ def test_padded_first_layer_runs_bit_exact_under_qemu(tmp_path: Path) -> None:
 @covers("pad-channels", kind="negative")
 def test_grouped_and_fitting_convolutions_are_left_alone(mixed_qdq) -> None:
     # The depthwise conv of the MobileNet block is grouped: refused with the reason.
-    _, stats = _legal(_quantized_block(), 4)
+    _, stats = _legal(int8_qdq(mobilenet_block_model()), 4)
     reasons = {row["reason"] for row in stats.get("refused", [])}
     assert any("grouped or depthwise" in reason for reason in reasons), stats
     # Input channels already a multiple of the step: nothing to do.
@@ -93,13 +93,6 @@ def test_grouped_and_fitting_convolutions_are_left_alone(mixed_qdq) -> None:
     assert stats["padded"] == 0 and _convs(again) == _convs(padded)
     with pytest.raises(EdgecError, match="at least 2"):
         PassManager("pad-channels{multiple=1}")
-
-
-def _quantized_block() -> onnx.ModelProto:
-    """The MobileNet block (a 3-channel 3x3 stride-2 first layer, a depthwise conv) in int8 QDQ."""
-    calibration = {"x": rng(2).standard_normal((8, 1, 3, 16, 16)).astype(np.float32)}
-    run = PassManager("default,quantize", PassContext(calibration=calibration))
-    return run.run(EdgeGraph.from_onnx(mobilenet_block_model())).graph.to_onnx()
 
 
 def test_only_targets_with_a_stepped_micro_kernel_and_ram_to_spare_pad() -> None:
