@@ -19,21 +19,23 @@ into int16 (|product| <= 128² = 2^14, exact) and ``sadalp`` adds adjacent int16
 int32 accumulator (no int16 sum, so nothing wraps before the int32 accumulation, which wraps
 exactly as the plain kernel's): both stay bit-exact with the plain kernels and the numpy
 reference. The weights are stored group-interleaved for 4 output channels per vector
-(:func:`.int8_dot.pair_interleave` with ``[4, 4]`` or ``[2, 4]``). :class:`Int8SdotConv` runs on
-targets whose CPU has the dot-product extension (:func:`has_dotprod`); what it declines (a
-reduction not a multiple of 4) and every kernel of a core without it gets :class:`Int8SadalpConv`
+(:func:`.int8_dot.pair_interleave` with ``[4, 4]`` or ``[2, 4]``). :class:`Int8NeonConv` ``("sdot")``
+runs on targets whose CPU has the dot-product extension (:func:`has_dotprod`); what it declines (a
+reduction not a multiple of 4) and every kernel of a core without it gets ``("sadalp")``
 (reductions of even length). A first layer on an RGB image (3 input channels) keeps the plain
 rules. ``edgec compile --no-micro-kernels`` switches both off (for comparisons).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tvm.script import tirx as T
 from tvm.target import Target
 
 from .int8_dot import Int8DotProductConv, register_dot_product
 
-__all__ = ["SADALP_INTRIN", "SDOT_INTRIN", "Int8SadalpConv", "Int8SdotConv", "has_dotprod", "is_aarch64"]
+__all__ = ["SADALP_INTRIN", "SDOT_INTRIN", "Int8NeonConv", "has_dotprod", "is_aarch64"]
 
 _LANES = 4  # int32 lanes of a 128-bit NEON register
 # Accumulators per tile: 32 NEON registers hold them, one weight vector per channel vector of
@@ -89,27 +91,23 @@ SDOT_INTRIN = register_dot_product("edgec_aarch64_sdot_4x4_i8i8i32", _LANES, 4, 
 SADALP_INTRIN = register_dot_product("edgec_aarch64_smull_sadalp_4x2_i8i8i32", _LANES, 2, _sadalp)
 
 
-class Int8SdotConv(Int8DotProductConv):
-    """``sdot`` schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the module docstring)."""
+# instruction -> (input channels per step, tensor intrinsic, whether a target has it)
+_KERNELS: dict[str, tuple[int, str, Callable[[Target | dict], bool]]] = {
+    "sdot": (4, SDOT_INTRIN, has_dotprod),
+    "sadalp": (2, SADALP_INTRIN, is_aarch64),
+}
+
+
+class Int8NeonConv(Int8DotProductConv):
+    """``sdot`` or ``smull`` + ``sadalp`` schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the
+    module docstring)."""
 
     lanes = _LANES
-    group = 4
-    intrinsic = SDOT_INTRIN
-    instruction = "sdot"
     max_accumulators = _MAX_ACCUMULATORS
 
-    def is_target_available(self, target: Target) -> bool:
-        return has_dotprod(target)
-
-
-class Int8SadalpConv(Int8DotProductConv):
-    """``smull`` + ``sadalp`` schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (module docstring)."""
-
-    lanes = _LANES
-    group = 2
-    intrinsic = SADALP_INTRIN
-    instruction = "sadalp"
-    max_accumulators = _MAX_ACCUMULATORS
+    def __init__(self, instruction: str) -> None:
+        self.instruction = instruction
+        self.group, self.intrinsic, self._available = _KERNELS[instruction]
 
     def is_target_available(self, target: Target) -> bool:
-        return is_aarch64(target)
+        return self._available(target)

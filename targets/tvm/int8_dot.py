@@ -3,7 +3,7 @@
 
 Each instruction multiplies ``group`` consecutive int8 reduction values of one input pixel by the
 same ``group`` values of ``lanes`` output channels and adds each group's products into one int32
-lane: the tensor intrinsic :func:`dot_product_desc` ``(lanes, group)``::
+lane: the tensor intrinsic :func:`dot_product_func` ``(lanes, group)``::
 
     C[j] += Σ_k int32(A[k]) · int32(B[j, k])          j < lanes, k < group
 
@@ -40,7 +40,7 @@ __all__ = [
     "SHIFT_ATTR",
     "WEIGHT_LAYOUT_ATTR",
     "Int8DotProductConv",
-    "dot_product_desc",
+    "dot_product_func",
     "micro_kernel",
     "pair_interleave",
     "register_dot_product",
@@ -61,43 +61,39 @@ _MAX_VECTORS = 8  # output-channel vectors per tile
 _TAIL_LANES = 8  # the epilogue and padding copies are vectorised in chunks of 8
 
 
-def dot_product_desc(lanes: int, group: int) -> tirx.PrimFunc:
-    """What an int8 dot-product micro-kernel computes, as the tensorize pattern: ``lanes`` int32
-    accumulators, each adding ``group`` int8 products, ``C[j] += Σ_k A[k] · B[j, k]``."""
+def dot_product_func(
+    lanes: int, group: int, step: Callable[[Any, Any, Any], Any] | None = None
+) -> tirx.PrimFunc:
+    """The two functions of an int8 dot-product tensor intrinsic: without ``step``, what it computes
+    (the tensorize pattern: ``lanes`` int32 accumulators, each adding ``group`` int8 products,
+    ``C[j] += Σ_k A[k] · B[j, k]``); with it, ``C[0:lanes] = step(A, B, C)``, where ``A`` holds the
+    ``group`` input bytes, ``B`` the ``lanes x group`` weight bytes and ``C`` the accumulators.
+    ``step`` returns one TIR expression (no locals: they would become workspace allocations)."""
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    def func(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (group,), "int8", offset_factor=1)
         B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
         C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
             T.writes(C[0:lanes])
-            for j, k in T.grid(lanes, group):
-                with T.sblock("update"):
-                    vj, vk = T.axis.remap("SR", [j, k])
-                    C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
+            if step is None:  # a Python value: the parser keeps one branch
+                for j, k in T.grid(lanes, group):
+                    with T.sblock("update"):
+                        vj, vk = T.axis.remap("SR", [j, k])
+                        C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
+            else:
+                C[T.ramp(0, 1, lanes)] = step(A, B, C)
 
-    return desc
+    return func
 
 
 def register_dot_product(name: str, lanes: int, group: int, step: Callable[[Any, Any, Any], Any]) -> str:
-    """Registers the tensor intrinsic ``name``: :func:`dot_product_desc` ``(lanes, group)`` computed as
-    ``C[0:lanes] = step(A, B, C)``, where ``A`` holds the ``group`` input bytes, ``B`` the ``lanes x
-    group`` weight bytes and ``C`` the ``lanes`` int32 accumulators. ``step`` returns one TIR
-    expression (no locals: they would become workspace allocations). Returns ``name``."""
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (group,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
-            T.writes(C[0:lanes])
-            C[T.ramp(0, 1, lanes)] = step(A, B, C)
-
-    s_tir.TensorIntrin.register(name, dot_product_desc(lanes, group), impl, override=True)
+    """Registers the tensor intrinsic ``name`` computing :func:`dot_product_func` ``(lanes, group)``
+    with ``step``; returns ``name``."""
+    desc, impl = dot_product_func(lanes, group), dot_product_func(lanes, group, step)
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
     return name
 
 
@@ -115,7 +111,7 @@ class Int8DotProductConv(Int8MicroKernelRule):
 
     Subclasses set the class attributes: ``lanes`` int32 accumulators per vector register,
     ``group`` products summed per lane (the reduction step of the intrinsic), ``intrinsic`` (a
-    registered tensor intrinsic computing :func:`dot_product_desc` ``(lanes, group)``),
+    registered tensor intrinsic computing :func:`dot_product_func` ``(lanes, group)``),
     ``instruction`` (its name in the manifest), ``max_accumulators`` per tile; and
     ``is_target_available``.
     """

@@ -212,7 +212,7 @@ def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool =
     on AArch64 with the dot-product extension, smull + sadalp on every AArch64 core), if
     ``micro_kernels``; each declines what it cannot take."""
     from .arm_dsp import Int8DspConv, has_dsp
-    from .arm_neon import Int8SadalpConv, Int8SdotConv, has_dotprod, is_aarch64
+    from .arm_neon import Int8NeonConv, has_dotprod, is_aarch64
     from .fused_schedules import ConvPool
     from .sparse_schedule import SparseRows
     from .x86_int8 import Int8PmaddwdConv, has_avx2
@@ -232,8 +232,8 @@ def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool =
         *([Int8VnniConv(lanes)] if lanes else []),
         *([Int8PmaddwdConv()] if has_avx2(target) else []),
         # sdot first; what it declines (reductions not a multiple of 4) still gets sadalp.
-        *([Int8SdotConv()] if has_dotprod(target) else []),
-        *([Int8SadalpConv()] if is_aarch64(target) else []),
+        *([Int8NeonConv("sdot")] if has_dotprod(target) else []),
+        *([Int8NeonConv("sadalp")] if is_aarch64(target) else []),
     ]
 
 

@@ -106,7 +106,7 @@ def test_only_targets_with_a_stepped_micro_kernel_and_ram_to_spare_pad() -> None
 
 def test_reduction_steps_are_the_rules_groups() -> None:
     pytest.importorskip("tvm")
-    from edgec.targets.tvm.arm_neon import Int8SadalpConv, Int8SdotConv
+    from edgec.targets.tvm.arm_neon import Int8NeonConv
 
-    rules = [Int8SdotConv(), Int8SadalpConv()]
+    rules = [Int8NeonConv("sdot"), Int8NeonConv("sadalp")]
     assert {rule.instruction: rule.group for rule in rules} == REDUCTION_STEP
