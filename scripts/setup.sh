@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-user-static qemu-system-arm cmake make)
+# qemu-user: a dynamically linked qemu-aarch64 that loads TCG plugins (the static one cannot), for
+# benchmarks/cortex_a_int8.py's instruction counts.
+DEBIAN_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-user-static qemu-user
+    qemu-system-arm cmake make)
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
