@@ -9,7 +9,9 @@ lane: the tensor intrinsic :func:`dot_product_func` ``(lanes, group)``::
 
 The weights are stored group-interleaved, ``W'[..., r/g, c/L, c%L, r%g] = W[..., r, c]``
 (:func:`pair_interleave`; HWIO conv weights and ``x @ W`` matmul weights alike, the reduction
-axis second to last and the output channel last), so one vector load gives ``B``.
+axis second to last and the output channel last), so one vector load gives ``B``. A rule whose
+intrinsic takes ``quads`` groups at once (AArch64's lane-indexed ``sdot``) stores
+``W'[..., r/(gq), c/L, r%(gq)/g, c%L, r%g]``: the ``quads`` weight vectors of one step in a row.
 :class:`Int8DotProductConv` rewrites the kernel's weight parameter to that layout, tiles ``wi``
 output columns by ``lanes·v`` output channels (``wi·v`` accumulator registers,
 :meth:`Int8DotProductConv.pick_tiles`), puts the reduction outside the tile and tensorizes the
@@ -62,48 +64,61 @@ _TAIL_LANES = 8  # the epilogue and padding copies are vectorised in chunks of 8
 
 
 def dot_product_func(
-    lanes: int, group: int, step: Callable[[Any, Any, Any], Any] | None = None
+    lanes: int, group: int, step: Callable[[Any, Any, Any], Any] | None = None, quads: int = 1
 ) -> tirx.PrimFunc:
     """The two functions of an int8 dot-product tensor intrinsic: without ``step``, what it computes
-    (the tensorize pattern: ``lanes`` int32 accumulators, each adding ``group`` int8 products,
-    ``C[j] += Σ_k A[k] · B[j, k]``); with it, ``C[0:lanes] = step(A, B, C)``, where ``A`` holds the
-    ``group`` input bytes, ``B`` the ``lanes x group`` weight bytes and ``C`` the accumulators.
-    ``step`` returns one TIR expression (no locals: they would become workspace allocations)."""
+    (the tensorize pattern: ``lanes`` int32 accumulators, each adding ``group·quads`` int8 products,
+    ``C[j] += Σ_k A[k] · B[j, k]``, ``B[k/group, j, k%group]`` when ``quads`` > 1: the layout of
+    :func:`pair_interleave`); with it, ``C[0:lanes] = step(A, B, C)``, where ``A`` holds the input
+    bytes, ``B`` the weight bytes and ``C`` the accumulators. ``step`` returns one TIR expression
+    (no locals: they would become workspace allocations). Python ``if``: the parser keeps one branch."""
+    weights = (lanes, group) if quads == 1 else (quads, lanes, group)
 
     @T.prim_func(s_tir=True)
     def func(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (group,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (lanes, group), "int8", offset_factor=1)
+        A = T.match_buffer(a, (group * quads,), "int8", offset_factor=1)
+        B = T.match_buffer(b, weights, "int8", offset_factor=1)
         C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            if quads == 1:
+                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            else:
+                T.reads(C[0:lanes], A[0 : group * quads], B[0:quads, 0:lanes, 0:group])
             T.writes(C[0:lanes])
-            if step is None:  # a Python value: the parser keeps one branch
-                for j, k in T.grid(lanes, group):
+            if step is None:
+                for j, k in T.grid(lanes, group * quads):
                     with T.sblock("update"):
                         vj, vk = T.axis.remap("SR", [j, k])
-                        C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
+                        if quads == 1:
+                            C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
+                        else:
+                            w = T.meta_var(B[vk // group, vj, vk % group])
+                            C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", w)
             else:
                 C[T.ramp(0, 1, lanes)] = step(A, B, C)
 
     return func
 
 
-def register_dot_product(name: str, lanes: int, group: int, step: Callable[[Any, Any, Any], Any]) -> str:
-    """Registers the tensor intrinsic ``name`` computing :func:`dot_product_func` ``(lanes, group)``
-    with ``step``; returns ``name``."""
-    desc, impl = dot_product_func(lanes, group), dot_product_func(lanes, group, step)
+def register_dot_product(
+    name: str, lanes: int, group: int, step: Callable[[Any, Any, Any], Any], quads: int = 1
+) -> str:
+    """Registers the tensor intrinsic ``name`` computing :func:`dot_product_func` ``(lanes, group,
+    quads=quads)`` with ``step``; returns ``name``."""
+    desc, impl = dot_product_func(lanes, group, quads=quads), dot_product_func(lanes, group, step, quads)
     s_tir.TensorIntrin.register(name, desc, impl, override=True)
     return name
 
 
 def pair_interleave(weight: np.ndarray, layout: list[int]) -> np.ndarray:
-    """``W'[..., r/p, c/l, c%l, r%p] = W[..., r, c]`` for ``layout = [p, l]`` (numpy, build time)."""
-    pair, lanes = layout
+    """``W'[..., r/(pq), c/l, r%(pq)/p, c%l, r%p] = W[..., r, c]`` for ``layout = [p, l, q]`` (numpy,
+    build time; ``q`` = 1, or absent: ``W'[..., r/p, c/l, c%l, r%p]``)."""
+    pair, lanes, quads = (*layout, 1)[:3]
     *lead, reduction, channels = weight.shape
-    split = weight.reshape(*lead, reduction // pair, pair, channels // lanes, lanes)
+    split = weight.reshape(*lead, reduction // (pair * quads), quads, pair, channels // lanes, lanes)
     k = len(lead)
-    return np.ascontiguousarray(split.transpose(*range(k), k, k + 2, k + 3, k + 1))
+    interleaved = split.transpose(*range(k), k, k + 3, k + 1, k + 4, k + 2)
+    return np.ascontiguousarray(interleaved if len(layout) > 2 else interleaved.squeeze(k + 2))
 
 
 class Int8DotProductConv(Int8MicroKernelRule):
@@ -121,6 +136,7 @@ class Int8DotProductConv(Int8MicroKernelRule):
     intrinsic: str
     instruction: str
     max_accumulators: int
+    quads: int = 1  # groups per tensorized step (the intrinsic reads quads·group inputs at once)
 
     def pick_tiles(self, width: int, vectors: int) -> tuple[int, int]:
         """``(columns, channel vectors)`` per tile for a layer ``width`` wide with ``lanes·vectors``
@@ -142,7 +158,8 @@ class Int8DotProductConv(Int8MicroKernelRule):
 
     def _schedule(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
         found = match_int8_reduction(func, s_tir.Schedule(func))
-        if found is None or found.reduction % self.group or found.channels % self.lanes:
+        step = self.group * self.quads
+        if found is None or found.reduction % step or found.channels % self.lanes:
             return None
         annotations = self._annotations(func, found)
         if annotations is None:
@@ -156,11 +173,25 @@ class Int8DotProductConv(Int8MicroKernelRule):
         producers = blocks[: names.index(found.block)]
         epilogue = blocks[names.index(found.block) + 1 :]
         group, lanes = self.group, self.lanes
-        sch.transform_layout(
-            main,
-            found.weight,
-            lambda *idx: (*idx[:-2], idx[-2] // group, idx[-1] // lanes, idx[-1] % lanes, idx[-2] % group),
-        )
+        if self.quads == 1:
+            sch.transform_layout(
+                main,
+                found.weight,
+                lambda *i: (*i[:-2], i[-2] // group, i[-1] // lanes, i[-1] % lanes, i[-2] % group),
+            )
+        else:
+            sch.transform_layout(
+                main,
+                found.weight,
+                lambda *i: (
+                    *i[:-2],
+                    i[-2] // step,
+                    i[-1] // lanes,
+                    i[-2] % step // group,
+                    i[-1] % lanes,
+                    i[-2] % group,
+                ),
+            )
         if found.conv:
             outer, tile = self._tile_conv(sch, main, found)
             first_reduce = sch.get_loops(main)[2]  # after (outer, wo): ry
@@ -175,7 +206,7 @@ class Int8DotProductConv(Int8MicroKernelRule):
             sch.reverse_compute_at(epilogue[-1], tile)
             _vectorize_tail(sch, sch.get_loops(epilogue[-1])[-1])
         init = sch.decompose_reduction(main, first_reduce)
-        *_, columns, vectors, lane_loop, _group = sch.get_loops(main)
+        *_, columns, vectors, lane_loop, _step = sch.get_loops(main)
         sch.tensorize(lane_loop, self.intrinsic)
         sch.unroll(columns)
         sch.unroll(vectors)
@@ -186,7 +217,9 @@ class Int8DotProductConv(Int8MicroKernelRule):
         """The function attributes of the scheduled kernel (the weight layout the build-time
         relayout applies, the instruction), or ``None`` when the kernel cannot take the rule."""
         return {
-            WEIGHT_LAYOUT_ATTR: {found.weight_param: [self.group, self.lanes]},
+            WEIGHT_LAYOUT_ATTR: {
+                found.weight_param: [self.group, self.lanes, *([self.quads] * (self.quads > 1))]
+            },
             INSTRUCTION_ATTR: self.instruction,
         }
 
@@ -196,7 +229,7 @@ class Int8DotProductConv(Int8MicroKernelRule):
         wi, v = self.pick_tiles(width, channels // self.lanes)
         wo, wi_loop = sch.split(w, [None, wi])
         coo, cov, coi = sch.split(co, [None, v, self.lanes])
-        rco, rci = sch.split(rc, [None, self.group])
+        rco, rci = sch.split(rc, [None, self.group * self.quads])
         if channels * kh * kw * cin > height * width * cin:
             # Weights outweigh the input (late 1x1 layers, the classifier): rows inside a channel
             # block, so its weight slice stays in L1 (as the float rule does).
@@ -212,7 +245,7 @@ class Int8DotProductConv(Int8MicroKernelRule):
         i, j, k = sch.get_loops(main)
         _, v = self.pick_tiles(1, found.channels // self.lanes)
         jo, jv, ji = sch.split(j, [None, v, self.lanes])
-        ko, ki = sch.split(k, [None, self.group])
+        ko, ki = sch.split(k, [None, self.group * self.quads])
         one = sch.split(i, [None, 1])[1]  # the tile's "columns" loop (one row)
         sch.reorder(jo, sch.get_loops(main)[0], ko, one, jv, ji, ki)
         if found.channels // (self.lanes * v) > 1:

@@ -232,7 +232,7 @@ def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool =
         *([Int8VnniConv(lanes)] if lanes else []),
         *([Int8PmaddwdConv()] if has_avx2(target) else []),
         # sdot first; what it declines (reductions not a multiple of 4) still gets sadalp.
-        *([Int8NeonConv("sdot")] if has_dotprod(target) else []),
+        *([Int8NeonConv("sdot-lane"), Int8NeonConv("sdot")] if has_dotprod(target) else []),
         *([Int8NeonConv("sadalp")] if is_aarch64(target) else []),
     ]
 

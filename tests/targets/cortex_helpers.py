@@ -108,13 +108,13 @@ def mobilenet_block_model() -> onnx.ModelProto:
 
 
 def mixed_channels_model() -> onnx.ModelProto:
-    """Convolutions on both sides of the AArch64 int8 micro-kernels' limits: 3 -> 8 (3 input
-    channels: a step of neither kernel unless ``pad-channels`` pads them), 8 -> 12 on a 7-wide map,
-    12 -> 6 1x1 (6 output channels: no kernel takes it), 6 -> 8 stride 2 (a reduction of 6: sadalp's
-    step, not sdot's), each with a ReLU, then a global average pool and an 8 -> 16 Gemm
-    (1x3x7x7 -> 1x16)."""
+    """Convolutions on both sides of the AArch64 int8 micro-kernels' limits: 3 -> 16 (3 input
+    channels: a step of neither kernel unless ``pad-channels`` pads them), 16 -> 12 on a 7-wide map
+    (16 input channels: lane-indexed sdot), 12 -> 6 1x1 (6 output channels: no kernel takes it),
+    6 -> 8 stride 2 (a reduction of 6: sadalp's step, not sdot's), each with a ReLU, then a global
+    average pool and an 8 -> 16 Gemm (1x3x7x7 -> 1x16)."""
     r = rng(11)
-    layers = [(3, 8, 3, 1), (8, 12, 3, 1), (12, 6, 1, 1), (6, 8, 3, 2)]  # in, out, kernel, stride
+    layers = [(3, 16, 3, 1), (16, 12, 3, 1), (12, 6, 1, 1), (6, 8, 3, 2)]  # in, out, kernel, stride
     nodes, init, x = [], {}, "x"
     for i, (cin, cout, k, stride) in enumerate(layers):
         init[f"w{i}"] = (r.standard_normal((cout, cin, k, k)) * 0.4).astype(np.float32)

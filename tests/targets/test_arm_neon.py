@@ -21,6 +21,7 @@ from edgec.targets import get_target
 from edgec.targets.integer.reference import run_reference
 from edgec.targets.tvm.arm_neon import has_dotprod, is_aarch64
 from edgec.targets.tvm.build import micro_kernels_built
+from edgec.targets.tvm.int8_dot import weight_layout
 from edgec.targets.tvm.target import legalization
 from tests.helpers import instructions_per_kernel, legalize, rng
 from tests.targets.cortex_helpers import build, needs_tools
@@ -59,24 +60,32 @@ def test_dot_product_cores_declare_sdot_and_armv8_0_cores_sadalp() -> None:
 
 
 def test_each_layer_takes_the_kernel_it_fits(mixed_qdq) -> None:
-    # Unpadded: 8 -> 12 and the Gemm (reductions of 8) take sdot, the reduction of 6 falls to
-    # sadalp; 3 -> 8 and 12 -> 6 keep the plain schedule.
+    # Unpadded: 16 -> 12 and the Gemm (reductions of 16 and 8) take sdot, the reduction of 6 falls
+    # to sadalp; 3 -> 16 and 12 -> 6 keep the plain schedule.
     assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a55", pad_channels=False)) == {
         "sadalp": 1,
         "sdot": 2,
     }
     assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a53", pad_channels=False)) == {"sadalp": 3}
     # The targets' own legalization pads 3 (and, for sdot, 6) input channels: only 12 -> 6 is left.
-    assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a55")) == {"sdot": 4}
+    a55 = _lowered(mixed_qdq, "cortex-a55")
+    assert micro_kernels_built(a55) == {"sdot": 4}
     assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a53")) == {"sadalp": 4}
+    # 16 input channels: the lane-indexed form (4 sdot per 16 channels, weights [r/16, c/4, 4, 4, 4]).
+    layouts = sorted(value for f in a55.functions.values() for value in weight_layout(f).values())
+    assert layouts == [[4, 4], [4, 4], [4, 4], [4, 4, 4]]
     assert micro_kernels_built(_lowered(mixed_qdq, "cortex-a55", micro_kernels=False)) == {}
 
 
 def test_machine_code_has_sdot_only_where_the_core_has_it(mixed_qdq) -> None:
     a55 = get_target("cortex-a55").tvm_target()
     a53 = get_target("cortex-a53").tvm_target()
-    sdot = instructions_per_kernel(_lowered(mixed_qdq, "cortex-a55"), a55, "sdot")
+    a55_module = _lowered(mixed_qdq, "cortex-a55")
+    sdot = instructions_per_kernel(a55_module, a55, "sdot")
     assert len(sdot) == 4 and min(sdot.values()) >= 4, sdot
+    # The 16-channel layer multiplies by input lanes (sdot v.4s, v.16b, v.4b[q]).
+    lane = instructions_per_kernel(a55_module, a55, r"sdot\s+v\d+\.4s,\s*v\d+\.16b,\s*v\d+\.4b\[[0-3]")
+    assert len(lane) == 1 and min(lane.values()) >= 4, lane
     a53_module = _lowered(mixed_qdq, "cortex-a53")
     assert instructions_per_kernel(a53_module, a53, "sdot") == {}
     assert len(instructions_per_kernel(a53_module, a53, "sadalp")) == 4
