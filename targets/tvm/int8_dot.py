@@ -15,8 +15,8 @@ intrinsic takes ``quads`` groups at once (AArch64's lane-indexed ``sdot``) store
 :class:`Int8DotProductConv` rewrites the kernel's weight parameter to that layout, tiles ``wi``
 output columns by ``lanes·v`` output channels (``wi·v`` accumulator registers,
 :meth:`Int8DotProductConv.pick_tiles`), puts the reduction outside the tile and tensorizes the
-innermost ``lanes x group`` step. Anything that does not fit - a reduction not a multiple of
-``group`` (a first layer on a grey or RGB image), output channels not a multiple of ``lanes``,
+innermost ``lanes x group·quads`` step. Anything that does not fit - a reduction not a multiple
+of ``group·quads`` (a first layer on a grey or RGB image), output channels not a multiple of ``lanes``,
 grouped or depthwise convolutions, float, packed weights - returns ``None`` and falls back to the
 next rule. The rule records the layout in the function attribute :data:`WEIGHT_LAYOUT_ATTR` and
 :func:`relayout_constant_weights` applies it to the Relax module's constants at build time
@@ -50,7 +50,7 @@ __all__ = [
     "weight_layout",
 ]
 
-# Recorded by the rule ({parameter: [group, lanes]}), renamed to the applied form once the
+# Recorded by the rule ({parameter: [group, lanes(, quads)]}), renamed to the applied form once the
 # constants are re-laid out (so a second relayout is a no-op and tests can find the kernels).
 WEIGHT_LAYOUT_ATTR = "edgec.int8_weight_layout"
 APPLIED_LAYOUT_ATTR = "edgec.int8_weight_layout_applied"
