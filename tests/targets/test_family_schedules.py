@@ -112,6 +112,78 @@ def test_grouped_conv_rule_leaves_depthwise_and_plain_convs_alone() -> None:
     assert rule.apply(_grouped_kernel(_conv(64, 64, 8, 3)), target, False) is None
 
 
+def _shuffle_unit(channels: int = 136, groups: int = 4, size: int = 14) -> onnx.ModelProto:
+    """A ShuffleNet unit: grouped 1x1, ReLU, channel shuffle, depthwise 3x3, grouped 1x1, residual."""
+    rng = np.random.default_rng(0)
+    per = channels // groups
+
+    def weight(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    inits = [
+        weight("w1", (channels, per, 1, 1)),
+        weight("b1", (channels,)),
+        weight("w2", (channels, 1, 3, 3)),
+        weight("w3", (channels, per, 1, 1)),
+        weight("b3", (channels,)),
+        numpy_helper.from_array(np.array([1, groups, per, size, size], np.int64), "split"),
+        numpy_helper.from_array(np.array([1, channels, size, size], np.int64), "merge"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], group=groups),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Reshape", ["r1", "split"], ["s1"]),
+        helper.make_node("Transpose", ["s1"], ["s2"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["s2", "merge"], ["s3"]),
+        helper.make_node("Conv", ["s3", "w2"], ["c2"], group=channels, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"], group=groups),
+        helper.make_node("Add", ["c3", "x"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+    ]
+    shape = [1, channels, size, size]
+    graph = helper.make_graph(
+        nodes,
+        "shuffle_unit",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
+def test_narrow_groups_compute_on_zero_filters_up_to_whole_vectors() -> None:
+    # 34 output channels per group: 48 (three 16-lane vectors), with the bias and HardSwish fused.
+    scripts = _kernels(_conv(136, 136, 14, 1, groups=4))
+    (script,) = scripts.values()
+    assert "T.Buffer((T.int64(1), T.int64(1), T.int64(34), T.int64(192)), " in script
+    assert "T_multiply" in script and "T.vectorized(T.int64(16))" in script
+
+
+@pytest.mark.parametrize(
+    ("model", "memory_first"),
+    [
+        (_conv(128, 128, 14, 1, groups=4), False),  # 32 channels per group: whole vectors already
+        (_conv(136, 136, 14, 3, groups=136), False),  # depthwise: its own schedule
+        (_conv(136, 136, 14, 1, groups=4), True),  # under a RAM budget the padding costs memory
+    ],
+)
+def test_groups_are_not_padded_where_it_would_not_pay(model: onnx.ModelProto, memory_first: bool) -> None:
+    from edgec.targets.tvm.build import lower_for_cpu
+
+    module = lower_for_cpu(translate(EdgeGraph.from_onnx(model)), AVX512, memory_first)
+    assert not [gv for gv in module.functions if "strided_slice" in gv.name_hint]
+
+
+def test_shuffle_unit_with_padded_groups_matches_onnxruntime_on_x86(tmp_path: Path) -> None:
+    path = tmp_path / "unit.onnx"
+    onnx.save_model(_shuffle_unit(), str(path))
+    result = edgec.compile(path, tmp_path / "build")
+    error = result.manifest["error"]["artifact_vs_original"]
+    assert error["max_abs"] < 1e-4 and error["cosine"] > 0.99999
+
+
 @pytest.mark.parametrize(("cin", "cout", "k", "groups"), [(136, 136, 1, 4), (24, 48, 3, 3)])
 def test_grouped_conv_matches_onnxruntime_on_x86(cin, cout, k, groups, tmp_path: Path) -> None:
     path = tmp_path / "grouped.onnx"
