@@ -100,11 +100,13 @@ class ParallelVectorize(CpuRule):
             return False
         if kinds != sorted(kinds):
             return False  # reduction loops interleaved with spatial ones: leave it alone
-        lanes = self.info.lanes
         work = math.prod(e for e, t in zip(extents, kinds, strict=True) if t == DATA_PAR)
         inner = spatial[-1]
         inner_ext = extent(sch, inner)
-        vectorize = inner_ext is not None and inner_ext % lanes == 0
+        # The widest native vector that divides the innermost loop (136 channels: 8 lanes), not
+        # only full-width ones: odd channel counts were left scalar.
+        lanes = self.vector_width(inner_ext) if inner_ext is not None else 1
+        vectorize = lanes >= min(4, self.info.lanes)
         if len(spatial) == 1 and not reduce and vectorize:
             # A flat elementwise loop: vector chunks inside, parallel chunks outside.
             outer, inner = sch.split(inner, [None, lanes])
