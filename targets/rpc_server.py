@@ -27,7 +27,7 @@ from typing import Any
 from edgec.errors import EdgecError
 from edgec.targets.toolchains import require_tool
 
-__all__ = ["parse_address", "qemu_board_command", "serve"]
+__all__ = ["qemu_board_command", "serve"]
 
 logger = logging.getLogger("edgec.rpc_server")
 
@@ -35,14 +35,6 @@ logger = logging.getLogger("edgec.rpc_server")
 _PING_SECONDS = 2.0
 # A key the tracker gave to a client that did not connect within this is replaced (as TVM's server).
 _UNMATCHED_SECONDS = 6.0
-
-
-def parse_address(address: str, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` as a pair, or an error naming the option."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EdgecError(f"{what} '{address}' is not HOST:PORT (e.g. 127.0.0.1:9190)")
-    return host, int(port)
 
 
 def qemu_board_command(target: Any) -> list[str]:
