@@ -62,6 +62,7 @@ def rpc_server(tracker: str, target: str, key: str | None, host: str, port: int)
     emulated time (correctness, not a board's speed). One session at a time: start one server per
     emulated board. Runs until interrupted.
     """
+    import logging
     import signal
     import sys
 
@@ -69,6 +70,8 @@ def rpc_server(tracker: str, target: str, key: str | None, host: str, port: int)
     from edgec.targets.rpc_server import qemu_board_command, serve
     from edgec.tune import parse_address
 
+    # One line per session on stderr: who was served, how long it took.
+    logging.basicConfig(level=logging.INFO, format="edgec rpc-server: %(message)s")
     board = get_target(target)
     command = qemu_board_command(board)
     # Killed (SIGTERM) like interrupted: the session's qemu child is ended on the way out.

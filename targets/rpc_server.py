@@ -21,6 +21,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -129,13 +130,15 @@ def _serve_session(conn: socket.socket, timeout: float, command: Sequence[str], 
     from tvm.rpc import _ffi_api
 
     env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
+    address, client_port = conn.getpeername()[:2]
+    peer = f"{address}:{client_port}"
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgec-rpc-session-") as work:
         fd = conn.fileno()
         child = subprocess.Popen([*command, str(fd), work], pass_fds=(fd,), cwd=work, env=env)
         try:
             status = child.wait(timeout or None)
-            if status != 0:
-                logger.warning("the board's session ended with status %d", status)
+            logger.info("session from %s: %.1f s, exit status %d", peer, time.perf_counter() - start, status)
         except subprocess.TimeoutExpired:
             # What TVM's server does: tell the client why, then end the session.
             _ffi_api.ReturnException(fd, f"RPCSessionTimeoutError: the {timeout:g} s session expired")
