@@ -113,14 +113,15 @@ def test_rpc_tuning_measures_on_both_boards_and_the_build_uses_it(tmp_path, cli,
 @pytest.mark.slow
 def test_a_board_keeps_uploaded_files_in_its_session_folder(boards) -> None:
     from tvm import rpc
+    from tvm.error import RPCError
 
     tracker, _ = boards
     host, port = tracker.rsplit(":", 1)
     sessions = [rpc.connect_tracker(host, int(port)).request(BOARD, session_timeout=60) for _ in range(2)]
     # The client names files; a path out of the session's folder is refused by the board side.
-    with pytest.raises(Exception, match="file names only"):
-        sessions[0].upload(b"x", target="../escape")
-    sessions[1].upload(b"data", target="kept.bin")
+    with pytest.raises(RPCError, match="file names only"):
+        sessions[0].upload(bytearray(b"x"), target="../escape")
+    sessions[1].upload(bytearray(b"data"), target="kept.bin")
     assert bytes(sessions[1].download("kept.bin")) == b"data"
     del sessions
 
