@@ -180,3 +180,19 @@ def test_a_tracker_without_boards_under_the_key_is_a_clean_error(cli, model, tra
     assert result.exit_code == 1, result.output
     assert f"the tracker at {tracker} holds no board under key 'no-such-board'" in result.output
     assert not db.exists()
+
+
+@needs_tools("qemu-aarch64-static", "aarch64-linux-gnu-gcc")
+@pytest.mark.slow
+def test_no_free_board_within_the_timeout_is_a_clean_error(boards) -> None:
+    from tvm import rpc
+
+    from edgec.targets.tvm.rpc_tuning import RemoteBoards
+
+    tracker, _ = boards
+    host, port = tracker.rsplit(":", 1)
+    # Both boards busy with another client's sessions.
+    busy = [rpc.connect_tracker(host, int(port)).request(BOARD, session_timeout=60) for _ in range(2)]
+    with pytest.raises(EdgecError, match=f"no free board under key '{BOARD}' at {tracker} within 3 s"):
+        RemoteBoards(host, int(port), BOARD, session_timeout=3).check()
+    del busy
