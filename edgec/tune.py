@@ -12,7 +12,7 @@ from edgec.errors import EdgecError
 from edgec.progress import Progress
 
 __all__ = [
-    "Tracker",
+    "RpcBoards",
     "parse_address",
     "remote_boards",
     "tune_before_build",
@@ -61,7 +61,7 @@ def tune_model(
 
 
 @dataclass(frozen=True)
-class Tracker:
+class RpcBoards:
     """Boards registered with a TVM RPC tracker at ``host:port`` under the device key ``key``."""
 
     host: str
@@ -77,12 +77,12 @@ def parse_address(address: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def remote_boards(options: CompileOptions) -> Tracker | None:
+def remote_boards(options: CompileOptions) -> RpcBoards | None:
     """The boards ``--rpc HOST:PORT --rpc-key KEY`` names (key default: the target's name), or
     ``None`` to measure on this machine."""
     if not options.rpc:
         return None
-    return Tracker(*parse_address(options.rpc, "--rpc"), options.rpc_key or options.target)
+    return RpcBoards(*parse_address(options.rpc, "--rpc"), options.rpc_key or options.target)
 
 
 def tune_before_build(

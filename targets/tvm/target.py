@@ -28,7 +28,7 @@ from edgec.targets.tvm.tuning_database import TuningDatabase, TuningKey
 
 if TYPE_CHECKING:
     from edgec.targets.tvm.tuning import TuneReport
-    from edgec.tune import Tracker
+    from edgec.tune import RpcBoards
 
 __all__ = ["PACKED_WEIGHT_BITS", "SPARSE_FORMATS", "TvmTarget", "legalization"]
 
@@ -137,7 +137,7 @@ class TvmTarget(Target):
         trials: int,
         seed: int = 0,
         progress: Any = None,
-        remote: Tracker | None = None,
+        remote: RpcBoards | None = None,
     ) -> TuneReport:
         """Tunes the kernels of a legal graph into ``tuning_database`` (MetaSchedule; measured on
         this machine, or with ``remote`` on boards registered with a TVM tracker;
@@ -164,8 +164,7 @@ class TvmTarget(Target):
         if remote is None and (self.runner != "host" or self.tvm_target().get("kind") != "llvm"):
             raise EdgecError(
                 f"target '{self.name}' runs under {self.runner}; tuning measures kernels on this "
-                "machine (x86), or on boards registered with a TVM tracker: add --rpc HOST:PORT"
-                + (" --rpc-key KEY" if self.rpc_compiler() else " (Cortex-A targets)")
+                "machine (x86), or on boards registered with a TVM tracker (Cortex-A): add --rpc HOST:PORT"
             )
         boards = RemoteBoards(remote.host, remote.port, remote.key) if remote is not None else None
         # Before anything is built or written: the boards answer and can measure.

@@ -160,10 +160,14 @@ def test_what_cannot_be_tuned_remotely_is_refused_before_any_work(cli, model, ar
     assert "Traceback" not in result.output and not db.exists()
 
 
-def test_compile_with_rpc_needs_tune(tmp_path, model) -> None:
+def test_compile_with_rpc_needs_tune_and_a_target_with_a_runtime(tmp_path, model) -> None:
     with pytest.raises(EdgecError, match="--rpc measures tuning trials on boards: add --tune N"):
         edgec.compile(model, tmp_path / "out", target=BOARD, db=tmp_path / "db", rpc="127.0.0.1:9")
-    assert not (tmp_path / "out").exists()
+    with pytest.raises(EdgecError, match="target 'cortex-m4' has no TVM runtime to measure kernels on"):
+        edgec.compile(
+            model, tmp_path / "out", target="cortex-m4", db=tmp_path / "db", tune=2, rpc="127.0.0.1:9"
+        )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "db").exists()
 
 
 @needs_tools("aarch64-linux-gnu-gcc")
