@@ -158,8 +158,8 @@ class TvmTarget(Target):
         compiler = self.rpc_compiler() if remote is not None else None
         if remote is not None and compiler is None:
             raise EdgecError(
-                f"target '{self.name}' has no TVM runtime to measure kernels on over RPC; --rpc tunes "
-                "AArch64 Linux boards (cortex-a53, cortex-a55, cortex-a72)"
+                f"target '{self.name}' cannot be measured over TVM RPC: --rpc tunes on AArch64 Linux "
+                "boards (cortex-a53, cortex-a55, cortex-a72), whose TVM runtime loads the candidates"
             )
         if remote is None and (self.runner != "host" or self.tvm_target().get("kind") != "llvm"):
             raise EdgecError(

@@ -143,10 +143,10 @@ def _tune(cli, model: Path, *args: str):
     [
         (["-t", BOARD, "--rpc", "localhost"], "--rpc 'localhost' is not HOST:PORT"),
         (["-t", BOARD, "--rpc-key", "a53"], "--rpc-key names boards at a TVM tracker: add --rpc HOST:PORT"),
-        (["-t", "cortex-m4", "--rpc", "127.0.0.1:9"], "target 'cortex-m4' has no TVM runtime to measure"),
+        (["-t", "cortex-m4", "--rpc", "127.0.0.1:9"], "target 'cortex-m4' cannot be measured over TVM RPC"),
         (
             ["-t", "x86", "--rpc", "127.0.0.1:9"],
-            "target 'x86' has no TVM runtime to measure kernels on over RPC",
+            "target 'x86' cannot be measured over TVM RPC: --rpc tunes on AArch64",
         ),
         (
             ["-t", BOARD],
@@ -163,7 +163,7 @@ def test_what_cannot_be_tuned_remotely_is_refused_before_any_work(cli, model, ar
 def test_compile_with_rpc_needs_tune_and_a_target_with_a_runtime(tmp_path, model) -> None:
     with pytest.raises(EdgecError, match="--rpc measures tuning trials on boards: add --tune N"):
         edgec.compile(model, tmp_path / "out", target=BOARD, db=tmp_path / "db", rpc="127.0.0.1:9")
-    with pytest.raises(EdgecError, match="target 'cortex-m4' has no TVM runtime to measure kernels on"):
+    with pytest.raises(EdgecError, match="target 'cortex-m4' cannot be measured over TVM RPC"):
         edgec.compile(
             model, tmp_path / "out", target="cortex-m4", db=tmp_path / "db", tune=2, rpc="127.0.0.1:9"
         )
