@@ -10,7 +10,8 @@ run with the same thread count (``--threads``, default the physical cores); late
 median of ``--repeat`` runs, onnxruntime and edgec timed alternately in rounds in the same
 process so that a busy machine slows both alike. ``--trials 0`` skips tuning. ``--int8``
 quantizes every model first with edgec's ``quantize`` pass (int8 QDQ, calibrated on 8 seeded
-random inputs; digits on its own calibration images) and times that QDQ model on both sides.
+random inputs; digits on its own calibration images) and times that QDQ model on both sides,
+with edgec's untuned fp32 build of the same model timed in the same rounds (``int8/fp32``).
 """
 
 from __future__ import annotations
@@ -100,19 +101,25 @@ def main() -> None:
         "trials (min)",
         "max abs err",
         "int8 micro-kernels",
+        *(("fp32 ms", "int8/fp32") if args.int8 else ()),
         box=None,
     )
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as scratch:
         folder = Path(scratch)
         db = args.db or folder / "db"
         for name in args.models:
-            model = _quantized(_model(name), name, folder) if args.int8 else _model(name)
+            original = _model(name)
+            model = _quantized(original, name, folder) if args.int8 else original
             path = folder / f"{name}.onnx"
             onnx.save_model(model, str(path))
             feeds = random_inputs(EdgeGraph.from_onnx(model), seed=0)
             np.savez(folder / "x.npz", **feeds)
             untuned = edgec.compile(path, folder / f"{name}-untuned", threads=args.threads)
             builds = {"untuned": folder / f"{name}-untuned"}
+            if args.int8:
+                onnx.save_model(original, str(folder / f"{name}-fp32.onnx"))
+                edgec.compile(folder / f"{name}-fp32.onnx", folder / f"{name}-fp32", threads=args.threads)
+                builds["fp32"] = folder / f"{name}-fp32"
             tuning = None
             if args.trials:
                 tuned = edgec.compile(
@@ -137,6 +144,8 @@ def main() -> None:
             row.append(f"{untuned.manifest['error']['artifact_vs_original']['max_abs']:.1e}")
             kernels = untuned.manifest.get("micro_kernels") or {}
             row.append(" ".join(f"{k}x{n}" for k, n in kernels.items()) or "-")
+            if args.int8:
+                row += [f"{ms['fp32']:.2f}", f"{ms['untuned'] / ms['fp32']:.2f}x"]
             table.add_row(*row)
             Console(width=200).print(f"{name} done", style="dim")
     Console(width=200).print(table)

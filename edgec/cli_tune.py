@@ -27,7 +27,12 @@ from edgec.cli_options import (
 @click.command()
 @click.argument("model", type=click.Path())
 @click.option("--target", "-t", help="compilation target (see 'edgec targets'); default x86")
-@click.option("--trials", type=click.IntRange(min=1), required=True, help="MetaSchedule trials for the model")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    required=True,
+    help="MetaSchedule search trials for the model (defaults measured besides)",
+)
 @click.option("--db", required=True, type=click.Path(), help="tuning database folder (created, resumable)")
 @click.option(
     "--threads", type=click.IntRange(min=1), help="threads the kernels are tuned for (default: cores)"

@@ -7,8 +7,9 @@ commits it to the database as the first record, then runs MetaSchedule's evoluti
 The database's best record wins at compile time (:func:`.build.schedule_for_cpu`), and the
 default is one of the records: tuning never ends slower than the default, as measured.
 
-Resumable: trials already in the database for this model's kernels count against ``trials``, so
-a killed run started again runs only what is left. Builder and runner workers register only the
+``trials`` counts the search's candidates (the defaults are measured besides). Resumable: search
+trials already in the database for this model's kernels count against ``trials``, so a killed run
+started again runs only what is left. Builder and runner workers register only the
 target's tensor intrinsics (:func:`limit_tensor_intrinsics`: 0.3 s instead of ~24 s per process).
 """
 
@@ -200,10 +201,9 @@ def tune_module(
             key = tvm_ffi.structural_hash(record.workload.mod)
             counts[key] = counts.get(key, 0) + 1
         existing = [counts.get(tvm_ffi.structural_hash(w.mod), 0) for w in workloads]
+        defaults = [_default_schedule(t.dispatched[0]["main"], target) for t in extracted]
         # First run on these kernels: edgec's defaults, measured, are their first records.
-        fresh = [i for i, count in enumerate(existing) if count == 0]
-        defaults = {i: _default_schedule(extracted[i].dispatched[0]["main"], target) for i in fresh}
-        seeded = [i for i in fresh if defaults[i] is not None]
+        seeded = [i for i, count in enumerate(existing) if count == 0 and defaults[i] is not None]
         seconds = _measure([defaults[i] for i in seeded], target, builder, runner) if seeded else []
         for i, secs in zip(seeded, seconds, strict=True):
             if secs is not None:
@@ -212,15 +212,18 @@ def tune_module(
                     ms.database.TuningRecord(defaults[i].trace, workloads[i], [secs], target, args)
                 )
                 existing[i] += 1
-        remaining = trials - sum(existing)
+        # ``trials`` counts the search: a kernel's default schedule is its first record, not a
+        # trial (a 40-kernel model asked for 64 trials would otherwise search 24).
+        searched = sum(max(0, count - (defaults[i] is not None)) for i, count in enumerate(existing))
+        remaining = trials - searched
         if remaining > 0 and extracted:
             report.trials_run = _search(
                 extracted, db, target, work, remaining, seed, threads, builder, runner, progress
             )
-        for task, workload in zip(extracted, workloads, strict=True):
+        for task, workload, default_schedule in zip(extracted, workloads, defaults, strict=True):
             records = db.get_top_k(workload, 10_000)
             best = [s for s in map(_mean_seconds, records) if s is not None]
-            default = _default_latency(records, task, target)
+            default = _default_latency(records, default_schedule)
             report.tasks.append(
                 TaskResult(
                     task.task_name,
@@ -233,11 +236,10 @@ def tune_module(
     return report
 
 
-def _default_latency(records: list[Any], task: Any, target: Any) -> float | None:
-    """The measured latency of the record whose schedule is edgec's default (same trace)."""
+def _default_latency(records: list[Any], default: Any) -> float | None:
+    """The measured latency of the record whose schedule is ``default`` (edgec's, or ``None``)."""
     import tvm_ffi
 
-    default = _default_schedule(task.dispatched[0]["main"], target)
     if default is None:
         return None
     for record in records:

@@ -132,6 +132,37 @@ def test_channel_tiles_are_whole_native_vectors() -> None:
     assert "T.vectorized(T.int64(16))" in script and "T.vectorized(T.int64(48))" not in script
 
 
+def test_late_conv_tiles_use_each_weight_vector_for_several_columns() -> None:
+    # 14 columns, 256 channels: 7 x 2 vectors (each weight vector feeds 7 FMAs), not 2 x 8 vectors
+    # (16 accumulators, but weights streamed from L2 twice as often: half the speed).
+    assert Conv2dNHWC(AVX512_INFO).pick_tiles(14, 256) == (7, 32)
+    assert Conv2dNHWC(AVX512_INFO).pick_tiles(13, 1000) == (13, 8)
+
+
+def test_conv_whose_weights_overflow_l2_walks_its_input_channels_in_chunks() -> None:
+    (script,) = _kernels(_conv(256, 256, 14, 3)).values()
+    # 8 chunks of 32 input channels outside the rows, columns and window; the epilogue after them.
+    assert "for rc_0, yy, xx_0, ry, rx, rc_1 in T.grid(T.int64(8), T.int64(14)" in script
+    assert script.index("rc_0 * T.int64(32) + rc_1") < script.index("T.max(")
+
+
+@pytest.mark.parametrize(
+    ("cin", "size"),
+    [(256, 56), (48, 7)],  # input outweighs weights; input channels split into no whole chunks
+)
+def test_conv_reduction_is_not_chunked_when_it_would_not_pay(cin: int, size: int) -> None:
+    (script,) = _kernels(_conv(cin, 256, size, 3)).values()
+    assert "rc_0" not in script and "T.vectorized(T.int64(16))" in script
+
+
+def test_conv_with_chunked_input_channels_matches_onnxruntime_on_x86(tmp_path: Path) -> None:
+    path = tmp_path / "late.onnx"
+    onnx.save_model(_conv(256, 128, 7, 3), str(path))
+    result = edgec.compile(path, tmp_path / "build")
+    error = result.manifest["error"]["artifact_vs_original"]
+    assert error["max_abs"] < 1e-3 and error["cosine"] > 0.99999
+
+
 def test_attention_matmuls_are_register_tiled() -> None:
     model = attention_recognizer(height=16, width=32, dim=32, heads=2, blocks=1, classes=8)
     scripts = _kernels(model)
