@@ -102,7 +102,7 @@ def server_program(cross: CrossToolchain) -> Path:
             "'python -m edgec.targets.board_runtime' (scripts/setup.sh does) or set EDGEC_BOARD_RUNTIME"
         )
     source = _source()
-    digest = hashlib.sha256(source.read_bytes() + " ".join(cross.cflags).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
     program = folder / f"edgec_rpc_server-{digest}"
     if program.is_file():
         return program

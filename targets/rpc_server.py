@@ -67,7 +67,7 @@ def _connect_tracker(tracker: tuple[str, int], key: str, port: int) -> socket.so
         base.sendjson(conn, [base.TrackerCode.UPDATE_INFO, {"key": "server:" + key, "addr": [None, port]}])
         if base.recvjson(conn) != base.TrackerCode.SUCCESS:
             raise EdgecError(f"the tracker at {tracker[0]}:{tracker[1]} refused to register key '{key}'")
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a reply that is not the tracker's JSON
         raise EdgecError(
             f"cannot reach the TVM RPC tracker at {tracker[0]}:{tracker[1]} ({err.strerror or err}); start "
             "one with 'python -m tvm.exec.rpc_tracker --host HOST --port PORT'"
