@@ -10,6 +10,8 @@ compile time, with no tuning:
 * :class:`GroupedConv2dNHWC` — the same tiles for a grouped conv2d, within a group's channels.
 * :class:`Matmul` — row-major ``x @ W`` (Gemm/MatMul with constant weights): vectorised over
   the output columns, parallel over column blocks.
+* :class:`.softmax_schedule.SoftmaxOverOuterAxis` — a softmax over an axis that is not the
+  innermost (YOLO's DFL), which dlight's ``Reduction`` gets quadratically wrong.
 * dlight's ``GEMV`` and ``Reduction`` (softmax, norms).
 * :class:`ParallelVectorize` — anything else (pooling, elementwise, layout transposes):
   inline elementwise chains, parallelise the outer loops, vectorise the innermost spatial loop.
@@ -48,6 +50,7 @@ from .schedule_common import (
     root_blocks,
     vectorize_tail,
 )
+from .softmax_schedule import SoftmaxOverOuterAxis
 from .tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, DepthwiseConvRows, GroupedConv2dNHWC, Matmul
 
 __all__ = [
@@ -249,6 +252,7 @@ def float_rules(target: Target, memory_first: bool = False) -> list[ScheduleRule
         _LanesByDtype(DepthwiseConv2dNHWC, info),
         _LanesByDtype(GroupedConv2dNHWC, info),
         _LanesByDtype(Matmul, info),
+        _LanesByDtype(SoftmaxOverOuterAxis, info),
         _Gemv(),
         _Reduction(),
         _LanesByDtype(ParallelVectorize, info),

@@ -163,6 +163,52 @@ def test_conv_with_chunked_input_channels_matches_onnxruntime_on_x86(tmp_path: P
     assert error["max_abs"] < 1e-3 and error["cosine"] > 0.99999
 
 
+def _softmax(shape: list[int], axis: int) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=axis)],
+        "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
+def _softmax_schedule(model: onnx.ModelProto) -> tvm.s_tir.Schedule | None:
+    from edgec.targets.tvm.build import tuning_module
+    from edgec.targets.tvm.softmax_schedule import SoftmaxOverOuterAxis
+
+    module = tuning_module(translate(EdgeGraph.from_onnx(model)), AVX512)
+    (func,) = [f for gv, f in module.functions.items() if gv.name_hint.startswith("softmax")]
+    with tvm.target.Target(AVX512):
+        return SoftmaxOverOuterAxis(AVX512_INFO).apply(func, tvm.target.Target(AVX512), False)
+
+
+def test_softmax_over_an_outer_axis_runs_rows_in_parallel_with_columns_in_vectors() -> None:
+    # YOLOv8's DFL softmax: 16 bins x 4 sides x anchors, over the bins.
+    schedule = _softmax_schedule(_softmax([1, 16, 4, 2048], axis=1))
+    assert schedule is not None
+    script = schedule.mod.script()
+    assert "T.parallel(T.int64(4))" in script  # one task per side, not one per bin
+    # The max's bins loop outside a 16-lane vector of anchors (dlight put it inside, scalar).
+    assert "for ax1, ax0_0 in T.grid(T.int64(16), T.int64(128)):" in script
+    # Max, sum (initialisation and update), exponentials and quotients: all 16-lane vectors.
+    assert script.count("T.vectorized(T.int64(16))") == 6
+
+
+def test_softmax_over_the_innermost_axis_is_left_to_dlight() -> None:
+    assert _softmax_schedule(_softmax([1, 4, 2048, 16], axis=3)) is None
+
+
+def test_softmax_over_an_outer_axis_matches_onnxruntime_on_x86(tmp_path: Path) -> None:
+    path = tmp_path / "dfl.onnx"
+    onnx.save_model(_softmax([1, 16, 4, 2100], axis=1), str(path))
+    result = edgec.compile(path, tmp_path / "build")
+    error = result.manifest["error"]["artifact_vs_original"]
+    assert error["max_abs"] < 1e-6 and error["cosine"] > 0.999999
+
+
 def test_attention_matmuls_are_register_tiled() -> None:
     model = attention_recognizer(height=16, width=32, dim=32, heads=2, blocks=1, classes=8)
     scripts = _kernels(model)
