@@ -84,6 +84,7 @@ class TuneReport:
     trials_run: int
     seconds: float
     tasks: list[TaskResult] = field(default_factory=list)
+    measured_on: str = "this machine"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +93,7 @@ class TuneReport:
             "trials_run": self.trials_run,
             "minutes": round(self.seconds / 60, 2),
             "kernels": len(self.tasks),
+            "measured_on": self.measured_on,
         }
 
 
