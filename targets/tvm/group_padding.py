@@ -112,14 +112,18 @@ def pad_group_channels(lanes: int) -> Any:
         def padded_conv(self, call: Any) -> Any:
             attrs, (x, weight) = call.attrs, call.args
             groups, w = int(attrs.groups), constant(weight)
-            if groups == 1 or attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO":
+            if attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO":
                 return call
             if w is None or w.dtype != np.float32:
                 return call
             per_group = w.shape[3] // groups
-            if w.shape[2] == 1 or per_group % lanes == 0:
-                return call  # depthwise (its own schedule), or whole vectors already
+            if per_group % lanes == 0 or (groups > 1 and w.shape[2] == 1):
+                return call  # whole vectors already, or depthwise (its own schedule)
             width = -(-per_group // lanes) * lanes
+            if groups == 1 and 8 * (width - per_group) > per_group:
+                # An ungrouped conv tiles any channel count with narrower vectors; zero filters pay
+                # only when few (SqueezeNet's 1000-class conv: 1008).
+                return call
             grown = np.zeros((*w.shape[:3], groups, width), np.float32)
             grown[..., :per_group] = w.reshape(*w.shape[:3], groups, per_group)
             conv = relax.op.nn.conv2d(
