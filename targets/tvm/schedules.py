@@ -211,6 +211,7 @@ def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool =
     micro-kernels' (SMLAD on Cortex-M4/M7, vpdpbusd on x86 with VNNI, vpmaddwd on x86 AVX2), if
     ``micro_kernels``; each declines what it cannot take."""
     from .arm_dsp import Int8DspConv, has_dsp
+    from .arm_dsp_im2col import Int8DspIm2colConv
     from .fused_schedules import ConvPool
     from .sparse_schedule import SparseRows
     from .x86_int8 import Int8PmaddwdConv, has_avx2
@@ -225,7 +226,7 @@ def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool =
     return [
         *fused,
         SparseRows(),
-        *([Int8DspConv()] if has_dsp(target) else []),
+        *([Int8DspConv(), Int8DspIm2colConv()] if has_dsp(target) else []),
         # VNNI first; what it declines (reductions not a multiple of 4) still gets vpmaddwd.
         *([Int8VnniConv(lanes)] if lanes else []),
         *([Int8PmaddwdConv()] if has_avx2(target) else []),
