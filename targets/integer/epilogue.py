@@ -128,7 +128,11 @@ def high_word_shift(shift: Any, rounding: str) -> np.ndarray | None:
 
 
 def emit_multiply_high(x: Any, mult: Any, right: np.ndarray, rank: int, axis: int) -> Any:
-    """Relax: ``(hi32(x·m) + 2^(s-1)) >> s`` on int32 ``x`` (see :func:`high_word_shift`)."""
+    """Relax: ``(hi32(x·m) + 2^(s-1)) >> s`` on int32 ``x`` (see :func:`high_word_shift`).
+
+    ``m`` stays an int64 constant: ``FoldConstant`` folds any cast of it into one, so LLVM
+    multiplies 64 x 64 bits (``UMULL`` and two ``MLA``) where ``SMULL`` would do.
+    """
     from tvm import relax
 
     def const(values: np.ndarray, dtype: str) -> Any:
