@@ -154,16 +154,26 @@ def kernel_symbols(target, image: Path) -> dict[str, tuple[int, int]]:
 
 
 def kernel_work(target, graph: EdgeGraph, prefix: str) -> dict[str, tuple[int, int]]:
-    """``{kernel: (MACs, output elements)}``: MACs are the iteration domain of the kernel's
-    conv2d/matmul reduction block before scheduling (exact for fused conv + pool kernels, whose
-    output is the pooled one), outputs the size of its last parameter."""
+    """``{kernel: (MACs, output elements)}`` per inference: MACs are the iteration domain of the
+    kernel's conv2d/matmul reduction block before scheduling (exact for fused conv + pool kernels,
+    whose output is the pooled one), outputs the size of its last parameter, both times the calls
+    of the kernel (a patch-wise first layer calls its kernel once per patch)."""
     import tvm
-    from tvm import s_tir
+    from tvm import relax, s_tir
 
     from edgec.targets.tvm.build import lower_for_cpu
     from edgec.targets.tvm.translate import translate
 
     module = lower_for_cpu(translate(graph), target.tvm_target(), target.memory_planning)
+    calls: dict[str, int] = {}
+
+    def count(expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.args[0] if expr.args else None, tvm.ir.GlobalVar):
+            calls[expr.args[0].name_hint] = calls.get(expr.args[0].name_hint, 0) + 1
+
+    for func in module.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, count)
     work = {}
     for gv, func in module.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
@@ -176,7 +186,8 @@ def kernel_work(target, graph: EdgeGraph, prefix: str) -> dict[str, tuple[int, i
                 "conv2d" in stmt.name_hint or "matmul" in stmt.name_hint
             ):
                 macs += math.prod(int(iv.dom.extent) for iv in stmt.iter_vars)
-        work[prefix + gv.name_hint] = (macs, math.prod(int(d) for d in func.params[-1].shape))
+        times = calls.get(gv.name_hint, 1)
+        work[prefix + gv.name_hint] = (macs * times, math.prod(int(d) for d in func.params[-1].shape) * times)
     return work
 
 
