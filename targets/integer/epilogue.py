@@ -4,7 +4,8 @@
 The node supplies ``y_zero_point``, ``lo``, ``hi`` and ``rounding`` (attributes); ``m`` and
 ``shift`` are a scalar or one value per channel along ``axis`` (or already an array of the
 accumulator's rank, e.g. per output position of an average pool). The Relax form is the shift-only
-:func:`~.fixed_point.requantize`; the numpy form is TFLite's
+:func:`~.fixed_point.requantize`, in 32-bit arithmetic where :func:`high_word_shift` allows (single
+rounding, multipliers below 0.25, as conv and dense layers usually have); the numpy form is TFLite's
 :func:`~.fixed_point.multiply_by_quantized_multiplier`, so a bit-exact match checks both.
 """
 
@@ -117,9 +118,9 @@ def high_word_shift(shift: Any, rounding: str) -> np.ndarray | None:
 
     ``(x·m + 2^(30-shift)) >> (31-shift)`` with ``31 - shift = 32 + s``: adding ``2^(31+s)`` before
     the shift is adding ``2^(s-1)`` to the high word, and floor shifts compose, so
-    ``r = (hi32(x·m) + 2^(s-1)) >> s`` exactly: one ``SMULL`` (``SMMUL`` with the DSP extension),
-    an add and a shift of 32-bit values, instead of an int64 multiply-add and a 64-bit variable
-    shift (a helper call on Cortex-M). It needs ``x`` in int32, as the accumulators are.
+    ``r = (hi32(x·m) + 2^(s-1)) >> s`` exactly: the high word of the product, then an add and a
+    shift of 32-bit values instead of a 64-bit rounding add and a 64-bit variable shift (and the
+    zero point and clamp in 32 bits too). It needs ``x`` in int32, as the accumulators are.
     """
     right = -1 - np.asarray(shift, np.int64)
     if rounding != "single" or np.any(right < 1):
