@@ -36,6 +36,7 @@ module (numpy, at build time; the machinery, shared with :mod:`.x86_int8`, is in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,7 @@ __all__ = [
     "WEIGHT_PERMUTATION_ATTR",
     "Int8DspConv",
     "has_dsp",
+    "int8_dot_intrinsic",
     "relayout_constant_weights",
     "weight_permutation",
 ]
@@ -88,42 +90,47 @@ def _ror8(x):
     return T.call_llvm_pure_intrin("int32", "llvm.fshr", x, x, T.int32(8))
 
 
-@T.prim_func(s_tir=True)
-def _dot4_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-    C = T.match_buffer(c, (1,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0], A[0:4], B[0:4])
-        T.writes(C[0])
-        for k in range(4):
-            with T.sblock("update"):
-                vk = T.axis.remap("R", [k])
-                C[0] = C[0] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vk])
+def int8_dot_intrinsic(lanes: int, accumulate: Callable[[Any, Any, Any], Any]) -> tuple[Any, Any]:
+    """``(description, implementation)`` of a TIR tensor intrinsic ``C[0] += Σ_k<lanes A[k]·B[k]``
+    (int8 products, int32 sum): the implementation is ``C[0] = accumulate(a, b, C[0])`` with ``a``
+    and ``b`` the two int8 vectors, each one load."""
+
+    @T.prim_func(s_tir=True)
+    def description(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (lanes,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0], A[0:lanes], B[0:lanes])
+            T.writes(C[0])
+            for k in range(lanes):
+                with T.sblock("update"):
+                    vk = T.axis.remap("R", [k])
+                    C[0] = C[0] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vk])
+
+    @T.prim_func(s_tir=True)
+    def implementation(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (lanes,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0], A[0:lanes], B[0:lanes])
+            T.writes(C[0])
+            C[0] = accumulate(A.vload([0], f"int8x{lanes}"), B.vload([0], f"int8x{lanes}"), C[0])
+
+    return description, implementation
 
 
-@T.prim_func(s_tir=True)
-def _dot4_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-    C = T.match_buffer(c, (1,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0], A[0:4], B[0:4])
-        T.writes(C[0])
-        # meta_var: expressions, not locals (a local would become a workspace allocation).
-        x = T.meta_var(T.reinterpret("int32", A.vload([0], "int8x4")))
-        w = T.meta_var(T.reinterpret("int32", B.vload([0], "int8x4")))
-        # Rotating by 8 moves bytes 1 and 3 to positions 0 and 2.
-        C[0] = T.call_llvm_pure_intrin(
-            "int32",
-            "llvm.arm.smlad",
-            _sxtb16(_ror8(x)),
-            _sxtb16(_ror8(w)),
-            T.call_llvm_pure_intrin("int32", "llvm.arm.smlad", _sxtb16(x), _sxtb16(w), C[0]),
-        )
+def _smlad_pairs(a: Any, b: Any, acc: Any) -> Any:
+    """``acc + Σ a[k]·b[k]`` over 4 int8 lanes: bytes 0,2 and 1,3 as int16 pairs, two SMLADs."""
+    # Expressions, not locals (a local would become a workspace allocation).
+    x, w = T.reinterpret("int32", a), T.reinterpret("int32", b)
+    # Rotating by 8 moves bytes 1 and 3 to positions 0 and 2.
+    even = T.call_llvm_pure_intrin("int32", "llvm.arm.smlad", _sxtb16(x), _sxtb16(w), acc)
+    return T.call_llvm_pure_intrin("int32", "llvm.arm.smlad", _sxtb16(_ror8(x)), _sxtb16(_ror8(w)), even)
 
 
-s_tir.TensorIntrin.register(DOT4_INTRIN, _dot4_desc, _dot4_impl, override=True)
+s_tir.TensorIntrin.register(DOT4_INTRIN, *int8_dot_intrinsic(4, _smlad_pairs), override=True)
 
 
 class Int8DspConv(Int8MicroKernelRule):

@@ -28,7 +28,7 @@ from tvm import s_tir
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .arm_dsp import HELIUM_CORES, Int8DspConv
+from .arm_dsp import HELIUM_CORES, Int8DspConv, int8_dot_intrinsic
 from .int8_rules import kernel_layouts
 from .int8_rules import relayout_constant_weights as _relayout
 
@@ -54,42 +54,14 @@ def has_mve(target: Target | dict) -> bool:
     return str(attrs.get("mcpu", "")) in HELIUM_CORES or any(f.startswith("+mve") for f in features)
 
 
-@T.prim_func(s_tir=True)
-def _dot16_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (16,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (16,), "int8", offset_factor=1)
-    C = T.match_buffer(c, (1,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0], A[0:16], B[0:16])
-        T.writes(C[0])
-        for k in range(16):
-            with T.sblock("update"):
-                vk = T.axis.remap("R", [k])
-                C[0] = C[0] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vk])
+def _vmladava(a: Any, b: Any, acc: Any) -> Any:
+    """``acc + Σ a[k]·b[k]`` over 16 int8 lanes: ``vmldava(unsigned=0, subtract=0, exchange=0, acc,
+    a, b)``, which is ``VMLADAVA.S8``."""
+    zero = T.int32(0)
+    return T.call_llvm_pure_intrin("int32", "llvm.arm.mve.vmldava.v16i8", zero, zero, zero, acc, a, b)
 
 
-@T.prim_func(s_tir=True)
-def _dot16_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (16,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (16,), "int8", offset_factor=1)
-    C = T.match_buffer(c, (1,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0], A[0:16], B[0:16])
-        T.writes(C[0])
-        # vmldava(unsigned=0, subtract=0, exchange=0, acc, x, w): acc + Σ x[i]·w[i] (VMLADAVA.S8).
-        C[0] = T.call_llvm_pure_intrin(
-            "int32",
-            "llvm.arm.mve.vmldava.v16i8",
-            T.int32(0),
-            T.int32(0),
-            T.int32(0),
-            C[0],
-            A.vload([0], "int8x16"),
-            B.vload([0], "int8x16"),
-        )
-
-
-s_tir.TensorIntrin.register(DOT16_INTRIN, _dot16_desc, _dot16_impl, override=True)
+s_tir.TensorIntrin.register(DOT16_INTRIN, *int8_dot_intrinsic(16, _vmladava), override=True)
 
 
 class Int8MveConv(Int8DspConv):
