@@ -20,6 +20,11 @@ at build time in numpy, :func:`relayout_constant_weights`), and the kernel zero-
 ``K4`` in a ``Co · K4``-byte workspace copy once per call (TVM's ``pad_einsum`` pads every operand
 of the block; a function parameter cannot be declared already padded).
 
+Measured on the digits CNN's first layer (8x8x1 -> 16, 3x3) under qemu on a Cortex-M4
+(``benchmarks/mcu_cycles.py --kernels``): 86.6 k instructions with the plain schedule, 64.8 k
+with this rule, 44.7 k with the 32-bit requantization as well (4.85 per MAC, 44 per output);
+CMSIS-NN's ``arm_convolve_wrapper_s8`` on the same layer runs 97.9 k.
+
 Refused (``None``, the plain rules take the kernel): input channels a multiple of 4
 (:class:`.arm_dsp.Int8DspConv` takes those), matmuls, an odd number of output channels, and
 windows whose padding would waste more than half of the multiply-adds (``K4 > 1.5 · K``:

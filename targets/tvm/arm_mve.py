@@ -15,7 +15,9 @@ exchange, accumulating). The products are exact int16 and the sum int32, so the 
 bit-exact with the plain ones. :class:`Int8MveConv` is :class:`.arm_dsp.Int8DspConv`'s schedule
 (2 output columns x 2 output channels, weights stored ``HWOI`` / ``W^T``) with this intrinsic, for
 reductions that are a multiple of 16 input channels; what it declines falls to the SMLAD rules
-(the M55 has the DSP extension too), then to the plain ones.
+(the M55 has the DSP extension too), then to the plain ones. On the digits CNN the layers it takes
+run 0.27-0.30 instructions per MAC (the requantization epilogue is most of that), the whole model
+172 k instructions against 1.28 M before and 765 k on the M4.
 """
 
 from __future__ import annotations
