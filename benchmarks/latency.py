@@ -8,9 +8,12 @@ representative families of ``edgec.families`` (mobilenet, recognizer, yolo) and 
 CNN of ``examples/digits``; all with seeded random weights except digits (trained). Both sides
 run with the same thread count (``--threads``, default the physical cores); latencies are the
 median of ``--repeat`` runs, onnxruntime and edgec timed alternately in rounds in the same
-process so that a busy machine slows both alike. ``--trials 0`` skips tuning. ``--int8``
+process so that a busy machine slows both alike. ``--trials 0`` skips tuning; with tuning, the
+model is compiled a second time from the database alone (``--db``, no tuning: its compile
+seconds and latency are the ``rebuild`` column). ``--int8``
 quantizes every model first with edgec's ``quantize`` pass (int8 QDQ, calibrated on 8 seeded
-random inputs; digits on its own calibration images) and times that QDQ model on both sides.
+random inputs; digits on its own calibration images) and times that QDQ model on both sides,
+with edgec's untuned fp32 build of the same model timed in the same rounds (``int8/fp32``).
 """
 
 from __future__ import annotations
@@ -98,21 +101,28 @@ def main() -> None:
         "tuned ms",
         "tuned/ORT",
         "trials (min)",
+        "rebuild from db s (ms)",
         "max abs err",
         "int8 micro-kernels",
+        *(("fp32 ms", "int8/fp32") if args.int8 else ()),
         box=None,
     )
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as scratch:
         folder = Path(scratch)
         db = args.db or folder / "db"
         for name in args.models:
-            model = _quantized(_model(name), name, folder) if args.int8 else _model(name)
+            original = _model(name)
+            model = _quantized(original, name, folder) if args.int8 else original
             path = folder / f"{name}.onnx"
             onnx.save_model(model, str(path))
             feeds = random_inputs(EdgeGraph.from_onnx(model), seed=0)
             np.savez(folder / "x.npz", **feeds)
             untuned = edgec.compile(path, folder / f"{name}-untuned", threads=args.threads)
             builds = {"untuned": folder / f"{name}-untuned"}
+            if args.int8:
+                onnx.save_model(original, str(folder / f"{name}-fp32.onnx"))
+                edgec.compile(folder / f"{name}-fp32.onnx", folder / f"{name}-fp32", threads=args.threads)
+                builds["fp32"] = folder / f"{name}-fp32"
             tuning = None
             if args.trials:
                 tuned = edgec.compile(
@@ -120,6 +130,11 @@ def main() -> None:
                 )
                 builds["tuned"] = folder / f"{name}-tuned"
                 tuning = tuned.manifest["tuning"]
+                # A second compile with the database: no tuning, its schedules from the records.
+                start = time.perf_counter()
+                edgec.compile(path, folder / f"{name}-rebuilt", threads=args.threads, db=db)
+                rebuild_seconds = time.perf_counter() - start
+                builds["rebuilt"] = folder / f"{name}-rebuilt"
             session = _session(model, args.threads)
             times: dict[str, list[float]] = {"ort": [], **{k: [] for k in builds}}
             for _ in range(ROUNDS):  # alternate, so that load from other processes hits all alike
@@ -132,11 +147,14 @@ def main() -> None:
             if tuning:
                 row += [f"{ms['tuned']:.2f}", f"{ms['tuned'] / ms['ort']:.2f}x"]
                 row.append(f"{tuning['trials_run']} ({tuning['minutes']:.1f})")
+                row.append(f"{rebuild_seconds:.1f} ({ms['rebuilt']:.2f})")
             else:
-                row += ["-", "-", "-"]
+                row += ["-", "-", "-", "-"]
             row.append(f"{untuned.manifest['error']['artifact_vs_original']['max_abs']:.1e}")
             kernels = untuned.manifest.get("micro_kernels") or {}
             row.append(" ".join(f"{k}x{n}" for k, n in kernels.items()) or "-")
+            if args.int8:
+                row += [f"{ms['fp32']:.2f}", f"{ms['untuned'] / ms['fp32']:.2f}x"]
             table.add_row(*row)
             Console(width=200).print(f"{name} done", style="dim")
     Console(width=200).print(table)

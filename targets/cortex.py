@@ -94,6 +94,11 @@ class RuntimeFreeTarget(TvmTarget):
             self.cflags,
         )
 
+    def rpc_compiler(self) -> str | None:
+        # AArch64 Linux boards run TVM's runtime, which loads kernels from a shared library; bare
+        # metal and portable C have no runtime to measure a candidate with.
+        return self.cross().tool("gcc") if self.runner == "qemu-aarch64" else None
+
     @property
     def bare_metal(self) -> bool:
         return self.runner == "qemu-system-arm"

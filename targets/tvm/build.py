@@ -40,7 +40,9 @@ def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict, memory_first: bool = Fals
     from tvm import relax
 
     from .fused_kernels import outline_fused_kernels
-    from .relax_rewrites import clip_as_min_max, fold_constants_with_numpy
+    from .group_padding import pad_group_channels
+    from .relax_rewrites import clip_as_min_max, fast_transcendentals, fold_constants_with_numpy
+    from .schedule_common import cpu_vector_info
     from .weight_fusion import zero_pipeline
 
     with tvm.target.Target(tvm_target):
@@ -49,6 +51,11 @@ def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict, memory_first: bool = Fals
         mod = clip_as_min_max()(mod)
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = fold_constants_with_numpy()(mod)
+        # After the layout conversion, which would wrap the polynomials' kernels in transposes.
+        mod = fast_transcendentals()(mod)
+        if tvm.target.Target.current().kind.name == "llvm" and not memory_first:
+            # Not under a RAM budget: the padded channels cost activation memory.
+            mod = pad_group_channels(cpu_vector_info(tvm.target.Target.current()).lanes)(mod)
         # Fused conv + pool chains (named by the emission, see fused_kernels) as one function each.
         mod = outline_fused_kernels(mod)
         # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.

@@ -10,6 +10,8 @@ compile time, with no tuning:
 * :class:`GroupedConv2dNHWC` — the same tiles for a grouped conv2d, within a group's channels.
 * :class:`Matmul` — row-major ``x @ W`` (Gemm/MatMul with constant weights): vectorised over
   the output columns, parallel over column blocks.
+* :class:`.softmax_schedule.SoftmaxOverOuterAxis` — a softmax over an axis that is not the
+  innermost (YOLO's DFL), which dlight's ``Reduction`` gets quadratically wrong.
 * dlight's ``GEMV`` and ``Reduction`` (softmax, norms).
 * :class:`ParallelVectorize` — anything else (pooling, elementwise, layout transposes):
   inline elementwise chains, parallelise the outer loops, vectorise the innermost spatial loop.
@@ -48,6 +50,7 @@ from .schedule_common import (
     root_blocks,
     vectorize_tail,
 )
+from .softmax_schedule import SoftmaxOverOuterAxis
 from .tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, DepthwiseConvRows, GroupedConv2dNHWC, Matmul
 
 __all__ = [
@@ -97,11 +100,13 @@ class ParallelVectorize(CpuRule):
             return False
         if kinds != sorted(kinds):
             return False  # reduction loops interleaved with spatial ones: leave it alone
-        lanes = self.info.lanes
         work = math.prod(e for e, t in zip(extents, kinds, strict=True) if t == DATA_PAR)
         inner = spatial[-1]
         inner_ext = extent(sch, inner)
-        vectorize = inner_ext is not None and inner_ext % lanes == 0
+        # The widest native vector that divides the innermost loop (136 channels: 8 lanes), not
+        # only full-width ones: odd channel counts were left scalar.
+        lanes = self.vector_width(inner_ext) if inner_ext is not None else 1
+        vectorize = lanes >= min(4, self.info.lanes)
         if len(spatial) == 1 and not reduce and vectorize:
             # A flat elementwise loop: vector chunks inside, parallel chunks outside.
             outer, inner = sch.split(inner, [None, lanes])
@@ -257,6 +262,7 @@ def float_rules(target: Target, memory_first: bool = False) -> list[ScheduleRule
         _LanesByDtype(DepthwiseConv2dNHWC, info),
         _LanesByDtype(GroupedConv2dNHWC, info),
         _LanesByDtype(Matmul, info),
+        _LanesByDtype(SoftmaxOverOuterAxis, info),
         _Gemv(),
         _Reduction(),
         _LanesByDtype(ParallelVectorize, info),

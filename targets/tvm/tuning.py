@@ -7,8 +7,9 @@ commits it to the database as the first record, then runs MetaSchedule's evoluti
 The database's best record wins at compile time (:func:`.build.schedule_for_cpu`), and the
 default is one of the records: tuning never ends slower than the default, as measured.
 
-Resumable: trials already in the database for this model's kernels count against ``trials``, so
-a killed run started again runs only what is left. Builder and runner workers register only the
+``trials`` counts the search's candidates (the defaults are measured besides). Resumable: search
+trials already in the database for this model's kernels count against ``trials``, so a killed run
+started again runs only what is left. Builder and runner workers register only the
 target's tensor intrinsics (:func:`limit_tensor_intrinsics`: 0.3 s instead of ~24 s per process).
 """
 
@@ -83,6 +84,7 @@ class TuneReport:
     trials_run: int
     seconds: float
     tasks: list[TaskResult] = field(default_factory=list)
+    measured_on: str = "this machine"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class TuneReport:
             "trials_run": self.trials_run,
             "minutes": round(self.seconds / 60, 2),
             "kernels": len(self.tasks),
+            "measured_on": self.measured_on,
         }
 
 
@@ -198,10 +201,19 @@ def tune_module(
             key = tvm_ffi.structural_hash(record.workload.mod)
             counts[key] = counts.get(key, 0) + 1
         existing = [counts.get(tvm_ffi.structural_hash(w.mod), 0) for w in workloads]
-        # First run on these kernels: edgec's defaults, measured, are their first records.
-        fresh = [i for i, count in enumerate(existing) if count == 0]
-        defaults = {i: _default_schedule(extracted[i].dispatched[0]["main"], target) for i in fresh}
-        seeded = [i for i in fresh if defaults[i] is not None]
+        defaults = [_default_schedule(t.dispatched[0]["main"], target) for t in extracted]
+        # The measured latency of each kernel's default schedule, from its record.
+        default_secs = [
+            None if record is None else _mean_seconds(record)
+            for record in (
+                _recorded(db.get_top_k(w, 10_000), d) for w, d in zip(workloads, defaults, strict=True)
+            )
+        ]
+        recorded = sum(secs is not None for secs in default_secs)
+        # edgec's defaults, measured, are records: on the first run, and again when this edgec's
+        # default for a kernel is not the one in the database (a newer rule), so the database
+        # never holds only schedules slower than the default.
+        seeded = [i for i, d in enumerate(defaults) if d is not None and default_secs[i] is None]
         seconds = _measure([defaults[i] for i in seeded], target, builder, runner) if seeded else []
         for i, secs in zip(seeded, seconds, strict=True):
             if secs is not None:
@@ -209,16 +221,17 @@ def tune_module(
                 db.commit_tuning_record(
                     ms.database.TuningRecord(defaults[i].trace, workloads[i], [secs], target, args)
                 )
-                existing[i] += 1
-        remaining = trials - sum(existing)
+                default_secs[i] = secs
+        # ``trials`` counts the search: the defaults' records are not trials (a 40-kernel model
+        # asked for 64 trials would otherwise search 24).
+        remaining = trials - (sum(existing) - recorded)
         if remaining > 0 and extracted:
             report.trials_run = _search(
                 extracted, db, target, work, remaining, seed, threads, builder, runner, progress
             )
-        for task, workload in zip(extracted, workloads, strict=True):
+        for task, workload, default in zip(extracted, workloads, default_secs, strict=True):
             records = db.get_top_k(workload, 10_000)
             best = [s for s in map(_mean_seconds, records) if s is not None]
-            default = _default_latency(records, task, target)
             report.tasks.append(
                 TaskResult(
                     task.task_name,
@@ -231,17 +244,15 @@ def tune_module(
     return report
 
 
-def _default_latency(records: list[Any], task: Any, target: Any) -> float | None:
-    """The measured latency of the record whose schedule is edgec's default (same trace)."""
+def _recorded(records: list[Any], schedule: Any) -> Any:
+    """The record among ``records`` whose schedule is ``schedule`` (edgec's default), or ``None``."""
     import tvm_ffi
 
-    default = _default_schedule(task.dispatched[0]["main"], target)
-    if default is None:
+    if schedule is None:
         return None
     for record in records:
-        applied = record.as_measure_candidate().sch.mod
-        if tvm_ffi.structural_equal(applied, default.mod):
-            return _mean_seconds(record)
+        if tvm_ffi.structural_equal(record.as_measure_candidate().sch.mod, schedule.mod):
+            return record
     return None
 
 

@@ -95,9 +95,14 @@ def test_fp16_build_matches_onnxruntime_and_float32(fp16_build):
 
 
 def _disassembly(target: str, out: Path) -> str:
-    tool = "aarch64-linux-gnu-objdump" if target == "cortex-a55" else "arm-none-eabi-objdump"
+    # GNU objdump decodes MVE (Helium) only when told the architecture; otherwise it prints cdp2.
+    tool = (
+        ["aarch64-linux-gnu-objdump"]
+        if target == "cortex-a55"
+        else ["arm-none-eabi-objdump", "-m", "armv8.1-m.main"]
+    )
     return subprocess.run(
-        [tool, "-d", str(out / "digits_kernels.o")], capture_output=True, text=True, check=True
+        [*tool, "-d", str(out / "digits_kernels.o")], capture_output=True, text=True, check=True
     ).stdout
 
 
@@ -111,7 +116,7 @@ def test_kernels_use_half_precision_instructions(fp16_build):
         # 8 halves per 128-bit register (the schedules tile float16 for 8 lanes, not 4).
         assert half > 500 and single == 0, (half, single)
     else:
-        # GNU objdump 2.40 decodes MVE vfma.f16 q,q,q (its vector-by-scalar form shows as cdp2).
+        # Vector-by-vector or vector-by-scalar (a broadcast input) fp16 FMAs.
         assert re.search(r"\bvfma\.f16\s+q\d", disassembly)
         assert not re.search(r"\bvfma\.f32\b", disassembly)
 
