@@ -309,6 +309,7 @@ register_target(
         # mcpu=cortex-m55 gives LLVM +mve.fp and +fullfp16 (checked in tests/targets/test_fp16_compute.py).
         fp16_arithmetic=True,
         vector_bits=128,  # Helium (MVE)
+        micro_kernel="vmladava",  # and SMLAD for what it declines (targets/tvm/arm_mve.py)
         mtriple="thumbv8.1m.main-unknown-none-eabihf",
         mcpu="cortex-m55",
         float_abi="hard",

@@ -121,7 +121,7 @@ def optimize_for_cpu(
     import tvm
     from tvm import relax
 
-    from . import arm_dsp, x86_int8
+    from . import arm_dsp, arm_dsp_im2col, arm_mve, x86_int8
     from .fused_schedules import check_fused_kernels_scheduled
     from .schedules import apply_default_cpu_schedules
 
@@ -139,6 +139,7 @@ def optimize_for_cpu(
     # vpmaddwd kernels (x86 AVX2) read pair-interleaved weights, SMLAD kernels (Cortex-M4/M7)
     # input-channel-innermost ones: re-lay out the constants (a no-op when no kernel was
     # scheduled that way).
+    mod = arm_mve.relayout_constant_weights(arm_dsp_im2col.relayout_constant_weights(mod))
     return arm_dsp.relayout_constant_weights(x86_int8.relayout_constant_weights(mod))
 
 
@@ -146,14 +147,16 @@ def micro_kernels_built(mod: tvm.IRModule) -> dict[str, int]:
     """How many kernels of a scheduled module each int8 micro-kernel computes (``{"vpdpbusd": 2}``),
     read from the weight layouts the rules recorded, so the manifest shows what the CPU got and
     which kernels a rule declined (those are absent from the count)."""
-    from . import arm_dsp, x86_int8
+    from . import arm_dsp, arm_dsp_im2col, arm_mve, x86_int8
 
     counts: dict[str, int] = {}
     for func in mod.functions.values():
         layout = x86_int8.weight_layout(func)
         if layout:
             name = x86_int8.MICRO_KERNEL_BY_GROUP[next(iter(layout.values()))[0]]
-        elif arm_dsp.weight_permutation(func):
+        elif arm_mve.mve_weight_permutation(func):
+            name = "vmladava"
+        elif arm_dsp.weight_permutation(func) or arm_dsp_im2col.im2col_weight(func):
             name = "smlad"
         else:
             continue

@@ -213,24 +213,32 @@ class _LanesByDtype(ScheduleRule):
 def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool = False) -> list[ScheduleRule]:
     """The rules of the hand-written kernels, which tuning leaves alone, in priority order: the
     fused conv + pool ones first (``memory_first``), the sparse kernels', then the int8
-    micro-kernels' (SMLAD on Cortex-M4/M7, vpdpbusd on x86 with VNNI, vpmaddwd on x86 AVX2), if
-    ``micro_kernels``; each declines what it cannot take."""
+    micro-kernels' (VMLADAVA on Cortex-M55, SMLAD on Cortex-M4/M7/M55 with an im2col one for few
+    input channels, vpdpbusd on x86 with VNNI, vpmaddwd on x86 AVX2), if ``micro_kernels``; each
+    declines what it cannot take."""
     from .arm_dsp import Int8DspConv, has_dsp
+    from .arm_dsp_im2col import Int8DspIm2colConv
+    from .arm_mve import Int8MveConv, has_mve
     from .fused_schedules import ConvPool
     from .sparse_schedule import SparseRows
     from .x86_int8 import Int8PmaddwdConv, has_avx2
     from .x86_vnni import Int8VnniConv, vnni_lanes
 
-    fused: list[ScheduleRule] = [ConvPool(dsp=True), ConvPool(dsp=False)] if memory_first else []
+    # Fused conv + pool: Helium, then SMLAD, then plain loops (each rule checks its target).
+    fused: list[ScheduleRule] = (
+        [ConvPool(Int8MveConv()), ConvPool(Int8DspConv()), ConvPool(None)] if memory_first else []
+    )
     if not micro_kernels:
-        return [*fused[1:], SparseRows()]
+        return [*fused[2:], SparseRows()]
     if target.kind.name == "c":
         return [*fused, SparseRows()]
     lanes = vnni_lanes(target)
     return [
         *fused,
         SparseRows(),
-        *([Int8DspConv()] if has_dsp(target) else []),
+        # Helium first; what it declines (reductions not a multiple of 16) still gets SMLAD.
+        *([Int8MveConv()] if has_mve(target) else []),
+        *([Int8DspConv(), Int8DspIm2colConv()] if has_dsp(target) else []),
         # VNNI first; what it declines (reductions not a multiple of 4) still gets vpmaddwd.
         *([Int8VnniConv(lanes)] if lanes else []),
         *([Int8PmaddwdConv()] if has_avx2(target) else []),

@@ -105,10 +105,10 @@ class TvmTarget(Target):
     def row_streaming(self) -> str:
         """Which convolutions this target's schedules write row by row, in place over their input
         (``memory_model.STREAMING``): none in portable C (its kernels are TVM's plain loops), the
-        depthwise ones elsewhere, every one the SMLAD kernels take with them."""
+        depthwise ones elsewhere, every one the SMLAD (and Helium) kernels take with them."""
         if self.tvm_target().get("kind") == "c":
             return "none"
-        return "all" if self.int8_micro_kernel() == "smlad" else "depthwise"
+        return "all" if self.int8_micro_kernel() in ("smlad", "vmladava") else "depthwise"
 
     def describe(self) -> dict:
         return {**super().describe(), "memory_planning": self.memory_planning}
