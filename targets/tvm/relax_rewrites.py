@@ -109,9 +109,9 @@ def clip_as_min_max() -> tvm.transform.Pass:
 
 
 def fast_transcendentals() -> tvm.transform.Pass:
-    """float32 ``sigmoid``, ``exp``, ``tanh`` and ``erf`` as TVM's vectorisable polynomial forms
-    (``topi.fast_exp``/``fast_tanh``/``fast_erf``; relative error ~1e-7, what onnxruntime's MLAS
-    does too).
+    """float32 ``sigmoid``, ``exp``, ``tanh``, ``erf`` and ``softmax`` as TVM's vectorisable
+    polynomial forms (``topi.fast_exp``/``fast_tanh``/``fast_erf``/``nn.fast_softmax``; relative
+    error ~1e-7, what onnxruntime's MLAS does too).
 
     LLVM has no vector ``exp``: a vectorised ``T.sigmoid`` epilogue became one libm ``expf`` call
     per lane, and YOLO's SiLU convs spent more time in their activation than in their MACs (the
@@ -126,6 +126,8 @@ def fast_transcendentals() -> tvm.transform.Pass:
 
     forms = {"relax.sigmoid": sigmoid, "relax.exp": topi.fast_exp, "relax.tanh": topi.fast_tanh}
     forms["relax.erf"] = topi.fast_erf
+    # TOPI's softmax with the polynomial exp (an attention row's exps were libm calls).
+    forms["relax.nn.softmax"] = lambda x, axis: topi.nn.fast_softmax(x, axis)
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
@@ -136,6 +138,9 @@ def fast_transcendentals() -> tvm.transform.Pass:
             (x,) = call.args
             if x.ty.dtype != "float32":  # the polynomials are float32 ones
                 return call
+            if call.op.name == "relax.nn.softmax":
+                axis = int(call.attrs.axis) % len(x.ty.shape)
+                return self.builder_.call_te(forms[call.op.name], x, axis, primfunc_name_hint="softmax")
             name = "fast_" + call.op.name.removeprefix("relax.")
             return self.builder_.call_te(forms[call.op.name], x, primfunc_name_hint=name)
 

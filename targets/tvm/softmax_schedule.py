@@ -25,8 +25,8 @@ from .schedule_common import (
 
 __all__ = ["SoftmaxOverOuterAxis"]
 
-# The blocks of TOPI's softmax (Relax's legalization of R.nn.softmax), in order.
-_BLOCKS = ("T_softmax_maxelem", "T_softmax_exp", "T_softmax_expsum", "T_softmax_norm")
+# The first and last blocks of TOPI's softmax and fast_softmax (the exponentials between).
+_MAX, _SUM, _NORM = "T_softmax_maxelem", "T_softmax_expsum", "T_softmax_norm"
 
 
 class SoftmaxOverOuterAxis(CpuRule):
@@ -34,9 +34,13 @@ class SoftmaxOverOuterAxis(CpuRule):
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = root_blocks(sch)
-        if tuple(sch.get(b).name_hint for b in blocks) != _BLOCKS:
+        names = [sch.get(b).name_hint for b in blocks]
+        if names[:1] + names[-2:] != [_MAX, _SUM, _NORM] or len(blocks) < 4:
             return None
-        maxelem, exp, expsum, norm = blocks
+        # The exponentials: one block, or the fast softmax's difference and polynomial (inlined).
+        for block in blocks[1:-3]:
+            sch.compute_inline(block)
+        maxelem, exp, expsum, norm = root_blocks(sch)
         loops = sch.get_loops(norm)
         axis = int(sch.get(norm).annotations.get("axis", len(loops) - 1))
         if axis in (-1, len(loops) - 1) or iter_types(sch, norm) != [DATA_PAR] * len(loops):

@@ -1,4 +1,4 @@
-"""fast_transcendentals (targets/tvm/relax_rewrites.py): float32 sigmoid/exp/tanh/erf become TVM's
+"""fast_transcendentals (targets/tvm/relax_rewrites.py): float32 sigmoid/exp/tanh/erf/softmax become TVM's
 vectorisable polynomials, fused into the conv epilogue, within 1e-6 of numpy."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def test_float16_activations_keep_tvms_own_form() -> None:
     assert not any("fast_" in n for n in names) and any("sigmoid" in n for n in names)
 
 
-@pytest.mark.parametrize("op", ["Sigmoid", "Exp", "Tanh", "Erf"])
+@pytest.mark.parametrize("op", ["Sigmoid", "Exp", "Tanh", "Erf", "Softmax"])
 def test_polynomials_match_onnxruntime_on_x86(op: str, tmp_path: Path) -> None:
     path = tmp_path / f"{op}.onnx"
     onnx.save_model(_unary(op), str(path))
