@@ -8,7 +8,9 @@ representative families of ``edgec.families`` (mobilenet, recognizer, yolo) and 
 CNN of ``examples/digits``; all with seeded random weights except digits (trained). Both sides
 run with the same thread count (``--threads``, default the physical cores); latencies are the
 median of ``--repeat`` runs, onnxruntime and edgec timed alternately in rounds in the same
-process so that a busy machine slows both alike. ``--trials 0`` skips tuning. ``--int8``
+process so that a busy machine slows both alike. ``--trials 0`` skips tuning; with tuning, the
+model is compiled a second time from the database alone (``--db``, no tuning: its compile
+seconds and latency are the ``rebuild`` column). ``--int8``
 quantizes every model first with edgec's ``quantize`` pass (int8 QDQ, calibrated on 8 seeded
 random inputs; digits on its own calibration images) and times that QDQ model on both sides,
 with edgec's untuned fp32 build of the same model timed in the same rounds (``int8/fp32``).
@@ -99,6 +101,7 @@ def main() -> None:
         "tuned ms",
         "tuned/ORT",
         "trials (min)",
+        "rebuild from db s (ms)",
         "max abs err",
         "int8 micro-kernels",
         *(("fp32 ms", "int8/fp32") if args.int8 else ()),
@@ -127,6 +130,11 @@ def main() -> None:
                 )
                 builds["tuned"] = folder / f"{name}-tuned"
                 tuning = tuned.manifest["tuning"]
+                # A second compile with the database: no tuning, its schedules from the records.
+                start = time.perf_counter()
+                edgec.compile(path, folder / f"{name}-rebuilt", threads=args.threads, db=db)
+                rebuild_seconds = time.perf_counter() - start
+                builds["rebuilt"] = folder / f"{name}-rebuilt"
             session = _session(model, args.threads)
             times: dict[str, list[float]] = {"ort": [], **{k: [] for k in builds}}
             for _ in range(ROUNDS):  # alternate, so that load from other processes hits all alike
@@ -139,8 +147,9 @@ def main() -> None:
             if tuning:
                 row += [f"{ms['tuned']:.2f}", f"{ms['tuned'] / ms['ort']:.2f}x"]
                 row.append(f"{tuning['trials_run']} ({tuning['minutes']:.1f})")
+                row.append(f"{rebuild_seconds:.1f} ({ms['rebuilt']:.2f})")
             else:
-                row += ["-", "-", "-"]
+                row += ["-", "-", "-", "-"]
             row.append(f"{untuned.manifest['error']['artifact_vs_original']['max_abs']:.1e}")
             kernels = untuned.manifest.get("micro_kernels") or {}
             row.append(" ".join(f"{k}x{n}" for k, n in kernels.items()) or "-")

@@ -1,8 +1,8 @@
 """Executed instructions per inference on Cortex-M under qemu-system-arm, and per MAC, next to the
 CMSIS-NN anchor (2.30 instructions per MAC for a whole int8 CNN on Cortex-M4).
 
-python benchmarks/mcu_cycles.py [--targets cortex-m4] [--variants fp32 int8] [--inferences 4] [--kernels]
-                                [--json]
+python benchmarks/mcu_cycles.py [--models digits mobilenet] [--targets cortex-m4] [--variants fp32 int8]
+                                [--inferences 4] [--kernels] [--json]
 
 QEMU has no cycle counter, so this counts executed guest instructions with a small TCG plugin
 (``benchmarks/qemu_plugin/insn_count.c``), compiled with the host gcc into a temporary folder at run
@@ -15,10 +15,16 @@ semihosting file I/O and the first inference cancel out; the ``N`` calls to ``cl
 
 ``--kernels`` also counts each kernel function of the image on its own (the plugin's ``lo``/``hi``
 arguments: only blocks starting inside the function's symbol), and for the conv/dense kernels
-divides by their MACs (weight elements x output elements / output channels, from the kernel's
-parameters), the figure to hold against CMSIS-NN's 1.86 (3x3 conv) and 1.89 (FC) per MAC.
+divides by their MACs (the iteration domain of the kernel's conv2d/matmul block before scheduling),
+the figure to hold against CMSIS-NN's 1.86 (3x3 conv) and 1.89 (FC) per MAC, and by their output
+elements (what the requantization epilogue runs once for).
 
-Variants: ``fp32`` (the digits CNN as shipped), ``int8`` (its QDQ form from
+Models: ``digits`` (examples/digits, a 1-channel 8x8 input: its first conv has a reduction of 9) and
+``mobilenet`` (the MobileNet-style block of the Cortex tests, ``tests/targets/cortex_helpers.py``:
+a stride-2 3x3 conv on 3 channels, depthwise, pointwise, pool, dense), quantized with 16 seeded
+random calibration inputs.
+
+Variants: ``fp32`` (the model as shipped), ``int8`` (its QDQ form from
 ``edgec.optimize(pipeline="default,quantize")``, integer kernels), ``int8-nodsp`` (the same with
 edgec's Arm DSP (SMLAD) conv/dense kernels switched off (``--no-micro-kernels``); the same as ``int8`` on
 cores without the DSP extension), ``int8-double`` (the same model with TFLite's double-rounding
@@ -39,6 +45,7 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -102,23 +109,33 @@ def count_instructions(
     return int(match.group(1))
 
 
-def digits_models(folder: Path) -> dict[str, onnx.ModelProto]:
-    int8 = folder / "digits_int8.onnx"
-    edgec.optimize(
-        DIGITS / "digits_cnn.onnx", int8, pipeline="default,quantize", calib=DIGITS / "digits_calib.npz"
-    )
-    fp16 = folder / "digits_fp16.onnx"
-    edgec.optimize(
-        DIGITS / "digits_cnn.onnx",
-        fp16,
-        pipeline="default,quantize{scheme=fp16,compute=float16}",
-        calib=DIGITS / "digits_calib.npz",
-    )
-    return {
-        "fp32": onnx.load(str(DIGITS / "digits_cnn.onnx")),
-        "int8": onnx.load(str(int8)),
-        "fp16": onnx.load(str(fp16)),
-    }
+def model_variants(
+    name: str, folder: Path, needed: set[str]
+) -> tuple[dict[str, onnx.ModelProto], np.ndarray]:
+    """``({variant: model}, one input sample)`` of the model ``name``, for the ``needed`` variants
+    among fp32, int8 and fp16."""
+    if name == "digits":
+        source, calib = DIGITS / "digits_cnn.onnx", DIGITS / "digits_calib.npz"
+        sample = np.load(DIGITS / "digits_test.npz")["input"][:1, None].astype(np.float32)
+    else:
+        # The test module holds the builder: one definition for the tests and this benchmark.
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from tests.targets.cortex_helpers import mobilenet_block_model
+
+        source, calib = folder / "mobilenet.onnx", folder / "mobilenet_calib.npz"
+        onnx.save(mobilenet_block_model(), str(source))
+        np.savez(calib, x=np.random.default_rng(5).standard_normal((16, 1, 3, 16, 16)).astype(np.float32))
+        sample = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    models = {"fp32": onnx.load(str(source))}
+    for variant, pipeline in (
+        ("int8", "default,quantize"),
+        ("fp16", "default,quantize{scheme=fp16,compute=float16}"),
+    ):
+        path = folder / f"{name}_{variant}.onnx"
+        edgec.optimize(source, path, pipeline=pipeline, calib=calib)
+        models[variant] = onnx.load(str(path))
+    return models, sample
 
 
 def macs_of(model: onnx.ModelProto) -> int:
@@ -145,19 +162,42 @@ def kernel_symbols(target, image: Path) -> dict[str, tuple[int, int]]:
     return symbols
 
 
-def kernel_macs(module, prefix: str) -> dict[str, int]:
-    """MACs of the conv2d/matmul kernels: weight elements x output elements / output channels."""
+def kernel_work(target, graph: EdgeGraph, prefix: str) -> dict[str, tuple[int, int]]:
+    """``{kernel: (MACs, output elements)}`` per inference: MACs are the iteration domain of the
+    kernel's conv2d/matmul reduction block before scheduling (exact for fused conv + pool kernels,
+    whose output is the pooled one), outputs the size of its last parameter, both times the calls
+    of the kernel (a patch-wise first layer calls its kernel once per patch)."""
     import tvm
+    from tvm import relax, s_tir
 
-    macs = {}
+    from edgec.targets.tvm.build import lower_for_cpu
+    from edgec.targets.tvm.translate import translate
+
+    module = lower_for_cpu(translate(graph), target.tvm_target(), target.memory_planning)
+    calls: dict[str, int] = {}
+
+    def count(expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.args[0] if expr.args else None, tvm.ir.GlobalVar):
+            calls[expr.args[0].name_hint] = calls.get(expr.args[0].name_hint, 0) + 1
+
+    for func in module.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, count)
+    work = {}
     for gv, func in module.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or not gv.name_hint.startswith(
-            ("fused_conv2d", "fused_matmul")
-        ):
+        if not isinstance(func, tvm.tirx.PrimFunc):
             continue
-        weight, out = (math.prod(int(d) for d in func.params[i].shape) for i in (1, -1))
-        macs[prefix + gv.name_hint] = weight * out // int(func.params[-1].shape[-1])
-    return macs
+        sch = s_tir.Schedule(func)
+        macs = 0
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            stmt = sch.get(block)
+            if any(int(iv.iter_type) == 2 for iv in stmt.iter_vars) and (
+                "conv2d" in stmt.name_hint or "matmul" in stmt.name_hint
+            ):
+                macs += math.prod(int(iv.dom.extent) for iv in stmt.iter_vars)
+        times = calls.get(gv.name_hint, 1)
+        work[prefix + gv.name_hint] = (macs * times, math.prod(int(d) for d in func.params[-1].shape) * times)
+    return work
 
 
 def count_inferences(
@@ -185,6 +225,8 @@ def count_inferences(
 
 def measure(
     model: onnx.ModelProto,
+    sample: np.ndarray,
+    macs: int,
     variant: str,
     target_name: str,
     plugin: Path,
@@ -192,41 +234,44 @@ def measure(
     inferences: int,
     kernels: bool = False,
 ) -> dict:
-    """Builds ``model`` for the target and counts the instructions of one inference."""
+    """Builds ``model`` for the target and counts the instructions of one inference on ``sample``
+    (``macs``: of the float model, which the int8 one does too)."""
     target = get_target(target_name)
     if variant == "int8-double":
         target = dataclasses.replace(target, requantize_rounding="double")
-    out = folder / f"{variant}-{target_name}"
+    name = model.graph.name or "model"
+    out = folder / f"{name}-{variant}-{target_name}"
     work = out / "run"
     work.mkdir(parents=True)
     if variant == "int8-nodsp":
         target = dataclasses.replace(target, micro_kernels=False)
     graph = EdgeGraph.from_onnx(model)
     start = time.perf_counter()
-    module = target.lower(target.legalize(graph).graph).module
-    artifact = target.build(module, out, "digits")
+    legal = target.legalize(graph).graph
+    module = target.lower(legal.copy()).module
+    artifact = target.build(module, out, "model")
     build_seconds = time.perf_counter() - start
-    sample = np.load(DIGITS / "digits_test.npz")["input"][:1, None].astype(np.float32)
     image, counts = count_inferences(
-        target, out, "digits", [sample], len(graph.outputs), plugin, work, inferences
+        target, out, "model", [sample], len(graph.outputs), plugin, work, inferences
     )
     command = emulator_command(target, image)
     per_inference = (counts[inferences] - counts[0]) / inferences
-    macs = macs_of(model)
     per_kernel = {}
     if kernels:
-        layer_macs = kernel_macs(module, "digits_")
-        for name, span in kernel_symbols(target, image).items():
+        layer_work = kernel_work(target, legal, "model_")
+        for kernel, span in kernel_symbols(target, image).items():
             runs = {}
             for repeat in (0, inferences):
                 (work / "edgec_repeat.txt").write_text(f"{repeat}\n")
                 runs[repeat] = count_instructions(command, plugin, work, span)
-            per_kernel[name] = {
+            layer_macs, outputs = layer_work.get(kernel, (0, 0))
+            per_kernel[kernel] = {
                 "instructions": (runs[inferences] - runs[0]) / inferences,
-                "macs": layer_macs.get(name, 0),
+                "macs": layer_macs,
+                "outputs": outputs,
             }
     return {
-        "model": "digits",
+        "model": name,
         "variant": variant,
         "target": target_name,
         "macs": macs,
@@ -242,6 +287,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["digits"], choices=["digits", "mobilenet"])
     parser.add_argument("--targets", nargs="+", default=["cortex-m4"])
     parser.add_argument("--variants", nargs="+", default=["fp32", "int8-nodsp", "int8"])
     parser.add_argument("--inferences", type=int, default=4, help="timed inferences per counted run")
@@ -252,13 +298,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as name:
         folder = Path(name)
         plugin = build_plugin(folder)
-        models = digits_models(folder)
-        for target_name in args.targets:
-            for variant in args.variants:
+        for model_name in args.models:
+            needed = {variant.split("-")[0] for variant in args.variants}
+            models, sample = model_variants(model_name, folder, needed)
+            macs = macs_of(models["fp32"])
+            for target_name, variant in itertools.product(args.targets, args.variants):
                 model = models[variant.split("-")[0]]
-                rows.append(
-                    measure(model, variant, target_name, plugin, folder, args.inferences, args.kernels)
+                counted = measure(
+                    model, sample, macs, variant, target_name, plugin, folder, args.inferences, args.kernels
                 )
+                rows.append(counted)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -305,8 +354,9 @@ def kernel_table(row: dict):
     from rich.table import Table
 
     table = Table(
-        "kernel", "instr/inference", "share", "MACs", "instr/MAC", box=None,
-        title=f"{row['variant']} on {row['target']}: per kernel (CMSIS-NN: 3x3 conv 1.86, FC 1.89 per MAC)",
+        "kernel", "instr/inference", "share", "MACs", "instr/MAC", "outputs", "instr/output", box=None,
+        title=f"{row['model']} {row['variant']} on {row['target']}: per kernel "
+        "(CMSIS-NN: 3x3 conv 1.86, FC 1.89 per MAC)",
     )  # fmt: skip
     total = row["instructions_per_inference"]
     dense = [0.0, 0]
@@ -315,11 +365,13 @@ def kernel_table(row: dict):
         if k["macs"]:
             dense[0] += k["instructions"]
             dense[1] += k["macs"]
-        short = name.removeprefix("digits_")
+        short = name.removeprefix("model_")
         short = short if len(short) <= 48 else short[:45] + "..."
+        per_output = f"{k['instructions'] / k['outputs']:.1f}" if k["outputs"] else ""
         table.add_row(
-            short, f"{k['instructions']:,.0f}", f"{k['instructions'] / total:.0%}", f"{k['macs']:,}", per_mac
-        )
+            short, f"{k['instructions']:,.0f}", f"{k['instructions'] / total:.0%}", f"{k['macs']:,}", per_mac,
+            f"{k['outputs']:,}", per_output,
+        )  # fmt: skip
     if dense[1]:
         share = f"{dense[0] / total:.0%}"
         table.add_row("all conv + dense kernels", f"{dense[0]:,.0f}", share, f"{dense[1]:,}",

@@ -16,7 +16,15 @@ import click
 from edgec.cli_distill import distill as _distill_command
 from edgec.cli_lists import passes as _passes_command
 from edgec.cli_lists import targets as _targets_command
-from edgec.cli_options import SHAPE_HELP, compile_options, console_option, import_options, pipeline_options
+from edgec.cli_options import (
+    SHAPE_HELP,
+    compile_options,
+    console_option,
+    import_options,
+    pipeline_options,
+    rpc_options,
+)
+from edgec.cli_tune import rpc_server as _rpc_server_command
 from edgec.cli_tune import tune as _tune_command
 from edgec.errors import BudgetError, EdgecError
 from edgec.report import echo_json
@@ -77,6 +85,7 @@ def main() -> None:
 @click.option(
     "--tune", type=click.IntRange(min=1), metavar="N", help="tune N MetaSchedule trials into --db first"
 )
+@rpc_options
 @click.option(
     "--no-sparse-weights",
     "no_sparse_weights",
@@ -285,6 +294,7 @@ def cmake_dir() -> None:
 # tuning (edgec/cli_tune.py).
 main.add_command(_distill_command)
 main.add_command(_tune_command)
+main.add_command(_rpc_server_command)
 main.add_command(_passes_command)
 main.add_command(_targets_command)
 

@@ -74,6 +74,8 @@ def compile_options(ctx_params: dict[str, Any]):
         "threads",
         "db",
         "tune",
+        "rpc",
+        "rpc_key",
     ):
         if key in ctx_params and ctx_params[key] is not None:
             value = ctx_params.pop(key)
@@ -123,6 +125,21 @@ def pipeline_options(function):
         click.option("--qat", is_flag=True, help="fine-tune --quantize with quantization-aware training"),
         click.option("--train", type=click.Path(), help=".npz training dataset (--qat, distill passes)"),
         click.option("--epochs", type=click.IntRange(min=1), help="training epochs of --qat (default 10)"),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def rpc_options(function):
+    """Where tuning trials are measured: boards registered with a TVM RPC tracker."""
+    decorators = [
+        click.option(
+            "--rpc",
+            metavar="HOST:PORT",
+            help="measure tuning trials on boards registered with this TVM RPC tracker (Cortex-A targets)",
+        ),
+        click.option("--rpc-key", metavar="KEY", help="the boards' key at the tracker (default: the target)"),
     ]
     for decorator in reversed(decorators):
         function = decorator(function)

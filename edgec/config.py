@@ -64,6 +64,8 @@ class CompileOptions:
         db: a tuning database folder; its best records for the target, CPU and threads replace
             the default schedules of the kernels they cover.
         tune: MetaSchedule trials to run into ``db`` before building (0: none).
+        rpc: ``HOST:PORT`` of a TVM RPC tracker whose boards measure the tuning trials (Cortex-A).
+        rpc_key: the device key of those boards at the tracker (default: the target's name).
         sparse_weights: store weights with zeros sparse where that is smaller (the target's formats).
         memory_planning: on targets whose budget is RAM (Cortex-M, ``c``), fuse convolutions with
             their pools, plan row bands of the first stages under the RAM budget and keep padded
@@ -100,6 +102,8 @@ class CompileOptions:
     threads: int = 0
     db: Path | None = None
     tune: int = 0
+    rpc: str | None = None
+    rpc_key: str | None = None
     sparse_weights: bool = True
     memory_planning: bool = True
     train: Path | None = None
@@ -220,7 +224,9 @@ def _normalise(raw: dict[str, Any], source: str, base: Path | None = None) -> di
             not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value)
         ):
             raise EdgecError(f"{source}: name '{value}' must be a C identifier (letters, digits, '_')")
-        elif name in ("target", "pipeline", "quantize", "calibration") and not isinstance(value, str):
+        elif name in ("target", "pipeline", "quantize", "calibration", "rpc", "rpc_key") and not isinstance(
+            value, str
+        ):
             raise EdgecError(f"{source}: '{key}' must be a string")
         elif name in ("prune", "prune_channels") and (
             not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1

@@ -110,7 +110,10 @@ def print_tune_report(report: Any, as_json: bool) -> None:
         best = f"{task.best_us:.1f}" if task.best_us is not None else "-"
         speedup = f"{task.default_us / task.best_us:.2f}x" if task.default_us and task.best_us else "-"
         click.echo(f"{task.name[:48]:<48} {default:>11} {best:>11} {speedup:>8} {task.trials:>7}")
-    click.echo(f"{report.trials_run} trials in {report.seconds / 60:.1f} min; database {report.database}")
+    click.echo(
+        f"{report.trials_run} trials in {report.seconds / 60:.1f} min, measured on {report.measured_on}; "
+        f"database {report.database}"
+    )
 
 
 def memory_section(legalization: list[dict[str, Any]], details: dict[str, Any]) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,14 @@ from edgec.config import CompileOptions
 from edgec.errors import EdgecError
 from edgec.progress import Progress
 
-__all__ = ["tune_before_build", "tune_model", "with_threads_and_database"]
+__all__ = [
+    "RpcBoards",
+    "parse_address",
+    "remote_boards",
+    "tune_before_build",
+    "tune_model",
+    "with_threads_and_database",
+]
 
 
 def with_threads_and_database(target: Any, options: CompileOptions) -> Any:
@@ -25,6 +33,11 @@ def with_threads_and_database(target: Any, options: CompileOptions) -> Any:
         target = dataclasses.replace(target, threads=options.threads)
     if options.tune and not options.db:
         raise EdgecError("--tune N keeps what it learns in a database: add --db DIR")
+    if options.rpc_key and not options.rpc:
+        raise EdgecError("--rpc-key names boards at a TVM tracker: add --rpc HOST:PORT")
+    if options.rpc and not options.tune:
+        raise EdgecError("--rpc measures tuning trials on boards: add --tune N (or run edgec tune)")
+    remote_boards(options)  # a malformed --rpc fails before any work
     if options.db:
         if not any(f.name == "tuning_database" for f in dataclasses.fields(target)):
             raise EdgecError(f"target '{target.name}' is not built through TVM; --db has nothing to tune")
@@ -44,7 +57,32 @@ def tune_model(
     target = target_of(options)
     prepared = prepare(Path(model), options, progress)
     graph = legalize(prepared, target, progress).graph
-    return target.tune(graph, trials, seed=options.seed, progress=progress)
+    return target.tune(graph, trials, seed=options.seed, progress=progress, remote=remote_boards(options))
+
+
+@dataclass(frozen=True)
+class RpcBoards:
+    """Boards registered with a TVM RPC tracker at ``host:port`` under the device key ``key``."""
+
+    host: str
+    port: int
+    key: str
+
+
+def parse_address(address: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` as a pair, or an error naming the option."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EdgecError(f"{what} '{address}' is not HOST:PORT (e.g. 127.0.0.1:9190)")
+    return host, int(port)
+
+
+def remote_boards(options: CompileOptions) -> RpcBoards | None:
+    """The boards ``--rpc HOST:PORT --rpc-key KEY`` names (key default: the target's name), or
+    ``None`` to measure on this machine."""
+    if not options.rpc:
+        return None
+    return RpcBoards(*parse_address(options.rpc, "--rpc"), options.rpc_key or options.target)
 
 
 def tune_before_build(
@@ -55,6 +93,7 @@ def tune_before_build(
     import time
 
     start = time.perf_counter()
-    report = target.tune(graph, options.tune, seed=options.seed, progress=progress).as_dict()
+    remote = remote_boards(options)
+    report = target.tune(graph, options.tune, seed=options.seed, progress=progress, remote=remote).as_dict()
     timings["tune"] = time.perf_counter() - start
     return report

@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 
 # qemu-user: a dynamically linked qemu-aarch64 that loads TCG plugins (the static one cannot), for
 # benchmarks/cortex_a_int8.py's instruction counts.
-DEBIAN_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-user-static qemu-user
-    qemu-system-arm cmake make)
+DEBIAN_PACKAGES=(gcc-aarch64-linux-gnu libstdc++6-arm64-cross gcc-arm-none-eabi libnewlib-arm-none-eabi
+    qemu-user-static qemu-user qemu-system-arm cmake make)
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -19,3 +19,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e ".[dev]"
+
+# The aarch64 TVM runtime that emulated boards measure tuning candidates with (edgec tune --rpc,
+# edgec rpc-server): from the aarch64 wheels of the installed TVM versions, fetched once with pip.
+python3 -m edgec.targets.board_runtime >/dev/null

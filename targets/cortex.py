@@ -95,6 +95,11 @@ class RuntimeFreeTarget(TvmTarget):
             self.cflags,
         )
 
+    def rpc_compiler(self) -> str | None:
+        # AArch64 Linux boards run TVM's runtime, which loads kernels from a shared library; bare
+        # metal and portable C have no runtime to measure a candidate with.
+        return self.cross().tool("gcc") if self.runner == "qemu-aarch64" else None
+
     @property
     def bare_metal(self) -> bool:
         return self.runner == "qemu-system-arm"
@@ -311,6 +316,7 @@ register_target(
         # mcpu=cortex-m55 gives LLVM +mve.fp and +fullfp16 (checked in tests/targets/test_fp16_compute.py).
         fp16_arithmetic=True,
         vector_bits=128,  # Helium (MVE)
+        micro_kernel="vmladava",  # and SMLAD for what it declines (targets/tvm/arm_mve.py)
         mtriple="thumbv8.1m.main-unknown-none-eabihf",
         mcpu="cortex-m55",
         float_abi="hard",

@@ -4,7 +4,8 @@
 The node supplies ``y_zero_point``, ``lo``, ``hi`` and ``rounding`` (attributes); ``m`` and
 ``shift`` are a scalar or one value per channel along ``axis`` (or already an array of the
 accumulator's rank, e.g. per output position of an average pool). The Relax form is the shift-only
-:func:`~.fixed_point.requantize`; the numpy form is TFLite's
+:func:`~.fixed_point.requantize`, in 32-bit arithmetic where :func:`high_word_shift` allows (single
+rounding, multipliers below 0.25, as conv and dense layers usually have); the numpy form is TFLite's
 :func:`~.fixed_point.multiply_by_quantized_multiplier`, so a bit-exact match checks both.
 """
 
@@ -17,7 +18,15 @@ import onnx_graphsurgeon as gs
 
 from edgec.targets.integer.fixed_point import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
 
-__all__ = ["channel_const", "clamp", "emit_finish", "emit_multiply", "finish"]
+__all__ = [
+    "channel_const",
+    "clamp",
+    "emit_finish",
+    "emit_multiply",
+    "emit_multiply_high",
+    "finish",
+    "high_word_shift",
+]
 
 
 def _broadcast(values: Any, rank: int, axis: int) -> np.ndarray:
@@ -103,11 +112,52 @@ def emit_multiply(x: Any, mult: Any, shift: Any, rank: int, axis: int, rounding:
     return h
 
 
-def emit_finish(bb: Any, acc: Any, node: gs.Node, rank: int, axis: int, mult: Any, shift: Any) -> Any:
-    """Relax: ``clamp(z_y + MultiplyByQuantizedMultiplier(acc, m, shift), lo, hi)`` → int8."""
+def high_word_shift(shift: Any, rounding: str) -> np.ndarray | None:
+    """``s = -1 - shift`` when the single-rounding multiply can use the high word of a 32x32-bit
+    product (every ``shift ≤ -2``, so ``s ≥ 1``; a multiplier below 0.25), else ``None``.
+
+    ``(x·m + 2^(30-shift)) >> (31-shift)`` with ``31 - shift = 32 + s``: adding ``2^(31+s)`` before
+    the shift is adding ``2^(s-1)`` to the high word, and floor shifts compose, so
+    ``r = (hi32(x·m) + 2^(s-1)) >> s`` exactly: the high word of the product, then an add and a
+    shift of 32-bit values instead of a 64-bit rounding add and a 64-bit variable shift (and the
+    zero point and clamp in 32 bits too). It needs ``x`` in int32, as the accumulators are.
+    """
+    right = -1 - np.asarray(shift, np.int64)
+    if rounding != "single" or np.any(right < 1):
+        return None
+    return right
+
+
+def emit_multiply_high(x: Any, mult: Any, right: np.ndarray, rank: int, axis: int) -> Any:
+    """Relax: ``(hi32(x·m) + 2^(s-1)) >> s`` on int32 ``x`` (see :func:`high_word_shift`).
+
+    ``m`` stays an int64 constant: ``FoldConstant`` folds any cast of it into one, so LLVM
+    multiplies 64 x 64 bits (``UMULL`` and two ``MLA``) where ``SMULL`` would do.
+    """
     from tvm import relax
 
-    h = emit_multiply(relax.op.astype(acc, "int64"), mult, shift, rank, axis, str(node.attrs["rounding"]))
-    y = relax.op.add(h, relax.const(int(node.attrs["y_zero_point"]), "int64"))
-    y = clamp(y, int(node.attrs["lo"]), int(node.attrs["hi"]), "int64")
+    def const(values: np.ndarray, dtype: str) -> Any:
+        shaped = _broadcast(values, rank, axis)
+        return relax.const(int(shaped) if shaped.ndim == 0 else shaped.astype(dtype), dtype)
+
+    product = relax.op.multiply(relax.op.astype(x, "int64"), const(np.asarray(mult, np.int64), "int64"))
+    high = relax.op.astype(relax.op.right_shift(product, relax.const(32, "int64")), "int32")
+    rounder = (np.int64(1) << right) >> 1
+    return relax.op.right_shift(relax.op.add(high, const(rounder, "int32")), const(right, "int32"))
+
+
+def emit_finish(bb: Any, acc: Any, node: gs.Node, rank: int, axis: int, mult: Any, shift: Any) -> Any:
+    """Relax: ``clamp(z_y + MultiplyByQuantizedMultiplier(acc, m, shift), lo, hi)`` → int8, in int32
+    when :func:`high_word_shift` allows it and ``acc`` is int32, else in int64."""
+    from tvm import relax
+
+    rounding = str(node.attrs["rounding"])
+    zero, lo, hi = (int(node.attrs[k]) for k in ("y_zero_point", "lo", "hi"))
+    acc = bb.normalize(acc)
+    right = high_word_shift(shift, rounding)
+    if right is not None and str(acc.ty.dtype) == "int32":
+        h, dtype = emit_multiply_high(acc, mult, right, rank, axis), "int32"
+    else:
+        h, dtype = emit_multiply(relax.op.astype(acc, "int64"), mult, shift, rank, axis, rounding), "int64"
+    y = clamp(relax.op.add(h, relax.const(zero, dtype)), lo, hi, dtype)
     return bb.normalize(relax.op.astype(y, "int8"))

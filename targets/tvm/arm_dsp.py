@@ -36,6 +36,7 @@ module (numpy, at build time; the machinery, shared with :mod:`.x86_int8`, is in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -50,9 +51,11 @@ from .schedule_common import gather_input_copies, row_window, with_row_window
 
 __all__ = [
     "DOT4_INTRIN",
+    "HELIUM_CORES",
     "WEIGHT_PERMUTATION_ATTR",
     "Int8DspConv",
     "has_dsp",
+    "int8_dot_intrinsic",
     "relayout_constant_weights",
     "weight_permutation",
 ]
@@ -60,15 +63,21 @@ __all__ = [
 DOT4_INTRIN = "edgec_arm_dsp_dot4_i8i8i32"
 WEIGHT_PERMUTATION_ATTR = "edgec.arm_dsp_weight_permutation"
 
+# Armv8.1-M cores with Helium (MVE), which implies the DSP extension.
+HELIUM_CORES = ("cortex-m55", "cortex-m85")
 # Output tile: columns x channels (4 int32 accumulators, 2+2 int16x2 operand words: with the
 # pointers and the loop counter this fills the 13 usable core registers of Thumb-2).
 _TILE_COLUMNS, _TILE_CHANNELS = 2, 2
 
 
 def has_dsp(target: Target | dict) -> bool:
-    """Whether ``target`` is an Armv7E-M core (DSP extension: Cortex-M4/M7)."""
+    """Whether ``target`` has the DSP extension: Armv7E-M (Cortex-M4/M7) or Armv8.1-M Mainline
+    (Cortex-M55, where Helium requires it)."""
     attrs = target if isinstance(target, dict) else target.attrs
-    return str(attrs.get("mtriple", "") or "").startswith("thumbv7em")
+    triple = str(attrs.get("mtriple", "") or "")
+    if triple.startswith("thumbv8.1m.main"):
+        return str(attrs.get("mcpu", "")) in HELIUM_CORES or "+dsp" in list(attrs.get("mattr", None) or [])
+    return triple.startswith("thumbv7em")
 
 
 def _sxtb16(x):
@@ -81,46 +90,59 @@ def _ror8(x):
     return T.call_llvm_pure_intrin("int32", "llvm.fshr", x, x, T.int32(8))
 
 
-@T.prim_func(s_tir=True)
-def _dot4_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-    C = T.match_buffer(c, (1,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0], A[0:4], B[0:4])
-        T.writes(C[0])
-        for k in range(4):
-            with T.sblock("update"):
-                vk = T.axis.remap("R", [k])
-                C[0] = C[0] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vk])
+def int8_dot_intrinsic(lanes: int, accumulate: Callable[[Any, Any, Any], Any]) -> tuple[Any, Any]:
+    """``(description, implementation)`` of a TIR tensor intrinsic ``C[0] += Σ_k<lanes A[k]·B[k]``
+    (int8 products, int32 sum): the implementation is ``C[0] = accumulate(a, b, C[0])`` with ``a``
+    and ``b`` the two int8 vectors, each one load."""
+
+    @T.prim_func(s_tir=True)
+    def description(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (lanes,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0], A[0:lanes], B[0:lanes])
+            T.writes(C[0])
+            for k in range(lanes):
+                with T.sblock("update"):
+                    vk = T.axis.remap("R", [k])
+                    C[0] = C[0] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vk])
+
+    @T.prim_func(s_tir=True)
+    def implementation(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (lanes,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0], A[0:lanes], B[0:lanes])
+            T.writes(C[0])
+            C[0] = accumulate(A.vload([0], f"int8x{lanes}"), B.vload([0], f"int8x{lanes}"), C[0])
+
+    return description, implementation
 
 
-@T.prim_func(s_tir=True)
-def _dot4_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (4,), "int8", offset_factor=1)
-    C = T.match_buffer(c, (1,), "int32", offset_factor=1)
-    with T.sblock("root"):
-        T.reads(C[0], A[0:4], B[0:4])
-        T.writes(C[0])
-        # meta_var: expressions, not locals (a local would become a workspace allocation).
-        x = T.meta_var(T.reinterpret("int32", A.vload([0], "int8x4")))
-        w = T.meta_var(T.reinterpret("int32", B.vload([0], "int8x4")))
-        # Rotating by 8 moves bytes 1 and 3 to positions 0 and 2.
-        C[0] = T.call_llvm_pure_intrin(
-            "int32",
-            "llvm.arm.smlad",
-            _sxtb16(_ror8(x)),
-            _sxtb16(_ror8(w)),
-            T.call_llvm_pure_intrin("int32", "llvm.arm.smlad", _sxtb16(x), _sxtb16(w), C[0]),
-        )
+def _smlad_pairs(a: Any, b: Any, acc: Any) -> Any:
+    """``acc + Σ a[k]·b[k]`` over 4 int8 lanes: bytes 0,2 and 1,3 as int16 pairs, two SMLADs."""
+    # Expressions, not locals (a local would become a workspace allocation).
+    x, w = T.reinterpret("int32", a), T.reinterpret("int32", b)
+    # Rotating by 8 moves bytes 1 and 3 to positions 0 and 2.
+    even = T.call_llvm_pure_intrin("int32", "llvm.arm.smlad", _sxtb16(x), _sxtb16(w), acc)
+    return T.call_llvm_pure_intrin("int32", "llvm.arm.smlad", _sxtb16(_ror8(x)), _sxtb16(_ror8(w)), even)
 
 
-s_tir.TensorIntrin.register(DOT4_INTRIN, _dot4_desc, _dot4_impl, override=True)
+s_tir.TensorIntrin.register(DOT4_INTRIN, *int8_dot_intrinsic(4, _smlad_pairs), override=True)
 
 
 class Int8DspConv(Int8MicroKernelRule):
-    """SMLAD schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the module docstring)."""
+    """SMLAD schedule for int8 NHWC/HWIO conv2d and ``x @ W`` (see the module docstring).
+
+    ``intrinsic`` computes ``lanes`` reduction steps; :class:`.arm_mve.Int8MveConv` is the same
+    schedule with Helium's 16-lane one, its weights recorded under ``weight_attr``.
+    """
+
+    intrinsic = DOT4_INTRIN
+    lanes = 4
+    weight_attr = WEIGHT_PERMUTATION_ATTR
 
     def is_target_available(self, target: Target) -> bool:
         return has_dsp(target)
@@ -132,7 +154,7 @@ class Int8DspConv(Int8MicroKernelRule):
         name, weight_name, conv = found.block, found.weight, found.conv
         rank = found.weight_rank
         permutation = [*range(rank - 2), rank - 1, rank - 2]
-        sch = s_tir.Schedule(func.with_attr(WEIGHT_PERMUTATION_ATTR, {found.weight_param: permutation}))
+        sch = s_tir.Schedule(func.with_attr(self.weight_attr, {found.weight_param: permutation}))
         padding = gather_input_copies(sch)
         main = sch.get_sblock(name)
         window = row_window(sch, main) if conv else None
@@ -147,7 +169,7 @@ class Int8DspConv(Int8MicroKernelRule):
         columns = loop_extent(sch, w) or 1
         wo, wi = sch.split(w, [None, _TILE_COLUMNS if columns % _TILE_COLUMNS == 0 else 1])
         coo, coi = sch.split(co, [None, _TILE_CHANNELS])
-        rco, rci = sch.split(rc, [None, 4])
+        rco, rci = sch.split(rc, [None, self.lanes])
         if conv:
             sch.reorder(n, h, coo, wo, ry, rx, rco, wi, coi, rci)
             if padding is None:
@@ -165,7 +187,7 @@ class Int8DspConv(Int8MicroKernelRule):
         if epilogue:
             sch.reverse_compute_at(epilogue[-1], wo)
         sch.decompose_reduction(main, first_reduce)
-        sch.tensorize(rci, DOT4_INTRIN)
+        sch.tensorize(rci, self.intrinsic)
         sch.unroll(wi)
         sch.unroll(coi)
         return with_row_window(sch, window)  # a conv's rows are its outermost loop, in order
@@ -174,7 +196,7 @@ class Int8DspConv(Int8MicroKernelRule):
         """The :class:`.int8_rules.Int8Reduction` when the function fits, else None."""
         gather_input_copies(sch)
         found = match_int8_reduction(func, sch)
-        if found is None or found.reduction % 4 or found.channels % _TILE_CHANNELS:
+        if found is None or found.reduction % self.lanes or found.channels % _TILE_CHANNELS:
             return None
         return found
 

@@ -40,7 +40,9 @@ def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict, memory_first: bool = Fals
     from tvm import relax
 
     from .fused_kernels import outline_fused_kernels
-    from .relax_rewrites import clip_as_min_max, fold_constants_with_numpy
+    from .group_padding import pad_group_channels
+    from .relax_rewrites import clip_as_min_max, fast_transcendentals, fold_constants_with_numpy
+    from .schedule_common import cpu_vector_info
     from .weight_fusion import zero_pipeline
 
     with tvm.target.Target(tvm_target):
@@ -49,6 +51,11 @@ def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict, memory_first: bool = Fals
         mod = clip_as_min_max()(mod)
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = fold_constants_with_numpy()(mod)
+        # After the layout conversion, which would wrap the polynomials' kernels in transposes.
+        mod = fast_transcendentals()(mod)
+        if tvm.target.Target.current().kind.name == "llvm" and not memory_first:
+            # Not under a RAM budget: the padded channels cost activation memory.
+            mod = pad_group_channels(cpu_vector_info(tvm.target.Target.current()).lanes)(mod)
         # Fused conv + pool chains (named by the emission, see fused_kernels) as one function each.
         mod = outline_fused_kernels(mod)
         # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.
@@ -114,7 +121,7 @@ def optimize_for_cpu(
     import tvm
     from tvm import relax
 
-    from . import arm_dsp, int8_dot
+    from . import arm_dsp, arm_dsp_im2col, arm_mve, int8_dot
     from .fused_schedules import check_fused_kernels_scheduled
     from .schedules import apply_default_cpu_schedules
 
@@ -130,8 +137,9 @@ def optimize_for_cpu(
         mod = apply_default_cpu_schedules(target, micro_kernels, memory_first)(mod)
     check_fused_kernels_scheduled(mod)
     # Dot-product kernels (x86 vpmaddwd/vpdpbusd, AArch64 sdot/sadalp) read group-interleaved
-    # weights, SMLAD kernels (Cortex-M4/M7) input-channel-innermost ones: re-lay out the constants
-    # (a no-op when no kernel was scheduled that way).
+    # weights, SMLAD kernels (Cortex-M4/M7) input-channel-innermost ones, the im2col and Helium
+    # kernels theirs: re-lay out the constants (a no-op when no kernel was scheduled that way).
+    mod = arm_mve.relayout_constant_weights(arm_dsp_im2col.relayout_constant_weights(mod))
     return arm_dsp.relayout_constant_weights(int8_dot.relayout_constant_weights(mod))
 
 
@@ -139,11 +147,15 @@ def micro_kernels_built(mod: tvm.IRModule) -> dict[str, int]:
     """How many kernels of a scheduled module each int8 micro-kernel computes (``{"vpdpbusd": 2}``),
     read from the instruction or weight layout the rules recorded, so the manifest shows what the CPU got and
     which kernels a rule declined (those are absent from the count)."""
-    from . import arm_dsp, int8_dot
+    from . import arm_dsp, arm_dsp_im2col, arm_mve, int8_dot
 
     counts: dict[str, int] = {}
     for func in mod.functions.values():
-        name = int8_dot.micro_kernel(func) or ("smlad" if arm_dsp.weight_permutation(func) else None)
+        name = int8_dot.micro_kernel(func)
+        if name is None and arm_mve.mve_weight_permutation(func):
+            name = "vmladava"
+        elif name is None and (arm_dsp.weight_permutation(func) or arm_dsp_im2col.im2col_weight(func)):
+            name = "smlad"
         if name is None:
             continue
         counts[name] = counts.get(name, 0) + 1

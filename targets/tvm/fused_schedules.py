@@ -11,8 +11,9 @@ are computed, requantized and pooled, from a copy of the padded input window the
 the Arm DSP extension the conv part is tiled and tensorized exactly as
 :class:`.arm_dsp.Int8DspConv` does a plain conv (two output columns by two output channels,
 ``SMLAD`` on four input channels; the pool window's ``k`` columns are the column tile), with the
-weight stored input channel innermost; without it (Cortex-M3, M55, portable C) the loops stay
-plain, the requantization of each conv output right after its reduction.
+weight stored input channel innermost; with Helium (Cortex-M55) the same with ``VMLADAVA`` on 16
+input channels (:class:`.arm_mve.Int8MveConv`); without either (Cortex-M3, portable C) the loops
+stay plain, the requantization of each conv output right after its reduction.
 
 The arithmetic is the legalized blocks', only their order changes: the kernel is bit-exact with
 the unfused pair. A fused kernel the rule cannot schedule is an error
@@ -30,7 +31,7 @@ from tvm.target import Target
 
 from edgec.errors import EdgecError
 
-from .arm_dsp import DOT4_INTRIN, WEIGHT_PERMUTATION_ATTR, has_dsp
+from .arm_dsp import Int8DspConv
 from .int8_rules import is_int8_mac, loop_extent
 from .schedule_common import (
     DATA_PAR,
@@ -63,8 +64,11 @@ def fused_conv_pool_blocks(sch: s_tir.Schedule) -> tuple[int, int] | None:
     return conv, pool
 
 
-def _dsp_weight(func: tirx.PrimFunc, sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> tuple[str, int] | None:
-    """The weight buffer and parameter of the conv when it fits the SMLAD tile, else ``None``."""
+def _dsp_weight(
+    func: tirx.PrimFunc, sch: s_tir.Schedule, conv: s_tir.SBlockRV, lanes: int
+) -> tuple[str, int] | None:
+    """The weight buffer and parameter of the conv when it fits the micro-kernel tile (input
+    channels a multiple of ``lanes``), else ``None``."""
     stmt = sch.get(conv)
     loads = is_int8_mac(stmt.body)
     if loads is None or str(stmt.body.buffer.dtype) != "int32":
@@ -72,19 +76,27 @@ def _dsp_weight(func: tirx.PrimFunc, sch: s_tir.Schedule, conv: s_tir.SBlockRV) 
     weight = loads[1]
     params = [i for i, p in enumerate(func.params) if p.name == weight.source.name]
     out_channels, in_channels = (int(weight.source.shape[d]) for d in (3, 2))
-    if len(params) != 1 or len(weight.source.shape) != 4 or in_channels % 4 or out_channels % _TILE_CHANNELS:
+    if (
+        len(params) != 1
+        or len(weight.source.shape) != 4
+        or in_channels % lanes
+        or out_channels % _TILE_CHANNELS
+    ):
         return None
     return weight.source.name, params[0]
 
 
 class ConvPool(ScheduleRule):
-    """Fused conv + pool kernels, pooled pixel by pooled pixel (module docstring)."""
+    """Fused conv + pool kernels, pooled pixel by pooled pixel (module docstring); ``dot`` is the
+    micro-kernel rule whose intrinsic, lanes and weight layout the conv part takes (None: plain)."""
 
-    def __init__(self, dsp: bool) -> None:
-        self.dsp = dsp
+    def __init__(self, dot: Int8DspConv | None) -> None:
+        self.dot = dot
 
     def is_target_available(self, target: Target) -> bool:
-        return target.kind.name in ("llvm", "c") and (not self.dsp or has_dsp(target))
+        return target.kind.name in ("llvm", "c") and (
+            self.dot is None or self.dot.is_target_available(target)
+        )
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -94,19 +106,20 @@ class ConvPool(ScheduleRule):
             return None
         conv_index, _ = found
         probe = s_tir.Schedule(func)
-        weight = _dsp_weight(func, probe, root_blocks(probe)[conv_index]) if self.dsp else None
-        if self.dsp and weight is None:
+        dot = self.dot
+        weight = _dsp_weight(func, probe, root_blocks(probe)[conv_index], dot.lanes) if dot else None
+        if dot and weight is None:
             return None  # the plain ConvPool rule, next in line, takes it
-        if weight is not None:
-            func = func.with_attr(WEIGHT_PERMUTATION_ATTR, {weight[1]: [0, 1, 3, 2]})
+        if dot and weight is not None:
+            func = func.with_attr(dot.weight_attr, {weight[1]: [0, 1, 3, 2]})
         try:
-            return self._schedule(s_tir.Schedule(func), found, weight)
+            return self._schedule(s_tir.Schedule(func), found, weight, dot)
         except SCHEDULE_ERRORS:
             return None  # the plain rule takes it, else check_fused_kernels_scheduled reports it
 
     @staticmethod
     def _schedule(
-        sch: s_tir.Schedule, found: tuple[int, int], weight: tuple[str, int] | None
+        sch: s_tir.Schedule, found: tuple[int, int], weight: tuple[str, int] | None, dot: Int8DspConv | None
     ) -> s_tir.Schedule:
         blocks = root_blocks(sch)
         conv_index, pool_index = found
@@ -126,17 +139,17 @@ class ConvPool(ScheduleRule):
             # copying the overlap of neighbouring windows twice costs little next to their MACs.
             sch.compute_at(padding, pooled_column)
         rows, columns, channels, ry, rx, rc = sch.get_loops(conv)[-6:]
-        if weight is None:
+        if weight is None or dot is None:
             sch.reverse_compute_at(y, channels)
             sch.decompose_reduction(conv, ry)
             return sch
         coo, coi = sch.split(channels, [None, _TILE_CHANNELS])
-        rco, rci = sch.split(rc, [None, 4])
+        rco, rci = sch.split(rc, [None, dot.lanes])
         sch.reorder(rows, coo, ry, rx, rco, columns, coi, rci)
         sch.reverse_compute_at(y, coo)
         sch.transform_layout(conv, weight[0], lambda *idx: (*idx[:-2], idx[-1], idx[-2]))
         sch.decompose_reduction(conv, ry)
-        sch.tensorize(rci, DOT4_INTRIN)
+        sch.tensorize(rci, dot.intrinsic)
         if (loop_extent(sch, columns) or 0) <= 4:
             sch.unroll(columns)
         sch.unroll(coi)

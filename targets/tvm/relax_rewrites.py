@@ -9,7 +9,7 @@ import numpy as np
 if TYPE_CHECKING:
     import tvm
 
-__all__ = ["clip_as_min_max", "fold_constants_with_numpy"]
+__all__ = ["clip_as_min_max", "fast_transcendentals", "fold_constants_with_numpy"]
 
 
 def fold_constants_with_numpy() -> tvm.transform.Pass:
@@ -104,5 +104,52 @@ def clip_as_min_max() -> tvm.transform.Pass:
             if isinstance(func, relax.Function):
                 mod[gv] = Rewriter(mod).visit_expr(func)
         return mod
+
+    return rewrite
+
+
+def fast_transcendentals() -> tvm.transform.Pass:
+    """float32 ``sigmoid``, ``exp``, ``tanh``, ``erf`` and ``softmax`` as TVM's vectorisable
+    polynomial forms (``topi.fast_exp``/``fast_tanh``/``fast_erf``/``nn.fast_softmax``; relative
+    error ~1e-7, what onnxruntime's MLAS does too).
+
+    LLVM has no vector ``exp``: a vectorised ``T.sigmoid`` epilogue became one libm ``expf`` call
+    per lane, and YOLO's SiLU convs spent more time in their activation than in their MACs (the
+    320x320 stem: 0.11 ms with ReLU, 1.5 ms with SiLU).
+    """
+    import tvm
+    from tvm import relax, topi
+
+    def sigmoid(x: Any) -> Any:
+        one = tvm.tirx.const(1.0, x.dtype)
+        return topi.divide(one, topi.add(one, topi.fast_exp(topi.negative(x))))
+
+    forms = {"relax.sigmoid": sigmoid, "relax.exp": topi.fast_exp, "relax.tanh": topi.fast_tanh}
+    forms["relax.erf"] = topi.fast_erf
+    # TOPI's softmax with the polynomial exp (an attention row's exps were libm calls).
+    forms["relax.nn.softmax"] = lambda x, axis: topi.nn.fast_softmax(x, axis)
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, op: Any) -> Any:
+            call = self.visit_expr_post_order(op)
+            if not isinstance(call.op, tvm.ir.Op) or call.op.name not in forms:
+                return call
+            (x,) = call.args
+            if x.ty.dtype != "float32":  # the polynomials are float32 ones
+                return call
+            if call.op.name == "relax.nn.softmax":
+                axis = int(call.attrs.axis) % len(x.ty.shape)
+                return self.builder_.call_te(forms[call.op.name], x, axis, primfunc_name_hint="softmax")
+            name = "fast_" + call.op.name.removeprefix("relax.")
+            return self.builder_.call_te(forms[call.op.name], x, primfunc_name_hint=name)
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecFastTranscendentals")
+    def rewrite(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        rewriter = Rewriter(mod)  # its builder's module receives the polynomial kernels
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
 
     return rewrite

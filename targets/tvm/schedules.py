@@ -10,6 +10,8 @@ compile time, with no tuning:
 * :class:`GroupedConv2dNHWC` — the same tiles for a grouped conv2d, within a group's channels.
 * :class:`Matmul` — row-major ``x @ W`` (Gemm/MatMul with constant weights): vectorised over
   the output columns, parallel over column blocks.
+* :class:`.softmax_schedule.SoftmaxOverOuterAxis` — a softmax over an axis that is not the
+  innermost (YOLO's DFL), which dlight's ``Reduction`` gets quadratically wrong.
 * dlight's ``GEMV`` and ``Reduction`` (softmax, norms).
 * :class:`ParallelVectorize` — anything else (pooling, elementwise, layout transposes):
   inline elementwise chains, parallelise the outer loops, vectorise the innermost spatial loop.
@@ -48,6 +50,7 @@ from .schedule_common import (
     root_blocks,
     vectorize_tail,
 )
+from .softmax_schedule import SoftmaxOverOuterAxis
 from .tiled_schedules import Conv2dNHWC, DepthwiseConv2dNHWC, DepthwiseConvRows, GroupedConv2dNHWC, Matmul
 
 __all__ = [
@@ -97,11 +100,13 @@ class ParallelVectorize(CpuRule):
             return False
         if kinds != sorted(kinds):
             return False  # reduction loops interleaved with spatial ones: leave it alone
-        lanes = self.info.lanes
         work = math.prod(e for e, t in zip(extents, kinds, strict=True) if t == DATA_PAR)
         inner = spatial[-1]
         inner_ext = extent(sch, inner)
-        vectorize = inner_ext is not None and inner_ext % lanes == 0
+        # The widest native vector that divides the innermost loop (136 channels: 8 lanes), not
+        # only full-width ones: odd channel counts were left scalar.
+        lanes = self.vector_width(inner_ext) if inner_ext is not None else 1
+        vectorize = lanes >= min(4, self.info.lanes)
         if len(spatial) == 1 and not reduce and vectorize:
             # A flat elementwise loop: vector chunks inside, parallel chunks outside.
             outer, inner = sch.split(inner, [None, lanes])
@@ -208,26 +213,34 @@ class _LanesByDtype(ScheduleRule):
 def fixed_rules(target: Target, micro_kernels: bool = True, memory_first: bool = False) -> list[ScheduleRule]:
     """The rules of the hand-written kernels, which tuning leaves alone, in priority order: the
     fused conv + pool ones first (``memory_first``), the sparse kernels', then the int8
-    micro-kernels' (SMLAD on Cortex-M4/M7, vpdpbusd on x86 with VNNI, vpmaddwd on x86 AVX2, sdot
-    on AArch64 with the dot-product extension, smull + sadalp on every AArch64 core), if
-    ``micro_kernels``; each declines what it cannot take."""
+    micro-kernels' (VMLADAVA on Cortex-M55, SMLAD on Cortex-M4/M7/M55 with an im2col one for few
+    input channels, vpdpbusd on x86 with VNNI, vpmaddwd on x86 AVX2, sdot on AArch64 with the
+    dot-product extension, smull + sadalp on every AArch64 core), if ``micro_kernels``; each
+    declines what it cannot take."""
     from .arm_dsp import Int8DspConv, has_dsp
+    from .arm_dsp_im2col import Int8DspIm2colConv
+    from .arm_mve import Int8MveConv, has_mve
     from .arm_neon import Int8NeonConv, has_dotprod, is_aarch64
     from .fused_schedules import ConvPool
     from .sparse_schedule import SparseRows
     from .x86_int8 import Int8PmaddwdConv, has_avx2
     from .x86_vnni import Int8VnniConv, vnni_lanes
 
-    fused: list[ScheduleRule] = [ConvPool(dsp=True), ConvPool(dsp=False)] if memory_first else []
+    # Fused conv + pool: Helium, then SMLAD, then plain loops (each rule checks its target).
+    fused: list[ScheduleRule] = (
+        [ConvPool(Int8MveConv()), ConvPool(Int8DspConv()), ConvPool(None)] if memory_first else []
+    )
     if not micro_kernels:
-        return [*fused[1:], SparseRows()]
+        return [*fused[2:], SparseRows()]
     if target.kind.name == "c":
         return [*fused, SparseRows()]
     lanes = vnni_lanes(target)
     return [
         *fused,
         SparseRows(),
-        *([Int8DspConv()] if has_dsp(target) else []),
+        # Helium first; what it declines (reductions not a multiple of 16) still gets SMLAD.
+        *([Int8MveConv()] if has_mve(target) else []),
+        *([Int8DspConv(), Int8DspIm2colConv()] if has_dsp(target) else []),
         # VNNI first; what it declines (reductions not a multiple of 4) still gets vpmaddwd.
         *([Int8VnniConv(lanes)] if lanes else []),
         *([Int8PmaddwdConv()] if has_avx2(target) else []),
@@ -254,6 +267,7 @@ def float_rules(target: Target, memory_first: bool = False) -> list[ScheduleRule
         _LanesByDtype(DepthwiseConv2dNHWC, info),
         _LanesByDtype(GroupedConv2dNHWC, info),
         _LanesByDtype(Matmul, info),
+        _LanesByDtype(SoftmaxOverOuterAxis, info),
         _Gemv(),
         _Reduction(),
         _LanesByDtype(ParallelVectorize, info),

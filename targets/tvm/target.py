@@ -10,6 +10,8 @@ and read by the passes, the legalization and the report.
 from __future__ import annotations
 
 import contextlib
+import functools
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from edgec.targets.tvm.tuning_database import TuningDatabase, TuningKey
 
 if TYPE_CHECKING:
     from edgec.targets.tvm.tuning import TuneReport
+    from edgec.tune import RpcBoards
 
 __all__ = ["PACKED_WEIGHT_BITS", "REDUCTION_STEP", "SPARSE_FORMATS", "TvmTarget", "legalization"]
 
@@ -132,10 +135,10 @@ class TvmTarget(Target):
     def row_streaming(self) -> str:
         """Which convolutions this target's schedules write row by row, in place over their input
         (``memory_model.STREAMING``): none in portable C (its kernels are TVM's plain loops), the
-        depthwise ones elsewhere, every one the SMLAD kernels take with them."""
+        depthwise ones elsewhere, every one the SMLAD (and Helium) kernels take with them."""
         if self.tvm_target().get("kind") == "c":
             return "none"
-        return "all" if self.int8_micro_kernel() == "smlad" else "depthwise"
+        return "all" if self.int8_micro_kernel() in ("smlad", "vmladava") else "depthwise"
 
     def describe(self) -> dict:
         return {**super().describe(), "memory_planning": self.memory_planning}
@@ -153,38 +156,73 @@ class TvmTarget(Target):
         """What this target's tuning records are valid for: its name, CPU and threads."""
         return TuningKey(self.name, str(self.tvm_target().get("mcpu") or "generic"), self.tuning_threads())
 
-    def tune(self, graph: EdgeGraph, trials: int, seed: int = 0, progress: Any = None) -> TuneReport:
-        """Tunes the kernels of a legal graph into ``tuning_database`` (MetaSchedule, measured on
-        this machine; :mod:`edgec.targets.tvm.tuning`).
+    def rpc_compiler(self) -> str | None:
+        """The cross gcc that links kernels into a shared library a board's TVM runtime loads
+        (``edgec tune --rpc``); ``None`` for a target that cannot be measured over TVM RPC."""
+        return None
+
+    def tune(
+        self,
+        graph: EdgeGraph,
+        trials: int,
+        seed: int = 0,
+        progress: Any = None,
+        remote: RpcBoards | None = None,
+    ) -> TuneReport:
+        """Tunes the kernels of a legal graph into ``tuning_database`` (MetaSchedule; measured on
+        this machine, or with ``remote`` on boards registered with a TVM tracker;
+        :mod:`edgec.targets.tvm.tuning`, :mod:`edgec.targets.tvm.rpc_tuning`).
 
         Raises:
-            EdgecError: no database, or a target whose code this machine cannot run.
+            EdgecError: no database, a target whose code this machine cannot run (without
+                ``remote``) or that has no TVM runtime to measure on (with it), or boards that
+                cannot be reached.
         """
         from edgec.targets.tvm.build import tuning_module
+        from edgec.targets.tvm.rpc_tuning import RemoteBoards
         from edgec.targets.tvm.translate import translate
-        from edgec.targets.tvm.tuning import tune_module
+        from edgec.targets.tvm.tuning import tune_module, worker_initializer
 
         if not self.tuning_database:
             raise EdgecError("tuning needs a database folder: add --db DIR")
-        if self.runner != "host" or self.tvm_target().get("kind") != "llvm":
+        compiler = self.rpc_compiler() if remote is not None else None
+        if remote is not None and compiler is None:
+            raise EdgecError(
+                f"target '{self.name}' cannot be measured over TVM RPC: --rpc tunes on AArch64 Linux "
+                "boards (cortex-a53, cortex-a55, cortex-a72), whose TVM runtime loads the candidates"
+            )
+        if remote is None and (self.runner != "host" or self.tvm_target().get("kind") != "llvm"):
             raise EdgecError(
                 f"target '{self.name}' runs under {self.runner}; tuning measures kernels on this "
-                "machine, so it tunes x86 targets (a board over TVM RPC is not supported yet)"
+                "machine (x86), or on boards registered with a TVM tracker (Cortex-A): add --rpc HOST:PORT"
             )
+        boards = RemoteBoards(remote.host, remote.port, remote.key) if remote is not None else None
+        # Before anything is built or written: the boards answer and can measure.
+        count = boards.check() if boards is not None else 0
         module = tuning_module(translate(graph), self.tvm_target(), self.micro_kernels, self.memory_planning)
         database = TuningDatabase(Path(self.tuning_database), self.tuning_key())
         warn = progress.warn if progress is not None else None
         bar = progress.bar if progress is not None else None
-        return tune_module(
-            module,
-            self.tvm_target(),
-            database,
-            trials,
-            threads=self.tuning_threads(),
-            seed=seed,
-            progress=bar,
-            waiting=warn,
-        )
+        with tempfile.TemporaryDirectory(prefix="edgec-candidates-") as candidates:
+            builder = runner = None
+            if boards is not None:
+                initializer = functools.partial(worker_initializer, self.tuning_threads())
+                builder, runner = boards.builder_and_runner(compiler, candidates, count, initializer)
+            report = tune_module(
+                module,
+                self.tvm_target(),
+                database,
+                trials,
+                threads=self.tuning_threads(),
+                seed=seed,
+                progress=bar,
+                waiting=warn,
+                builder=builder,
+                runner=runner,
+            )
+        if boards is not None:
+            report.measured_on = boards.describe()
+        return report
 
     def lower(self, graph: EdgeGraph) -> Lowered:
         from edgec.targets.tvm.build import micro_kernels_built, optimize_for_cpu

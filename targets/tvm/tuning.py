@@ -84,6 +84,7 @@ class TuneReport:
     trials_run: int
     seconds: float
     tasks: list[TaskResult] = field(default_factory=list)
+    measured_on: str = "this machine"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +93,7 @@ class TuneReport:
             "trials_run": self.trials_run,
             "minutes": round(self.seconds / 60, 2),
             "kernels": len(self.tasks),
+            "measured_on": self.measured_on,
         }
 
 
@@ -200,8 +202,18 @@ def tune_module(
             counts[key] = counts.get(key, 0) + 1
         existing = [counts.get(tvm_ffi.structural_hash(w.mod), 0) for w in workloads]
         defaults = [_default_schedule(t.dispatched[0]["main"], target) for t in extracted]
-        # First run on these kernels: edgec's defaults, measured, are their first records.
-        seeded = [i for i, count in enumerate(existing) if count == 0 and defaults[i] is not None]
+        # The measured latency of each kernel's default schedule, from its record.
+        default_secs = [
+            None if record is None else _mean_seconds(record)
+            for record in (
+                _recorded(db.get_top_k(w, 10_000), d) for w, d in zip(workloads, defaults, strict=True)
+            )
+        ]
+        recorded = sum(secs is not None for secs in default_secs)
+        # edgec's defaults, measured, are records: on the first run, and again when this edgec's
+        # default for a kernel is not the one in the database (a newer rule), so the database
+        # never holds only schedules slower than the default.
+        seeded = [i for i, d in enumerate(defaults) if d is not None and default_secs[i] is None]
         seconds = _measure([defaults[i] for i in seeded], target, builder, runner) if seeded else []
         for i, secs in zip(seeded, seconds, strict=True):
             if secs is not None:
@@ -209,19 +221,17 @@ def tune_module(
                 db.commit_tuning_record(
                     ms.database.TuningRecord(defaults[i].trace, workloads[i], [secs], target, args)
                 )
-                existing[i] += 1
-        # ``trials`` counts the search: a kernel's default schedule is its first record, not a
-        # trial (a 40-kernel model asked for 64 trials would otherwise search 24).
-        searched = sum(max(0, count - (defaults[i] is not None)) for i, count in enumerate(existing))
-        remaining = trials - searched
+                default_secs[i] = secs
+        # ``trials`` counts the search: the defaults' records are not trials (a 40-kernel model
+        # asked for 64 trials would otherwise search 24).
+        remaining = trials - (sum(existing) - recorded)
         if remaining > 0 and extracted:
             report.trials_run = _search(
                 extracted, db, target, work, remaining, seed, threads, builder, runner, progress
             )
-        for task, workload, default_schedule in zip(extracted, workloads, defaults, strict=True):
+        for task, workload, default in zip(extracted, workloads, default_secs, strict=True):
             records = db.get_top_k(workload, 10_000)
             best = [s for s in map(_mean_seconds, records) if s is not None]
-            default = _default_latency(records, default_schedule)
             report.tasks.append(
                 TaskResult(
                     task.task_name,
@@ -234,16 +244,15 @@ def tune_module(
     return report
 
 
-def _default_latency(records: list[Any], default: Any) -> float | None:
-    """The measured latency of the record whose schedule is ``default`` (edgec's, or ``None``)."""
+def _recorded(records: list[Any], schedule: Any) -> Any:
+    """The record among ``records`` whose schedule is ``schedule`` (edgec's default), or ``None``."""
     import tvm_ffi
 
-    if default is None:
+    if schedule is None:
         return None
     for record in records:
-        applied = record.as_measure_candidate().sch.mod
-        if tvm_ffi.structural_equal(applied, default.mod):
-            return _mean_seconds(record)
+        if tvm_ffi.structural_equal(record.as_measure_candidate().sch.mod, schedule.mod):
+            return record
     return None
 
 

@@ -1,6 +1,7 @@
-"""SMLAD kernels for int8 conv2d/dense on Cortex-M4/M7 (``edgec.targets.tvm.arm_dsp``): the DSP
-instructions are in the M4 image and not in the M3 one, layers that do not fit fall back to the
-plain schedule, and the results equal the x86 integer build bit for bit."""
+"""SMLAD kernels for int8 conv2d/dense on Cortex-M4/M7/M55 (``edgec.targets.tvm.arm_dsp``, and
+``arm_dsp_im2col`` for few input channels): the DSP instructions are in the M4 image and not in
+the M3 one, layers that do not fit fall back to the plain schedule, and the results equal the x86
+integer build bit for bit."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import edgec
 from edgec.ir import EdgeGraph
 from edgec.targets import get_target
 from edgec.targets.tvm.arm_dsp import has_dsp, weight_permutation
+from edgec.targets.tvm.arm_dsp_im2col import im2col_refusal, im2col_weight, padded_reduction
 from tests.helpers import DIGITS, make_model, rng
 from tests.targets.cortex_helpers import build, needs_tools
 
@@ -83,24 +85,27 @@ def odd_qdq(tmp_path_factory) -> onnx.ModelProto:
     return onnx.load(str(folder / "odd_int8.onnx"))
 
 
-def _dsp_kernels(model: onnx.ModelProto, target: str) -> dict[str, list[int]]:
-    """Kernel name -> shape of the weight the SMLAD rule re-laid out, for the lowered module."""
+def _dsp_kernels(model: onnx.ModelProto, target: str, layout=weight_permutation) -> dict[str, list[int]]:
+    """Kernel name -> shape of the weight a rule re-laid out (``layout`` reads which, by default the
+    SMLAD rule's), for the lowered module."""
     chosen = get_target(target)
     module = chosen.lower(chosen.legalize(EdgeGraph.from_onnx(model)).graph).module
     found = {}
     for gv, func in module.functions.items():
-        if permutation := weight_permutation(func):
+        if permutation := layout(func):
             (index,) = permutation
             found[gv.name_hint] = [int(d) for d in func.params[index].shape]
     return found
 
 
-def test_only_armv7em_cores_have_the_dsp_rule() -> None:
+def test_cores_with_the_dsp_extension_have_the_dsp_rule() -> None:
     assert has_dsp(get_target("cortex-m4").tvm_target())
     assert has_dsp(get_target("cortex-m7").tvm_target())
+    assert has_dsp(get_target("cortex-m55").tvm_target())  # Helium implies the DSP extension
     assert not has_dsp(get_target("cortex-m3").tvm_target())
-    assert not has_dsp(get_target("cortex-m55").tvm_target())  # Helium: LLVM's own VMLAVA is better
     assert not has_dsp(get_target("cortex-a53").tvm_target())
+    # Armv8.1-M without a named Helium core or +dsp: the extension is optional there.
+    assert not has_dsp({"kind": "llvm", "mtriple": "thumbv8.1m.main-none-eabi"})
     off = dataclasses.replace(get_target("cortex-m4"), micro_kernels=False)
     assert get_target("cortex-m4").capabilities().int8_micro_kernel == "smlad"
     assert off.capabilities().int8_micro_kernel is None
@@ -109,16 +114,40 @@ def test_only_armv7em_cores_have_the_dsp_rule() -> None:
 def test_digits_convolutions_and_dense_take_the_smlad_rule(digits_qdq) -> None:
     kernels = _dsp_kernels(digits_qdq, "cortex-m4")
     # conv2 (16 -> 32) and conv3 (32 -> 32) as HWOI, the classifier as W^T (10 x 32); conv1 has
-    # one input channel and keeps the plain schedule.
+    # one input channel and takes the im2col rule.
     assert sorted(kernels.values()) == [[3, 3, 32, 16], [3, 3, 32, 32], [10, 32]]
     assert _dsp_kernels(digits_qdq, "cortex-m3") == {}
 
 
 def test_layers_that_do_not_fit_fall_back(odd_qdq) -> None:
     kernels = _dsp_kernels(odd_qdq, "cortex-m4")
-    # 8 -> 12 (odd width), stride-2 12 -> 8 and the Gemm; not 3 -> 8 (3 input channels) nor
-    # 12 -> 5 (odd output channels).
+    # 8 -> 12 (odd width), stride-2 12 -> 8 and the Gemm; not 3 -> 8 (3 input channels: the
+    # im2col rule's) nor 12 -> 5 (odd output channels: no rule's).
     assert sorted(kernels.values()) == [[3, 3, 8, 12], [3, 3, 12, 8], [10, 8]]
+    assert sorted(_dsp_kernels(odd_qdq, "cortex-m4", im2col_weight).values()) == [[8, 27]]
+
+
+def test_first_convolutions_take_smlad_through_im2col(digits_qdq) -> None:
+    # conv1: 3x3 on one channel, 16 outputs: the weight as 16 rows of the 9-value window; the
+    # kernel pads the window to 12 (three SMLAD words) with zeros.
+    assert sorted(_dsp_kernels(digits_qdq, "cortex-m4", im2col_weight).values()) == [[16, 9]]
+    assert padded_reduction(9) == 12 and padded_reduction(27) == 28
+    assert _dsp_kernels(digits_qdq, "cortex-m3", im2col_weight) == {}
+
+
+@pytest.mark.parametrize(
+    ("extents", "conv", "reason"),
+    [
+        ((1, 8, 8, 16, 1, 1, 1), True, "a 1x1x1 window pads 1 -> 4 multiply-adds"),
+        ((1, 8, 8, 16, 1, 1, 2), True, "a 1x1x2 window pads 2 -> 4 multiply-adds"),
+        ((1, 8, 8, 16, 3, 3, 8), True, "8 input channels: the channel-innermost SMLAD rule takes it"),
+        ((1, 8, 8, 5, 3, 3, 1), True, "5 output channels: the 2-channel tile needs an even number"),
+        ((4, 16, 9), False, "a matmul: its reduction is already contiguous"),
+    ],
+)
+def test_im2col_rule_refuses_with_a_reason(extents: tuple[int, ...], conv: bool, reason: str) -> None:
+    assert im2col_refusal(extents, conv) == reason
+    assert im2col_refusal((1, 8, 8, 16, 3, 3, 1), True) is None  # digits' conv1 fits
 
 
 def _disassemble(path: Path) -> str:
@@ -135,6 +164,11 @@ def test_m4_kernels_use_smlad_and_m3_kernels_do_not(digits_qdq, tmp_path: Path) 
     m3 = _disassemble(tmp_path / "m3" / "digits_kernels.o")
     assert len(re.findall(r"\bsmlad\b", m4)) >= 64 and re.search(r"\bsxtb16\b", m4)
     assert not re.search(r"\b(smlad|sxtb16)\b", m3)
+    # Every convolution and dense kernel, conv1 with its single input channel included.
+    bodies = dict(
+        re.findall(r"^[0-9a-f]+ <(\w+(?:conv2d|matmul)\w*_compute_)>:\n(.*?)(?=^\S|\Z)", m4, re.M | re.S)
+    )
+    assert len(bodies) == 4 and all(re.search(r"\bsmlad\b", body) for body in bodies.values()), sorted(bodies)
 
 
 def _run(target: str, build_dir: Path, manifest: dict, samples: list[np.ndarray]) -> list[np.ndarray]:
@@ -143,7 +177,7 @@ def _run(target: str, build_dir: Path, manifest: dict, samples: list[np.ndarray]
 
 
 @needs_tools("arm-none-eabi-gcc", "qemu-system-arm")
-@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7", "cortex-m55"])
 def test_smlad_kernels_equal_the_x86_integer_build(odd_qdq, target: str, tmp_path: Path) -> None:
     # Inputs 4x the calibration range: activations saturate at -128/127, the extreme products.
     samples = [(rng(s).standard_normal((1, 3, 7, 7)) * 4).astype(np.float32) for s in range(3)]

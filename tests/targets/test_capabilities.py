@@ -48,7 +48,7 @@ CONV3D_REASON = "a 3-D convolution has no integer kernel (1-D and 2-D only)"
 _MEMORY = {
     "cortex-m4": ",fuse-conv-pool,plan-memory{budget=131072,streaming=all}",
     "cortex-m3": ",fuse-conv-pool,plan-memory{budget=65536,streaming=depthwise}",
-    "cortex-m55": ",fuse-conv-pool,plan-memory{budget=1048576,streaming=depthwise}",
+    "cortex-m55": ",fuse-conv-pool,plan-memory{budget=1048576,streaming=all}",
     "c": ",fuse-conv-pool,plan-memory{budget=0,streaming=none}",
 }
 
@@ -56,7 +56,7 @@ _MEMORY = {
 @pytest.mark.parametrize(
     ("name", "bits", "kernel"),
     [("x86-64-v3", 256, "vpmaddwd"), ("cortex-a53", 128, None), ("cortex-m4", 32, "smlad"),
-     ("cortex-m3", 0, None), ("cortex-m55", 128, None), ("c", 0, None)],
+     ("cortex-m3", 0, None), ("cortex-m55", 128, "vmladava"), ("c", 0, None)],
 )  # fmt: skip
 def test_tvm_targets_declare_their_kernels_and_legalization(name, bits, kernel):
     capabilities = get_target(name).capabilities()

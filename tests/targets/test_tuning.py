@@ -117,3 +117,25 @@ def test_tune_then_compile_with_the_database_resumes_and_rebuilds_identically(tm
     # No tuning on a compile with a database: the same schedules, the same library.
     assert "tune" not in second.timings
     assert (tmp_path / "a" / "model.so").read_bytes() == (tmp_path / "b" / "model.so").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_newer_default_schedule_is_measured_into_an_old_database_without_counting_as_a_trial(
+    tmp_path, cli, monkeypatch
+) -> None:
+    from edgec.targets.tvm import tuning
+
+    model = tmp_path / "m.onnx"
+    onnx.save_model(conv_bn_relu_model(), str(model))
+    db = tmp_path / "db"
+    args = ["tune", str(model), "--trials", "4", "--db", str(db), "--json", "--threads", "1"]
+    # A database filled by an edgec whose rules scheduled none of these kernels.
+    with monkeypatch.context() as patch:
+        patch.setattr(tuning, "_default_schedule", lambda func, target: None)
+        old = json.loads(cli.invoke(main, args).output)
+    assert old["trials_run"] >= 4 and all(task["default_us"] is None for task in old["tasks"])
+    # Today's defaults are measured into it; the 4 searched trials are done, so nothing more runs.
+    new = json.loads(cli.invoke(main, args).output)
+    assert new["trials_run"] == 0
+    assert any(task["default_us"] is not None for task in new["tasks"])
+    assert all(task["best_us"] <= task["default_us"] for task in new["tasks"] if task["default_us"])
