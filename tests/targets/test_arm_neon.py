@@ -125,3 +125,24 @@ def test_the_manifest_and_the_library_say_what_was_built(mixed_qdq, tmp_path: Pa
         assert result.manifest["micro_kernels"] == ({"sdot": 4} if on else {})
     assert len(re.findall(r"\bsdot\b", listings[True])) >= 16
     assert not re.search(r"\b(sdot|sadalp)\b", listings[False])
+
+
+@pytest.mark.slow
+@needs_tools("aarch64-linux-gnu-gcc", "qemu-aarch64-static")
+def test_squeezenet_convolutions_all_take_sdot_and_equal_the_reference(tmp_path: Path) -> None:
+    from tests.targets.test_integer import _cut_before_softmax, _input_shape, _light_fp32, _ort_qdq, _samples
+
+    fp32 = _light_fp32("squeezenet")
+    shape = _input_shape(fp32)
+    cut, out, _ = _cut_before_softmax(_ort_qdq(fp32, _samples(shape, 4), tmp_path))
+    module = _lowered(cut, "cortex-a55")
+    convs = {gv.name_hint for gv in module.functions if gv.name_hint.startswith("fused_conv2d")}
+    # Every conv kernel, conv1's 3 input channels padded to 4 (identical fire layers share one).
+    assert micro_kernels_built(module) == {"sdot": len(convs)}
+    x = _samples(shape, 1, seed=100)[0]
+    want = run_reference(legalize(cut, "cortex-a55"), {cut.graph.input[0].name: x})[out]
+    # The cut output (a DequantizeLinear) carries no shape; the harness needs one.
+    cut.graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, want.shape))
+    _, manifest = build("cortex-a55", cut, tmp_path / "a55", "sq")
+    got = get_target("cortex-a55").run(tmp_path / "a55", manifest, [x])[0][0]
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
