@@ -51,12 +51,14 @@ _MEMORY = {
     "cortex-m55": ",fuse-conv-pool,plan-memory{budget=1048576,streaming=all}",
     "c": ",fuse-conv-pool,plan-memory{budget=0,streaming=none}",
 }
+# Cortex-A pads input channels to its int8 micro-kernel's step (sadalp: 2, sdot: 4).
+_PADDING = {"cortex-a53": ",pad-channels{multiple=2}", "cortex-a55": ",pad-channels{multiple=4}"}
 
 
 @pytest.mark.parametrize(
     ("name", "bits", "kernel"),
-    [("x86-64-v3", 256, "vpmaddwd"), ("cortex-a53", 128, None), ("cortex-m4", 32, "smlad"),
-     ("cortex-m3", 0, None), ("cortex-m55", 128, "vmladava"), ("c", 0, None)],
+    [("x86-64-v3", 256, "vpmaddwd"), ("cortex-a53", 128, "sadalp"), ("cortex-a55", 128, "sdot"),
+     ("cortex-m4", 32, "smlad"), ("cortex-m3", 0, None), ("cortex-m55", 128, "vmladava"), ("c", 0, None)],
 )  # fmt: skip
 def test_tvm_targets_declare_their_kernels_and_legalization(name, bits, kernel):
     capabilities = get_target(name).capabilities()
@@ -67,7 +69,7 @@ def test_tvm_targets_declare_their_kernels_and_legalization(name, bits, kernel):
     )
     assert capabilities.sparse_formats == frozenset({"bitmap", "nm"})
     legal = "split-sum,eliminate-identity,group-qdq{rounding=single},pack-weights,sparse-weights"
-    assert capabilities.legalization == legal + _MEMORY.get(name, "")
+    assert capabilities.legalization == legal + _PADDING.get(name, "") + _MEMORY.get(name, "")
     assert json.loads(json.dumps(capabilities.as_dict()))["legalization"] == capabilities.legalization
 
 
@@ -186,7 +188,10 @@ def _check_kws_manifest(manifest: dict, target: str) -> None:
     assert "relu1" not in built  # folded into conv1's clamp
     legalization = {record["name"]: record for record in manifest["legalization"]}
     memory = ["fuse-conv-pool", "plan-memory"] if target in _MEMORY else []
-    expected = ["split-sum", "eliminate-identity", "group-qdq", "pack-weights", "sparse-weights", *memory]
+    padding = ["pad-channels"] if target in _PADDING else []
+    expected = [
+        "split-sum", "eliminate-identity", "group-qdq", "pack-weights", "sparse-weights", *padding, *memory
+    ]  # fmt: skip
     assert list(legalization) == expected
     assert legalization["group-qdq"]["stats"]["integer_nodes"]["IntegerConv"] == 2
     assert legalization["sparse-weights"]["stats"]["sparse"] == 0  # not pruned: every weight stays dense
