@@ -109,15 +109,21 @@ def test_rpc_tuning_measures_on_both_boards_and_the_build_uses_it(tmp_path, cli,
     assert compiled.manifest["error"]["artifact_vs_original"]["max_abs"] < FP32_ATOL
 
 
+def _sessions_on_both_boards(tracker: str) -> list:
+    """One RPC session on each of the two boards, held by this client."""
+    from tvm import rpc
+
+    host, port = tracker.rsplit(":", 1)
+    return [rpc.connect_tracker(host, int(port)).request(BOARD, session_timeout=60) for _ in range(2)]
+
+
 @needs_tools("qemu-aarch64-static", "aarch64-linux-gnu-gcc")
 @pytest.mark.slow
 def test_a_board_keeps_uploaded_files_in_its_session_folder(boards) -> None:
-    from tvm import rpc
     from tvm.error import RPCError
 
     tracker, _ = boards
-    host, port = tracker.rsplit(":", 1)
-    sessions = [rpc.connect_tracker(host, int(port)).request(BOARD, session_timeout=60) for _ in range(2)]
+    sessions = _sessions_on_both_boards(tracker)
     # The client names files; a path out of the session's folder is refused by the board side.
     with pytest.raises(RPCError, match="file names only"):
         sessions[0].upload(bytearray(b"x"), target="../escape")
@@ -189,14 +195,12 @@ def test_a_tracker_without_boards_under_the_key_is_a_clean_error(cli, model, tra
 @needs_tools("qemu-aarch64-static", "aarch64-linux-gnu-gcc")
 @pytest.mark.slow
 def test_no_free_board_within_the_timeout_is_a_clean_error(boards) -> None:
-    from tvm import rpc
 
     from edgec.targets.tvm.rpc_tuning import RemoteBoards
 
     tracker, _ = boards
+    busy = _sessions_on_both_boards(tracker)  # both boards busy with another client's sessions
     host, port = tracker.rsplit(":", 1)
-    # Both boards busy with another client's sessions.
-    busy = [rpc.connect_tracker(host, int(port)).request(BOARD, session_timeout=60) for _ in range(2)]
     with pytest.raises(EdgecError, match=f"no free board under key '{BOARD}' at {tracker} within 3 s"):
         RemoteBoards(host, int(port), BOARD, session_timeout=3).check()
     del busy
