@@ -5,7 +5,9 @@ the instructions and say so when it does not."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgec.targets.integer.reference import run_reference
 from edgec.targets.tvm.int8_dot import relayout_constant_weights, weight_layout
@@ -73,3 +75,42 @@ def test_the_manifest_records_the_micro_kernel_the_cpu_got(edgec_digits_qdq, tmp
     # conv2 and conv3 take it; conv1 (a reduction of 9) and the 10-class matmul are declined.
     assert manifest["micro_kernels"] == {expected: 2}
     assert manifest["status"]["ok"]
+
+
+def _classifier_conv(classes: int = 1000) -> onnx.ModelProto:
+    """SqueezeNet's last layer: a 1x1 conv of 13x13x64 to ``classes`` channels, then ReLU."""
+
+    w = np.random.default_rng(0).normal(0, 0.1, (classes, 64, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 13, 13])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, classes, 13, 13])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_int8_conv_a_few_channels_short_of_whole_vectors_runs_vpdpbusd_bit_exactly(tmp_path) -> None:
+    # 1000 output channels are no whole number of 16-lane vectors: computed as 1008 on zero
+    # filters (the requantization sinks past the slice), they take vpdpbusd instead of vpmaddwd.
+    from tvm import relax
+
+    from edgec.targets.tvm.build import build_shared_library, optimize_for_cpu
+    from edgec.targets.tvm.translate import translate
+    from tests.targets.cortex_helpers import int8_qdq
+
+    legal = legalize(int8_qdq(_classifier_conv()))
+    module = optimize_for_cpu(translate(legal), AVX512_VNNI)
+    layouts = [weight_layout(f) for f in module.functions.values() if weight_layout(f)]
+    assert layouts and all(v == [4, 16] for layout in layouts for v in layout.values()), layouts
+    if "avx512_vnni" not in host_cpu_flags():
+        pytest.skip("the host CPU has no avx512_vnni: the code was generated, not run")
+    build_shared_library(module, AVX512_VNNI, tmp_path / "m.so")
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / "m.so")), tvm.cpu())
+    x = np.random.default_rng(1).standard_normal((1, 64, 13, 13)).astype(np.float32)
+    out = vm["main"](tvm.runtime.tensor(x))
+    got = (out if hasattr(out, "numpy") else out[0]).numpy()
+    np.testing.assert_array_equal(got, run_reference(legal, {"x": x})["y"])
