@@ -45,7 +45,8 @@ def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict, memory_first: bool = Fals
     from .schedule_common import cpu_vector_info
     from .weight_fusion import zero_pipeline
 
-    with tvm.target.Target(tvm_target):
+    target = tvm.target.Target(tvm_target)
+    with target:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = fold_constants_with_numpy()(mod)
         mod = clip_as_min_max()(mod)
@@ -53,9 +54,9 @@ def lower_for_cpu(mod: tvm.IRModule, tvm_target: dict, memory_first: bool = Fals
         mod = fold_constants_with_numpy()(mod)
         # After the layout conversion, which would wrap the polynomials' kernels in transposes.
         mod = fast_transcendentals()(mod)
-        if tvm.target.Target.current().kind.name == "llvm" and not memory_first:
+        if target.kind.name == "llvm" and not memory_first:
             # Not under a RAM budget: the padded channels cost activation memory.
-            mod = pad_group_channels(cpu_vector_info(tvm.target.Target.current()).lanes)(mod)
+            mod = pad_group_channels(cpu_vector_info(target).lanes)(mod)
         # Fused conv + pool chains (named by the emission, see fused_kernels) as one function each.
         mod = outline_fused_kernels(mod)
         # Relax's zero pipeline plus the fusion of packed-weight decodes into their consumers.

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .relax_rewrites import constant_array, rewrite_functions
+
 __all__ = ["pad_group_channels"]
 
 # Elementwise ops that act on each channel alone: they may run on the padded tensor.
@@ -41,10 +43,6 @@ def pad_group_channels(lanes: int) -> Any:
     """The Relax pass (``tvm.transform.Pass``) for vectors of ``lanes`` 32-bit lanes."""
     import tvm
     from tvm import relax
-
-    def constant(expr: Any) -> np.ndarray | None:
-        data = getattr(expr, "value", None)  # relax.const is an ir.GenericConst in 0.27
-        return data.numpy() if isinstance(data, tvm.runtime.Tensor) else None
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
@@ -78,7 +76,7 @@ def pad_group_channels(lanes: int) -> Any:
                 return self.sunk(call, 0, None)
             if call.op.name in _BINARY:
                 for index in (0, 1):
-                    found = constant(call.args[1 - index])
+                    found = constant_array(call.args[1 - index])
                     if found is not None:
                         return self.sunk(call, index, found)
                 return self.sunk_pair(call)
@@ -115,7 +113,7 @@ def pad_group_channels(lanes: int) -> Any:
 
         def padded_conv(self, call: Any) -> Any:
             attrs, (x, weight) = call.attrs, call.args
-            groups, w = int(attrs.groups), constant(weight)
+            groups, w = int(attrs.groups), constant_array(weight)
             if attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO":
                 return call
             if w is None or w.dtype not in (np.float32, np.int8):
@@ -145,10 +143,6 @@ def pad_group_channels(lanes: int) -> Any:
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecPadGroupChannels")
     def rewrite(mod: Any, _ctx: Any) -> Any:
-        rewriter = Rewriter(mod)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        return rewrite_functions(mod, Rewriter(mod))
 
     return rewrite

@@ -9,7 +9,33 @@ import numpy as np
 if TYPE_CHECKING:
     import tvm
 
-__all__ = ["clip_as_min_max", "fast_transcendentals", "fold_constants_with_numpy"]
+__all__ = [
+    "clip_as_min_max",
+    "constant_array",
+    "fast_transcendentals",
+    "fold_constants_with_numpy",
+    "rewrite_functions",
+]
+
+
+def constant_array(expr: Any) -> np.ndarray | None:
+    """The value of a Relax constant (``relax.const`` is an ``ir.GenericConst`` in TVM 0.27), else
+    ``None``."""
+    import tvm
+
+    data = getattr(expr, "value", None)
+    return data.numpy() if isinstance(data, tvm.runtime.Tensor) else None
+
+
+def rewrite_functions(mod: tvm.IRModule, rewriter: Any) -> tvm.IRModule:
+    """Every Relax function of ``mod`` through ``rewriter`` (a ``PyExprMutator`` made on ``mod``):
+    the module of its builder, which also holds any kernel the rewriter emitted."""
+    from tvm import relax
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
 
 
 def fold_constants_with_numpy() -> tvm.transform.Pass:
@@ -45,8 +71,7 @@ def fold_constants_with_numpy() -> tvm.transform.Pass:
         def constant_value(self, expr: Any) -> np.ndarray | None:
             if isinstance(expr, relax.Var):
                 expr = self.lookup_binding(expr)
-            data = getattr(expr, "value", None)  # relax.const is an ir.GenericConst in 0.27
-            return data.numpy() if isinstance(data, tvm.runtime.Tensor) else None
+            return constant_array(expr)
 
         def visit_call_(self, op: Any) -> Any:
             call = self.visit_expr_post_order(op)
@@ -68,10 +93,8 @@ def fold_constants_with_numpy() -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecNumpyFoldConstant")
     def fold(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = Folder(mod).visit_expr(func)
-        return relax.transform.RemoveUnusedOutputs()(relax.transform.DeadCodeElimination()(mod))
+        folded = rewrite_functions(mod, Folder(mod))
+        return relax.transform.RemoveUnusedOutputs()(relax.transform.DeadCodeElimination()(folded))
 
     return fold
 
@@ -100,10 +123,7 @@ def clip_as_min_max() -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecClipAsMinMax")
     def rewrite(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = Rewriter(mod).visit_expr(func)
-        return mod
+        return rewrite_functions(mod, Rewriter(mod))
 
     return rewrite
 
@@ -146,10 +166,6 @@ def fast_transcendentals() -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecFastTranscendentals")
     def rewrite(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = Rewriter(mod)  # its builder's module receives the polynomial kernels
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        return rewrite_functions(mod, Rewriter(mod))  # with the polynomial kernels
 
     return rewrite

@@ -131,7 +131,8 @@ class Conv2dNHWC(CpuRule):
         window = (kh or 1) * (kw or 1)
         weight_elems = out_channels * window * (cin or 1)
         rows = extent(sch, h) or 1
-        blocked = weight_elems > rows * width * (cin or 1) and self._blocks_reduction(window, cin, oci)
+        weights_dominate = weight_elems > rows * width * (cin or 1)
+        blocked = weights_dominate and self._blocks_reduction(window, cin, oci)
         first_reduction = rh
         if blocked:
             # A channel block's weights overflow L2 (the 3x3 layers of ResNet's last stages): its
@@ -142,7 +143,7 @@ class Conv2dNHWC(CpuRule):
             sch.reorder(n, coo, rco, h, wo, rh, rw, rci, wi_loop, cov, coi)
             outer = sch.fuse(n, coo)
             first_reduction = rco  # the accumulators are initialised before the first chunk
-        elif weight_elems > rows * width * (cin or 1):
+        elif weights_dominate:
             # Weights outweigh the input (late 1x1 layers, classifiers): walk the rows inside a
             # channel block so its weight slice stays in L1 instead of streaming from L3 per row.
             sch.reorder(n, coo, h, wo, rh, rw, rc, wi_loop, cov, coi)
