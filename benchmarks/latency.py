@@ -51,10 +51,9 @@ def _model(name: str) -> onnx.ModelProto:
     return family_model(name)
 
 
-def _quantized(model: onnx.ModelProto, name: str, folder: Path) -> onnx.ModelProto:
-    """``model`` as int8 QDQ by edgec's ``quantize`` pass."""
-    source, target = folder / f"{name}-fp32.onnx", folder / f"{name}-int8.onnx"
-    onnx.save_model(model, str(source))
+def _quantized(model: onnx.ModelProto, source: Path, name: str, folder: Path) -> Path:
+    """The file of ``model`` (saved at ``source``) as int8 QDQ by edgec's ``quantize`` pass."""
+    target = folder / f"{name}-int8.onnx"
     calib = DIGITS.with_name("digits_calib.npz")
     if name != "digits":
         graph = EdgeGraph.from_onnx(model)
@@ -62,7 +61,7 @@ def _quantized(model: onnx.ModelProto, name: str, folder: Path) -> onnx.ModelPro
         calib = folder / f"{name}-calib.npz"
         np.savez(calib, **{key: np.concatenate([s[key] for s in samples]) for key in samples[0]})
     edgec.optimize(source, target, pipeline="default,quantize", calib=calib)
-    return onnx.load(str(target))
+    return target
 
 
 def _session(model: onnx.ModelProto, threads: int):
@@ -112,16 +111,16 @@ def main() -> None:
         db = args.db or folder / "db"
         for name in args.models:
             original = _model(name)
-            model = _quantized(original, name, folder) if args.int8 else original
-            path = folder / f"{name}.onnx"
-            onnx.save_model(model, str(path))
+            float_path = folder / f"{name}-fp32.onnx"
+            onnx.save_model(original, str(float_path))
+            path = _quantized(original, float_path, name, folder) if args.int8 else float_path
+            model = onnx.load(str(path))
             feeds = random_inputs(EdgeGraph.from_onnx(model), seed=0)
             np.savez(folder / "x.npz", **feeds)
             untuned = edgec.compile(path, folder / f"{name}-untuned", threads=args.threads)
             builds = {"untuned": folder / f"{name}-untuned"}
             if args.int8:
-                onnx.save_model(original, str(folder / f"{name}-fp32.onnx"))
-                edgec.compile(folder / f"{name}-fp32.onnx", folder / f"{name}-fp32", threads=args.threads)
+                edgec.compile(float_path, folder / f"{name}-fp32", threads=args.threads)
                 builds["fp32"] = folder / f"{name}-fp32"
             tuning = None
             if args.trials:
